@@ -1,0 +1,1 @@
+"""Per-modality encoders (vision, audio) that feed the decoder's input embeddings."""

@@ -1,0 +1,1 @@
+"""On-device document retrieval: loaders, chunking, a SQLite store and hybrid search."""

@@ -1,0 +1,106 @@
+"""Gemma 3 text decoder (Gemma Team, "Gemma 3 Technical Report", 2025).
+
+Pre- and post-norm around attention and the MLP, QK-norm, GeGLU, embeddings scaled by
+sqrt(hidden), five sliding-window layers (RoPE base 10k) per global layer (RoPE base 1M, linear
+scaling on the larger models), and an LM head tied to the embedding.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SLIDING, TextConfig
+from .layers import RMSNorm, RotaryEmbedding, apply_rope, attention_mask
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_type: str):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.scale = cfg.query_pre_attn_scalar ** -0.5
+        self.window = cfg.sliding_window if layer_type == SLIDING else None
+
+    def forward(self, x, rope, cache, positions, groups=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = rope
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k, v, k_pos = cache.update(k, v, positions)
+        mask = attention_mask(positions, k_pos, self.window, groups)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
+                                           enable_gqa=self.n_kv != self.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """GeGLU with the tanh approximation of GELU."""
+
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_type: str):
+        super().__init__()
+        self.layer_type = layer_type
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, layer_type)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.post_mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, rope, cache, positions, groups=None):
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, cache, positions, groups))
+        x = x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
+        return x
+
+
+class Gemma3Text(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, t) for t in cfg.layer_types)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rope_local = RotaryEmbedding(cfg.head_dim, cfg.rope_local_base)
+        self.rope_global = RotaryEmbedding(cfg.head_dim, cfg.rope_global_base, cfg.rope_global_scaling)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings times sqrt(hidden), the scale rounded to the weights' dtype as Gemma does."""
+        x = self.embed(ids)
+        return x * torch.tensor(math.sqrt(self.config.hidden_size), dtype=x.dtype)
+
+    def forward(self, ids: torch.Tensor | None, caches: list, positions: torch.Tensor, *,
+                embeds: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, hidden) for tokens `ids` (or ready `embeds`) at `positions`."""
+        x = self.embed_tokens(ids) if embeds is None else embeds
+        ropes = {SLIDING: self.rope_local(positions, x.dtype)}
+        ropes["full_attention"] = self.rope_global(positions, x.dtype)
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, ropes[layer.layer_type], cache, positions, groups)
+        return self.norm(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The tied LM head, with the final soft-cap where the config asks for one."""
+        logits = F.linear(h, self.embed.weight)
+        cap = self.config.final_logit_softcapping
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits

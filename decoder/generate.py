@@ -1,0 +1,53 @@
+"""Generation in layers: `prefill` runs a prompt through the caches in chunks, `generate_step`
+yields token ids one at a time. Turning ids into text and stopping are the caller's job."""
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from .sampling import LogitsProcessor
+
+PREFILL_CHUNK = 512
+
+
+@torch.inference_mode()
+def prefill(model, ids: Sequence[int], caches: list, start: int, *, chunk: int = PREFILL_CHUNK,
+            embeds: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Feed `ids` (positions start..) through the model; return the last position's hidden state (1, 1, H).
+
+    Chunking bounds the attention scores' memory for long prompts. With `embeds` (multimodal input,
+    already embedded) the prompt goes in one piece so no image is split across chunks.
+    """
+    n = len(ids) if embeds is None else embeds.shape[1]
+    assert n > 0, "prefill needs at least one token"
+    if embeds is not None:
+        positions = torch.arange(start, start + n)
+        return model(None, caches, positions, embeds=embeds, groups=groups)[:, -1:]
+    ids_t = torch.tensor([list(ids)], dtype=torch.long)
+    h = None
+    for s in range(0, n, chunk):
+        part = ids_t[:, s:s + chunk]
+        positions = torch.arange(start + s, start + s + part.shape[1])
+        h = model(part, caches, positions)[:, -1:]
+    return h
+
+
+@torch.inference_mode()
+def generate_step(model, prompt_ids: Sequence[int], caches: list, sampler: Callable, *, start: int = 0,
+                  processors: Sequence[LogitsProcessor] = (), history: Sequence[int] = (),
+                  embeds: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> Iterator[int]:
+    """Yield sampled token ids forever (the caller stops). Each token is fed to the model only when
+    the next one is asked for, so after the caller stops, the last yielded id is not in the cache."""
+    h = prefill(model, prompt_ids, caches, start, embeds=embeds, groups=groups)
+    pos = start + (len(prompt_ids) if embeds is None else embeds.shape[1])
+    seen = [*history, *prompt_ids]
+    generated: list[int] = []
+    while True:
+        logits = model.logits(h)[0, -1]
+        for proc in processors:
+            logits = proc(logits, generated)
+        token = sampler(logits, seen)
+        seen.append(token)
+        generated.append(token)
+        yield token
+        h = model(torch.tensor([[token]]), caches, torch.tensor([pos]))
+        pos += 1

@@ -1,0 +1,78 @@
+"""Per-layer KV caches, laid out (B, H_kv, T, D) so attention reads them without a transpose.
+
+Global layers keep every position (`FullCache`, grown in steps); sliding-window layers keep a ring
+of `window` slots (`RingCache`), so their memory stays flat however long the context grows.
+Both return the keys to attend plus each key's position, from which the mask is built.
+"""
+import torch
+
+from .config import SLIDING
+
+
+class FullCache:
+    step = 256  # grow the buffer in blocks, not per token
+
+    def __init__(self, batch: int, n_kv: int, head_dim: int, dtype: torch.dtype):
+        self.k = torch.zeros(batch, n_kv, 0, head_dim, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.offset = 0
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        T = k.shape[2]
+        end = self.offset + T
+        if end > self.k.shape[2]:
+            grow = ((end - self.k.shape[2] + self.step - 1) // self.step) * self.step
+            pad = self.k.new_zeros(*self.k.shape[:2], grow, self.k.shape[3])
+            self.k, self.v = torch.cat([self.k, pad], 2), torch.cat([self.v, pad], 2)
+        self.k[:, :, self.offset:end] = k
+        self.v[:, :, self.offset:end] = v
+        self.offset = end
+        return self.k[:, :, :end], self.v[:, :, :end], torch.arange(end)
+
+    def clone(self) -> "FullCache":
+        c = object.__new__(FullCache)
+        c.k, c.v, c.offset = self.k.clone(), self.v.clone(), self.offset
+        return c
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+
+class RingCache:
+    """Slot `p % window` holds position p. New keys are attended together with the ring as it was
+    before they overwrite it, so a chunk longer than one token still sees its whole window."""
+
+    def __init__(self, batch: int, n_kv: int, head_dim: int, dtype: torch.dtype, window: int):
+        self.window = window
+        self.k = torch.zeros(batch, n_kv, window, head_dim, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.pos = torch.full((window,), -1, dtype=torch.long)
+        self.offset = 0
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        k_all = torch.cat([self.k, k], 2)
+        v_all = torch.cat([self.v, v], 2)
+        pos_all = torch.cat([self.pos, positions])
+        keep = min(k.shape[2], self.window)  # only the newest `window` tokens survive
+        slots = positions[-keep:] % self.window
+        self.k[:, :, slots] = k[:, :, -keep:]
+        self.v[:, :, slots] = v[:, :, -keep:]
+        self.pos[slots] = positions[-keep:]
+        self.offset += k.shape[2]
+        return k_all, v_all, pos_all
+
+    def clone(self) -> "RingCache":
+        c = object.__new__(RingCache)
+        c.window, c.offset = self.window, self.offset
+        c.k, c.v, c.pos = self.k.clone(), self.v.clone(), self.pos.clone()
+        return c
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+
+def make_cache(config, batch: int = 1, dtype: torch.dtype = torch.float32) -> list:
+    """One cache per layer: a ring for sliding-window layers, a full cache for global ones."""
+    n_kv, hd = config.num_key_value_heads, config.head_dim
+    return [RingCache(batch, n_kv, hd, dtype, config.sliding_window) if t == SLIDING
+            else FullCache(batch, n_kv, hd, dtype) for t in config.layer_types]

@@ -6,16 +6,15 @@ bilinear kernel on uint8, which is what torchvision runs; Pillow's own resize di
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .hf_config import hf_fields
 from .image_io import open_image
 
 # PIL resample codes, as stored in preprocessor_config.json, → torch interpolate modes.
@@ -49,11 +48,7 @@ class ImageProcessorConfig:
     @classmethod
     def from_hf(cls, d: dict) -> "ImageProcessorConfig":
         """From a preprocessor_config.json dict. A null field keeps our default; unknown keys warn."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names - _IGNORED_HF_KEYS)
-        if unknown:
-            warnings.warn(f"ImageProcessorConfig: ignoring unknown preprocessor_config keys {unknown}", stacklevel=2)
-        kwargs = {k: v for k, v in d.items() if k in names and v is not None}
+        kwargs = hf_fields(cls, d, _IGNORED_HF_KEYS)
         for k in ("image_mean", "image_std"):
             if k in kwargs:
                 kwargs[k] = tuple(kwargs[k]) if isinstance(kwargs[k], (list, tuple)) else (kwargs[k],) * 3

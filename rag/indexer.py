@@ -1,0 +1,39 @@
+"""Indexing: load → chunk → embed → store, one source per transaction. Embedding runs before the
+transaction opens, so the write lock is held only for the inserts."""
+import hashlib
+from pathlib import Path
+
+from .chunking import chunk_sections
+from .embedder import Embedder
+from .errors import DocumentError
+from .loaders import Section, load, split_headings
+from .store import Store
+
+
+def _write(store: Store, source: str, digest: str, sections: list[Section], embed: Embedder, **chunking) -> int:
+    chunks = chunk_sections(sections, **chunking)
+    if not chunks:
+        raise DocumentError(source, "no text to index")
+    vectors = embed([c.embedding_text() for c in chunks])
+    store.replace_source(source, digest, chunks, vectors)
+    return len(chunks)
+
+
+def index_file(store: Store, path, embed: Embedder, **chunking) -> int:
+    """Index a file under its absolute path; return the number of chunks written, 0 when unchanged."""
+    path = Path(path).expanduser().resolve()
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e:
+        raise DocumentError(path, f"cannot read file ({e.strerror or e})") from e
+    if store.source_hash(str(path)) == digest:
+        return 0
+    return _write(store, str(path), digest, load(path), embed, **chunking)
+
+
+def index_text(store: Store, text: str, source: str, embed: Embedder, **chunking) -> int:
+    """Index raw text under the name `source` (Markdown-style headings are honoured)."""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if store.source_hash(source) == digest:
+        return 0
+    return _write(store, source, digest, split_headings(text, atx=True), embed, **chunking)

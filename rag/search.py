@@ -1,0 +1,90 @@
+"""Search as composable functions: `vector_search`, `keyword_search` (BM25 over FTS5) and
+`reciprocal_rank_fusion`; `search` ties them together and returns `Hit`s."""
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .embedder import Embedder
+from .store import Store
+
+MODES = ("hybrid", "vector", "keyword")
+
+# Question words carry no topic; dropping them keeps BM25 from matching every chunk.
+_STOPWORDS = frozenset("""a an and are as at be by can do does did for from how i if in into is it its
+me my of on or so that the their then there these this to was what when where which who whom whose why
+will with would you your should could may might must shall we they them he she his her about than
+use used using""".split())
+
+
+@dataclass(frozen=True)
+class Hit:
+    text: str
+    source: str
+    score: float              # the mode's score: cosine, BM25, or fused reciprocal rank; higher is better
+    location: str = ""        # heading path and/or page the passage came from
+    similarity: float | None = None  # cosine between query and passage (None in keyword mode)
+    chunk_id: int = -1
+
+
+def vector_search(store: Store, query_vector: np.ndarray, *, k: int = 5) -> list[tuple[int, float]]:
+    """Exact cosine search over all stored vectors (rows are normalized, so a dot product)."""
+    ids, matrix = store.vectors()
+    if not len(ids):
+        return []
+    sims = matrix @ np.asarray(query_vector, np.float32).reshape(-1)
+    top = np.argpartition(-sims, min(k, len(sims) - 1))[:k] if len(sims) > k else np.arange(len(sims))
+    top = top[np.argsort(-sims[top], kind="stable")]
+    return [(int(ids[i]), float(sims[i])) for i in top]
+
+
+def fts_query(text: str) -> str:
+    """A safe FTS5 query: the text's words, quoted, OR-ed, question words dropped."""
+    words = list(dict.fromkeys(re.findall(r"\w+", text.lower())))
+    content = [w for w in words if w not in _STOPWORDS] or words
+    return " OR ".join(f'"{w}"' for w in content)
+
+
+def keyword_search(store: Store, query: str, *, k: int = 5) -> list[tuple[int, float]]:
+    """BM25 ranking from SQLite FTS5 (Porter-stemmed)."""
+    q = fts_query(query)
+    return store.match(q, limit=k) if q else []
+
+
+def reciprocal_rank_fusion(rankings: list[list[tuple[int, float]]], *, k: int = 60) -> list[tuple[int, float]]:
+    """Fuse rankings by sum of 1 / (k + rank), rank from 1 (Cormack et al. 2009); best first."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (item, _) in enumerate(ranking, start=1):
+            fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def search(store: Store, query: str, embed: Embedder, *, k: int = 5, mode: str = "hybrid",
+           candidates: int = 40, rrf_k: int = 60) -> list[Hit]:
+    """Top `k` passages for `query`. Hybrid fuses the top `candidates` of vector and BM25 search."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if k <= 0 or not query.strip():
+        return []
+    qvec = None if mode == "keyword" else embed([query])[0]
+    if mode == "vector":
+        ranked = vector_search(store, qvec, k=k)
+    elif mode == "keyword":
+        ranked = keyword_search(store, query, k=k)
+    else:
+        n = max(candidates, k)
+        ranked = reciprocal_rank_fusion([vector_search(store, qvec, k=n), keyword_search(store, query, k=n)],
+                                        k=rrf_k)[:k]
+    return _hits(store, ranked, qvec)
+
+
+def _hits(store: Store, ranked: list[tuple[int, float]], qvec) -> list[Hit]:
+    rows = store.chunks(i for i, _ in ranked)
+    sims = {}
+    if qvec is not None and ranked:
+        ids, matrix = store.vectors()
+        pos = np.searchsorted(ids, [i for i, _ in ranked])
+        sims = dict(zip((i for i, _ in ranked), (matrix[pos] @ qvec).tolist()))
+    return [Hit(rows[i]["text"], rows[i]["source"], float(score), rows[i]["location"], sims.get(i), i)
+            for i, score in ranked if i in rows]

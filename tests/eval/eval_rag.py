@@ -1,0 +1,173 @@
+"""Retrieval evaluation over the CPython documentation that ships with Python (pydoc_data.topics),
+written out as .txt, .md, .html and .pdf files.
+
+Each question names the topic it was written from and a short phrase of the passage that answers
+it; a hit is relevant when it contains the phrase (compared on letters and digits only, so PDF line
+breaks do not matter), from any file, since pydoc repeats some passages under several topics. Reports recall@1, recall@5 and MRR@10 per mode,
+indexing throughput, query latency, and the top-hit cosine of answerable vs off-topic questions
+(which sets `mmsdk.documents.MIN_SIMILARITY`).
+
+    HF_HUB_OFFLINE=1 python tests/eval/eval_rag.py [--json results.json]
+"""
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import rag_corpus  # noqa: E402
+
+from mmsdk.documents import DocumentIndex  # noqa: E402
+
+# (question, topic, phrase of the answering passage)
+QUESTIONS = [
+    ("How can I make Python skip all assert statements when running my program?", "assert", 'when optimization is requested (command line option "-O")'),
+    ("What does an assert with a custom error message turn into?", "assert", "raise AssertionError(expression2)"),
+    ("Is it allowed to put break inside a function defined in a loop?", "break", "not nested in a function or class definition within that loop"),
+    ("If I leave a loop early with break, does the loop's else block still run?", "break", 'skipping the optional "else" clause'),
+    ("What happens when continue runs inside a loop?", "continue", "continues with the next cycle of the nearest enclosing loop"),
+    ("What does deleting a variable name actually do?", "del", "removes the binding of that name from the local or global namespace"),
+    ("Can I use a variable in a function before declaring it global?", "global", "must not be used in the same code block textually preceding"),
+    ("How do I assign to a variable of the outer function from an inner function?", "nonlocal", "previously bound variables in the nearest enclosing scope"),
+    ("Why would I write a statement that does nothing?", "pass", "useful as a placeholder when a statement is required syntactically"),
+    ("What happens when a generator function returns a value?", "return", 'generator is done and will cause "StopIteration" to be raised'),
+    ("How do I attach the original exception as the cause when raising a new one?", "raise", '"from" clause is used for exception chaining'),
+    ("Can a lambda function contain statements like assignments?", "lambda", "cannot contain statements or annotations"),
+    ("Which values count as false in an if condition?", "truth", 'constants defined to be false: "None" and "False"'),
+    ("Do the and/or operators always give back True or False?", "booleans", "return the last evaluated argument"),
+    ("Can I chain comparisons like a < b < c?", "comparisons", "except that each expression is evaluated at most once"),
+    ("What do I get when I raise a negative number to a fractional power?", "power", 'fractional power results in a "complex" number'),
+    ("How is a right shift by n bits defined?", "shifting", 'floor division by "pow(2,n)"'),
+    ("Is there a maximum size for integer literals?", "integers", "no limit for the length of integer literals"),
+    ("Can I use underscores to group digits in number literals?", "integers", "Underscores are ignored for determining the numeric value"),
+    ("How do I stop backslashes from being treated as escapes in a string?", "strings", "such strings are called *raw strings*"),
+    ("How do I format a number with a comma as the thousands separator?", "formatstrings", "signals the use of a comma for a thousands separator"),
+    ("Which alignment option centers a value in a format spec?", "formatstrings", "Forces the field to be centered within the available"),
+    ("What does dict.get return when the key is missing?", "typesmapping", 'so that this method never raises a "KeyError"'),
+    ("Do Python dictionaries keep the order in which keys were inserted?", "typesmapping", "Dictionaries preserve insertion order"),
+    ("How can I merge two dictionaries into a new one with an operator?", "typesmapping", "Create a new dictionary with the merged keys and values"),
+    ("Is list sorting stable?", "typesseq", 'The "sort()" method is guaranteed to be stable'),
+    ("Which special method creates the instance before __init__ runs?", "specialnames", "Called to create a new instance of class *cls*"),
+    ("Why do my objects become unhashable after I define __eq__?", "specialnames", 'will have its "__hash__()" implicitly set to "None"'),
+    ("When is __getattr__ called?", "attribute-access", "Called when the default attribute access fails"),
+    ("How do I drop into the debugger from inside my code?", "debugger", "import pdb; pdb.set_trace()"),
+    ("How do I set a breakpoint at a specific line number in pdb?", "debugger", "With a *lineno* argument, set a break"),
+    ("Why is my exception variable gone after the except block?", "try", "it is cleared at the end of the \"except\" clause"),
+    ("What counts as a block of code in Python's execution model?", "execmodel", "program text that is executed as a unit"),
+    ("Why does a list used as a default argument keep its changes between calls?", "function", "default parameter value is a mutable object"),
+    ("Where am I allowed to use await?", "await", "Can only be used inside a *coroutine function*"),
+    ("What value do functions without a return statement give back?", "bltin-null-object", "returned by functions that don't explicitly return a value"),
+    ("What sign does the result of the modulo operator have?", "binary", "same sign as its second operand"),
+    ("What does `from module import *` import?", "import", 'checking the module\'s namespace for a variable named "__all__"'),
+    ("Which methods of a context manager does the with statement call?", "with", 'The context manager\'s "__enter__()" method is invoked'),
+    ("When does the else clause of a while loop execute?", "while", 'the suite of the "else" clause, if present, is executed and the loop terminates'),
+    ("Does reassigning the loop variable inside a for loop change the iteration?", "for", "this will not affect the for-loop"),
+    ("How does Python pick which branch of an if/elif chain runs?", "if", "selects exactly one of the suites by evaluating the expressions"),
+    ("What is the syntax for a complex number literal?", "imaginary", "An imaginary literal yields a complex number with a real part of 0.0"),
+    ("How do I remove a set of characters from the start of a string?", "string-methods", "Return a copy of the string with leading characters removed"),
+    ("How do I split a string on runs of whitespace?", "string-methods", "runs of consecutive whitespace are regarded as a single separator"),
+    ("What does a slice with a step look like and how is it evaluated?", "slicings", "The semantics for a slicing are as follows"),
+    ("How does x += 1 differ from x = x + 1?", "augassign", 'In the augmented version, "x" is only evaluated once'),
+    ("What happens to a function when I put yield in its body?", "yield", "sufficient to cause that definition to create a generator function"),
+]
+
+OFF_TOPIC = [
+    "How long should I bake sourdough bread?", "Who won the football World Cup in 2018?",
+    "What is a good home remedy for a sore throat?", "How do I fix a flat bicycle tire?",
+    "What is the capital city of Australia?", "How many moons does Jupiter have?",
+    "Can you recommend a science fiction novel?", "What time zone is Tokyo in?",
+    "How do I knit a scarf for beginners?", "What is the best fertilizer for tomatoes?",
+]
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", text.lower().replace("’", "'"))
+
+
+def first_relevant_rank(hits, phrase: str):
+    want = _norm(phrase)
+    for rank, hit in enumerate(hits, start=1):
+        if want in _norm(hit.text):
+            return rank
+    return None
+
+
+def _pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def run(workdir: Path, chunk_tokens: int, overlap: int) -> dict:
+    files = rag_corpus.build(workdir / "corpus")
+    index = DocumentIndex(workdir / "eval.db", chunk_tokens=chunk_tokens, overlap=overlap)
+    index.embedder(["warm up"])  # load the model outside the timings
+
+    t0 = time.perf_counter()
+    n_chunks = sum(index.add(f) for f in files)
+    index_s = time.perf_counter() - t0
+
+    _check_phrases(index)
+    report = {"files": len(files), "formats": {e: sum(f.suffix == e for f in files) for e in rag_corpus.FORMATS},
+              "chunks": n_chunks, "index_seconds": round(index_s, 2), "chunks_per_s": round(n_chunks / index_s, 1),
+              "questions": len(QUESTIONS), "modes": {}}
+    for mode in ("vector", "keyword", "hybrid"):
+        ranks, times = [], []
+        for question, _, phrase in QUESTIONS:
+            t = time.perf_counter()
+            hits = index.search(question, k=10, mode=mode)
+            times.append((time.perf_counter() - t) * 1000)
+            ranks.append(first_relevant_rank(hits, phrase))
+        report["modes"][mode] = {
+            "recall@1": round(sum(r == 1 for r in ranks) / len(ranks), 3),
+            "recall@5": round(sum(r is not None and r <= 5 for r in ranks) / len(ranks), 3),
+            "mrr@10": round(sum(1 / r for r in ranks if r) / len(ranks), 3),
+            "p50_ms": round(statistics.median(times), 1), "p95_ms": round(_pct(times, 0.95), 1),
+            "missed": [q for (q, _, _), r in zip(QUESTIONS, ranks) if r is None or r > 5],
+        }
+    top = lambda q: index.search(q, k=1)[0].similarity  # noqa: E731
+    answerable, off = [top(q) for q, _, _ in QUESTIONS], [top(q) for q in OFF_TOPIC]
+    report["top_similarity"] = {"answerable_min": round(min(answerable), 3), "answerable_p05": round(_pct(answerable, 0.05), 3),
+                                "off_topic_max": round(max(off), 3), "off_topic_median": round(statistics.median(off), 3)}
+    index.close()
+    return report
+
+
+def _check_phrases(index: DocumentIndex):
+    """Every phrase must appear in some stored chunk of its topic, or the question is unanswerable."""
+    rows = index._store.conn.execute("SELECT s.path, c.text FROM chunks c JOIN sources s ON s.id = c.source_id").fetchall()
+    by_topic = {}
+    for path, text in rows:
+        by_topic.setdefault(Path(path).stem, []).append(_norm(text))
+    for question, topic, phrase in QUESTIONS:
+        if not any(_norm(phrase) in t for t in by_topic.get(topic, [])):
+            print(f"warning: no chunk of {topic!r} holds the phrase for {question!r}", file=sys.stderr)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--workdir", help="keep the corpus and index here (default: a temporary folder)")
+    parser.add_argument("--chunk-tokens", type=int, default=160)
+    parser.add_argument("--overlap", type=int, default=32)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = run(Path(args.workdir or tmp), args.chunk_tokens, args.overlap)
+    print(f"corpus: {report['files']} files {report['formats']}, {report['chunks']} chunks, "
+          f"indexed in {report['index_seconds']} s = {report['chunks_per_s']} chunks/s; {report['questions']} questions")
+    print(f"{'mode':8} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'p50 ms':>8} {'p95 ms':>8}")
+    for mode, m in report["modes"].items():
+        print(f"{mode:8} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['mrr@10']:6.3f} {m['p50_ms']:8.1f} {m['p95_ms']:8.1f}")
+    for mode, m in report["modes"].items():
+        for q in m["missed"]:
+            print(f"  {mode} missed@5: {q}")
+    print("top-hit cosine:", report["top_similarity"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -65,7 +65,7 @@ def _pil_open(fp, name: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(fp)
     except Image.DecompressionBombError as e:
-        raise InputError(f"image {name} is too large to decode safely ({e})") from e
+        raise InputError(f"image {name} is too large to decode safely ({e}); downscale it first") from e
     except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
         raise InputError(f"image {name} is not a readable image ({e})") from e
 
@@ -76,7 +76,7 @@ def _check_size(img: Image.Image, name: str) -> None:
         raise InputError(f"image {name} has no pixels ({w}x{h})")
     if w * h > MAX_IMAGE_PIXELS:
         raise InputError(
-            f"image {name} is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the "
+            f"image {name} is too large: {w}x{h} = {w * h / 1e6:.0f} megapixels, over the "
             f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit; downscale it first"
         )
 

@@ -1,0 +1,61 @@
+"""Small random Gemma 3 / Gemma 3n reference models (transformers) shared by the vision tests."""
+import numpy as np
+import torch
+from PIL import Image
+
+SMALL_SIGLIP = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    image_size=224, patch_size=14, vision_use_head=False)  # 16 x 16 patches
+SMALL_GEMMA3_TEXT = dict(vocab_size=262208, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=8,
+                         layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+# MobileNet-V5-300M's own block structure, channels scaled by 1/8 through timm (the 300M size takes
+# ~30 s per 768 px image on 2 cores; the code path is identical).
+SMALL_MNV5 = dict(model_args={"channel_multiplier": 0.125})
+
+
+def randomize(model: torch.nn.Module, *, include=("",), seed: int = 0) -> None:
+    """Random weights everywhere (norm scales around their identity), so no term hides behind a zero init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(s in name for s in include):
+                p.copy_(torch.randn(p.shape, generator=g) * (0.3 if "norm" in name else 0.05)
+                        + (1.0 if "norm" in name and "gemma3n" in type(model).__module__ else 0.0))
+
+
+def small_gemma3(mm_tokens_per_image: int = 16):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    cfg = Gemma3Config(text_config=SMALL_GEMMA3_TEXT, vision_config=SMALL_SIGLIP,
+                       mm_tokens_per_image=mm_tokens_per_image)
+    torch.manual_seed(0)
+    model = Gemma3ForConditionalGeneration(cfg).eval()
+    randomize(model)
+    return model
+
+
+def small_gemma3n():
+    from transformers import Gemma3nConfig, Gemma3nModel
+
+    cfg = Gemma3nConfig(
+        vision_config=SMALL_MNV5,
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=32, hidden_size_per_layer_input=8,
+                         layer_types=["sliding_attention", "full_attention"], num_kv_shared_layers=0,
+                         activation_sparsity_pattern=[0.0, 0.0], laurel_rank=4),
+        audio_config=dict(hidden_size=32, conf_num_attention_heads=2, conf_num_hidden_layers=1,
+                          sscp_conv_channel_size=[8, 8]),
+    )
+    torch.manual_seed(0)
+    model = Gemma3nModel(cfg).eval()
+    randomize(model, include=("embed_vision",))
+    return model
+
+
+def noise_image(height: int, width: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    """Smooth-ish random content: noise plus gradients, so resizing has structure to get wrong."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], -1)
+    noisy = np.clip(base + rng.integers(-40, 40, base.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(noisy).convert(mode)

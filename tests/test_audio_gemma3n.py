@@ -1,0 +1,114 @@
+"""The Gemma 3n audio tower and embedder equal transformers' on a small random config."""
+import numpy as np
+import pytest
+import torch
+
+from mmsdk.decoder.errors import ModelLoadError
+from mmsdk.encoders.audio_features import log_mel
+from mmsdk.encoders.audio_gemma3n import (
+    AudioConfig,
+    Gemma3nAudio,
+    convert_hf_state_dict,
+    load_gemma3n_audio,
+    num_audio_tokens,
+)
+
+pytest.importorskip("transformers")
+from transformers import Gemma3nAudioConfig, Gemma3nTextConfig  # noqa: E402
+from transformers.models.gemma3n.modeling_gemma3n import (  # noqa: E402
+    Gemma3nAudioEncoder,
+    Gemma3nMultimodalEmbedder,
+)
+
+SMALL = dict(hidden_size=64, conf_num_attention_heads=4, conf_num_hidden_layers=2,
+             sscp_conv_channel_size=[16, 8], vocab_size=8)
+TEXT_WIDTH = 48
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.manual_seed(0)
+    hf_cfg = Gemma3nAudioConfig(**SMALL)
+    enc = Gemma3nAudioEncoder(hf_cfg).eval()
+    emb = Gemma3nMultimodalEmbedder(hf_cfg, Gemma3nTextConfig(hidden_size=TEXT_WIDTH)).eval()
+    with torch.no_grad():  # random weights everywhere, norms included, so a swapped tensor shows
+        for p in [*enc.parameters(), *emb.parameters()]:
+            p.normal_(0, 0.5) if p.dim() == 1 else p.normal_(0, p.shape[-1] ** -0.5)
+    hf_state = {f"model.audio_tower.{k}": v for k, v in enc.state_dict().items()}
+    hf_state |= {f"model.embed_audio.{k}": v for k, v in emb.state_dict().items()}
+    cfg = AudioConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in SMALL.items()})
+    ours = Gemma3nAudio(cfg, TEXT_WIDTH).eval()
+    ours.load_state_dict(convert_hf_state_dict(hf_state, cfg.conf_num_hidden_layers), strict=True)
+    return enc, emb, ours, hf_state
+
+
+def _mel(samples: list[np.ndarray]):
+    """Features of clips padded to the longest, as the reference processor batches them."""
+    feats = [log_mel(x) for x in samples]
+    t = max(f.shape[0] for f, _ in feats)
+    mel = np.zeros((len(feats), t, 128), np.float32)
+    mask = np.zeros((len(feats), t), bool)
+    for i, (f, m) in enumerate(feats):
+        mel[i, : len(f)], mask[i, : len(m)] = f, m
+    return torch.from_numpy(mel), torch.from_numpy(mask)
+
+
+@pytest.mark.parametrize("lengths", [[1000], [16000], [37123], [160_000], [48000, 20000]])
+def test_matches_reference_encoder_and_embedder(models, lengths):
+    enc, emb, ours, _ = models
+    rng = np.random.default_rng(sum(lengths))
+    mel, mask = _mel([(rng.standard_normal(n) * 0.1).astype(np.float32) for n in lengths])
+    with torch.no_grad():
+        ref = enc(mel, ~mask)
+        ref_emb = emb(inputs_embeds=ref.last_hidden_state)
+        out, valid = ours(mel, mask)
+        enc_out, _ = ours.encoder(mel, mask)
+    assert out.shape == ref_emb.shape and out.dtype == torch.float32
+    assert (enc_out - ref.last_hidden_state).abs().max().item() <= 1e-4
+    assert (out - ref_emb).abs().max().item() <= 1e-4
+    torch.testing.assert_close(valid, ~ref.audio_mel_mask, rtol=0, atol=0)
+    for i, n in enumerate(lengths):
+        assert num_audio_tokens(n, ours.config)[1] == int((~ref.audio_mel_mask[i]).sum())
+    assert num_audio_tokens(max(lengths), ours.config)[0] == out.shape[1]
+
+
+def test_hard_token_embedding_matches_reference(models):
+    _, emb, ours, _ = models
+    ids = torch.tensor([[ours.config.vocab_offset, ours.config.vocab_offset + 7]])
+    with torch.no_grad():
+        assert (ours.embedder.embed_ids(ids) - emb(input_ids=ids)).abs().max().item() <= 1e-5
+
+
+def test_thirty_seconds_is_188_tokens():
+    assert num_audio_tokens(480_000) == (188, 188)
+    assert num_audio_tokens(160_000) == (63, 63)  # 6.25 tokens/s, rounded up
+
+
+def test_strict_conversion_names_missing_and_unexpected(models):
+    *_, hf_state = models
+    broken = dict(hf_state)
+    del broken["model.audio_tower.conformer.1.lconv1d.linear_end.weight"]
+    with pytest.raises(ModelLoadError, match="conformer.1.lconv1d.linear_end"):
+        convert_hf_state_dict(broken, 2)
+    extra = dict(hf_state, **{"model.audio_tower.conformer.2.norm.weight": torch.ones(64)})
+    with pytest.raises(ModelLoadError, match="unexpected audio tensor 'model.audio_tower.conformer.2"):
+        convert_hf_state_dict(extra, 2)
+
+
+def test_loads_from_checkpoint_folder(models, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    enc, emb, ours, hf_state = models
+    text_weights = {"model.language_model.norm.weight": torch.ones(TEXT_WIDTH)}  # ignored by the audio loader
+    save_file({k: v.contiguous() for k, v in {**hf_state, **text_weights}.items()}, tmp_path / "model.safetensors")
+    config = {"audio_config": {**SMALL, "model_type": "gemma3n_audio"}, "text_config": {"hidden_size": TEXT_WIDTH}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = load_gemma3n_audio(tmp_path)
+    for (name, a), (_, b) in zip(loaded.state_dict().items(), ours.state_dict().items()):
+        assert torch.equal(a, b), name
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="model.safetensors"):
+        load_gemma3n_audio(tmp_path)

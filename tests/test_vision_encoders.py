@@ -1,0 +1,101 @@
+"""Vision towers vs transformers on the same random weights: SigLIP + Gemma 3 projector, MobileNet-V5 +
+Gemma 3n embedder; strict loading."""
+import pytest
+import torch
+
+from mmsdk.decoder.errors import ModelLoadError
+from mmsdk.encoders.gemma3_vision import Gemma3VisionConfig, load_gemma3_vision
+from mmsdk.encoders.gemma3n_vision import load_gemma3n_vision
+from mmsdk.encoders.image_preprocess import GEMMA3N_IMAGE, ImageProcessorConfig, preprocess
+from mmsdk.encoders.siglip import SiglipVisionConfig
+from vision_fixtures import noise_image, small_gemma3, small_gemma3n
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    return small_gemma3()
+
+
+@pytest.fixture(scope="module")
+def tower(gemma3):
+    return load_gemma3_vision(gemma3.state_dict(), gemma3.config.to_dict())
+
+
+def test_gemma3_tower_matches_transformers(gemma3, tower):
+    # A wide image: whole view + pan-and-scan crops, encoded as one batch.
+    config = ImageProcessorConfig(size={"height": 224, "width": 224})
+    batch = preprocess(noise_image(300, 900), config)
+    assert batch.num_crops == [3]
+    with torch.no_grad():
+        ref = gemma3.model.get_image_features(batch.pixel_values).pooler_output
+        ours = tower(batch.pixel_values)
+    assert ours.shape == ref.shape == (4, 16, 64) and ours.dtype == torch.float32
+    assert (ours - ref).abs().max().item() <= 1e-4
+    # Batching the crops changes nothing: view 2 alone gives the same tokens.
+    with torch.no_grad():
+        alone = tower(batch.pixel_values[2:3])
+    assert (alone - ours[2:3]).abs().max().item() <= 1e-5
+
+
+def test_siglip_features_match_transformers(gemma3, tower):
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ref = gemma3.model.vision_tower(pixel_values=x).last_hidden_state
+        ours = tower.encoder(x)
+    assert ours.shape == (2, 256, 48)
+    assert (ours - ref).abs().max().item() <= 1e-4
+
+
+def test_loading_is_strict(gemma3):
+    sd = dict(gemma3.state_dict())
+    cfg = gemma3.config.to_dict()
+    missing = {k: v for k, v in sd.items() if "layers.1.mlp.fc2.bias" not in k}
+    with pytest.raises(ModelLoadError, match="missing tensor .*layers.1.mlp.fc2.bias"):
+        load_gemma3_vision(missing, cfg)
+    extra = {**sd, "model.vision_tower.vision_model.encoder.layers.9.mlp.fc1.weight": torch.zeros(1)}
+    with pytest.raises(ModelLoadError, match="unexpected tensor .*layers.9.mlp.fc1"):
+        load_gemma3_vision(extra, cfg)
+    text_only = {k: v for k, v in sd.items() if "language_model" in k}
+    with pytest.raises(ModelLoadError, match="text-only"):
+        load_gemma3_vision(text_only, cfg)
+
+
+def test_legacy_checkpoint_names_load():
+    # Gemma 3 4B as stored on the Hub: "vision_tower.vision_model.*", "multi_modal_projector.*".
+    cfg = Gemma3VisionConfig(vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=1, num_attention_heads=2, image_size=56),
+                             mm_tokens_per_image=4, text_hidden_size=16)
+    p = "vision_tower.vision_model."
+    names = {f"{p}embeddings.patch_embedding.weight": (32, 3, 14, 14), f"{p}embeddings.patch_embedding.bias": (32,),
+             f"{p}embeddings.position_embedding.weight": (16, 32), f"{p}post_layernorm.weight": (32,),
+             f"{p}post_layernorm.bias": (32,), "multi_modal_projector.mm_input_projection_weight": (32, 16),
+             "multi_modal_projector.mm_soft_emb_norm.weight": (32,)}
+    for sub, shape in [("layer_norm1", (32,)), ("layer_norm2", (32,)), ("self_attn.q_proj", (32, 32)),
+                       ("self_attn.k_proj", (32, 32)), ("self_attn.v_proj", (32, 32)),
+                       ("self_attn.out_proj", (32, 32)), ("mlp.fc1", (64, 32)), ("mlp.fc2", (32, 64))]:
+        names[f"{p}encoder.layers.0.{sub}.weight"] = shape
+        names[f"{p}encoder.layers.0.{sub}.bias"] = shape[:1]
+    tower = load_gemma3_vision({k: torch.randn(s) for k, s in names.items()}, cfg)
+    assert tower(torch.randn(1, 3, 56, 56)).shape == (1, 4, 16)
+    bad = {k: torch.randn(s) for k, s in names.items()}
+    bad["multi_modal_projector.mm_input_projection_weight"] = torch.randn(16, 32)
+    with pytest.raises(ModelLoadError, match="mm_input_projection_weight.*shape"):
+        load_gemma3_vision(bad, cfg)
+
+
+@pytest.mark.slow
+def test_gemma3n_tower_matches_transformers():
+    ref_model = small_gemma3n()
+    ours = load_gemma3n_vision(ref_model.state_dict(), ref_model.config.to_dict())
+    # 128 px keeps the (channel-scaled) MobileNet-V5 fast; its fusion adapter still outputs 16 x 16.
+    config = ImageProcessorConfig(**{**GEMMA3N_IMAGE.__dict__, "size": {"height": 128, "width": 128}})
+    pixels = preprocess([noise_image(200, 300, 1), noise_image(300, 200, 2)], config).pixel_values
+    with torch.no_grad():
+        ref = ref_model.get_image_features(pixels).pooler_output
+        out = ours(pixels)
+        ids = torch.tensor([[262144, 262150, 262200]])  # <end_of_image> and other hard vision tokens
+        hard_ref = ref_model.embed_vision(input_ids=ids)
+        hard = ours.embedder.embed_ids(ids)
+    assert out.shape == ref.shape == (2, 256, 64)
+    assert (out - ref).abs().max().item() <= 1e-4
+    assert (hard - hard_ref).abs().max().item() <= 1e-5

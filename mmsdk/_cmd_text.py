@@ -1,0 +1,92 @@
+"""`mmsdk generate`, `mmsdk chat` and `mmsdk demo`."""
+import sys
+import time
+
+
+def _add_sampling(p):
+    p.add_argument("--model", help="HF checkpoint folder or .gguf file (default: the bundled Gemma 3 270M)")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int)
+
+
+def _sampling(args) -> dict:
+    keys = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+def _load(args):
+    import mmsdk
+
+    print(f"loading {args.model or 'the bundled Gemma 3 270M'} ...", file=sys.stderr)
+    return mmsdk.load(args.model, threads=args.threads)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="continue a prompt (raw, no chat template)")
+    p.add_argument("prompt")
+    _add_sampling(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive chat in the terminal (a session keeps the context)")
+    p.add_argument("--system", help="system prompt")
+    _add_sampling(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("demo", help="a tour of what the bundled models do, offline")
+    _add_sampling(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_generate(args) -> int:
+    asst = _load(args)
+    for piece in asst.stream(args.prompt, max_tokens=args.max_tokens, **_sampling(args)):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_chat(args) -> int:
+    asst = _load(args)
+    session = asst.session(system=args.system)
+    print("Type a message; an empty line or Ctrl-D ends the chat.", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        reply = session.send(line, max_tokens=args.max_tokens, **_sampling(args))
+        print(f"model> {reply.text.strip()}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    t0 = time.perf_counter()
+    asst = _load(args)
+    print(f"model: {asst.info.name} ({asst.info.parameters / 1e6:.0f}M parameters, {asst.info.quantization}), "
+          f"loaded in {time.perf_counter() - t0:.1f} s")
+    prompt = "The capital of France is"
+    print(f"\n[generate] {prompt!r} ->{asst.generate(prompt, max_tokens=12)!r}")
+    prompt = "Here is a short list of three fruits:"
+    print(f"\n[stream] {prompt}", end="", flush=True)
+    t1, n = time.perf_counter(), 0
+    for piece in asst.stream(prompt, max_tokens=48, **_sampling(args)):
+        print(piece, end="", flush=True)
+        n += 1
+    print(f"\n  ({n} pieces in {time.perf_counter() - t1:.1f} s)")
+    for name, module in _DEMO_PARTS:
+        import importlib
+
+        importlib.import_module(module).demo(asst)
+    return 0
+
+
+# Later capabilities add (title, module with `demo(asst)`) here.
+_DEMO_PARTS: list[tuple[str, str]] = []

@@ -1,0 +1,206 @@
+"""`mmsdk.load()` and the `Assistant`: text generation, chat and sessions over one decoder."""
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from . import chat_format
+from .decoder.kv_cache import make_cache
+from .decoder.loader import load_text
+from .decoder.sampling import make_sampler
+from .decoder.generate import generate_step
+from .decoder.tokenizer import StreamDecoder
+from .errors import ContextLengthError, InputError, UnsupportedModalityError
+from .types import ModelInfo, Reply, Usage
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}
+_SAMPLING_KEYS = {"temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"}
+
+
+def load(path=None, *, quantize: str | None = None, offload: str | None = None, threads: int | None = None,
+         dtype: str | None = None, max_memory: int | None = None) -> "Assistant":
+    """Load a model: a HF checkpoint folder or a .gguf file; with no path, the bundled Gemma 3 270M."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be None, 'float32' or 'bfloat16', got {dtype!r}")
+    if quantize not in (None, "int8", "int4"):
+        raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
+    if offload not in (None, "ple", "layers"):
+        raise ValueError(f"offload must be None, 'ple' or 'layers', got {offload!r}")
+    if threads:
+        torch.set_num_threads(threads)
+    if path is None:
+        from .bundled import bundled_gguf
+
+        path = bundled_gguf()
+    t0 = time.perf_counter()
+    loaded = load_text(Path(path), _DTYPES[dtype])
+    log.info("loaded %s in %.1f s", path, time.perf_counter() - t0)
+    return Assistant(loaded, path=str(path))
+
+
+class Assistant:
+    def __init__(self, loaded, path: str = ""):
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.config = self.model.config
+        self._loaded = loaded
+        self.info = ModelInfo(
+            name=loaded.name,
+            family="gemma3",
+            parameters=sum(p.numel() for p in self.model.parameters()),
+            modalities=frozenset({"text"}),
+            context_length=self.config.max_position_embeddings,
+            quantization=loaded.quantization,
+            path=path,
+        )
+
+    def __repr__(self):
+        return f"Assistant({self.info.name!r}, {self.info.parameters / 1e6:.0f}M params, {self.info.quantization})"
+
+    # ---- text -------------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes, without the BOS token `generate` adds."""
+        return len(self.tokenizer.encode(text, add_bos=False))
+
+    def generate(self, prompt: str, *, max_tokens: int = 256, stop=(), **sampling) -> str:
+        """Continue the raw prompt (BOS prepended, no chat template)."""
+        return "".join(self.stream(prompt, max_tokens=max_tokens, stop=stop, **sampling))
+
+    def stream(self, prompt: str, *, max_tokens: int = 256, stop=(), **sampling) -> Iterator[str]:
+        """Text pieces of the continuation as they are decoded."""
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
+        ids = self.tokenizer.encode(prompt)
+        run = _Run(self, ids, make_cache(self.config), 0, (), max_tokens, stop, sampling)
+        yield from run
+
+    def chat(self, messages: list[dict], *, tools=None, schema=None, max_tokens: int = 256, stop=(),
+             **sampling) -> Reply:
+        """Reply to a conversation in the model's chat format."""
+        if tools or schema is not None:
+            raise NotImplementedError("tools= and schema= arrive with constrained decoding")
+        prompt, images, audio = chat_format.render_messages(messages)
+        self._check_media(images, audio)
+        ids = self.tokenizer.encode(prompt)
+        run = _Run(self, ids, make_cache(self.config), 0, (), max_tokens, stop, sampling)
+        text = "".join(run)
+        return Reply(text=text, usage=Usage(len(ids), len(run.generated)), finish_reason=run.finish_reason)
+
+    def session(self, system: str | None = None) -> "Session":
+        return Session(self, system)
+
+    def _check_media(self, images, audio) -> None:
+        for kind, items in (("image", images), ("audio", audio)):
+            if items and kind not in self.info.modalities:
+                raise UnsupportedModalityError(
+                    f"{self.info.name} takes no {kind} input; load a model that does "
+                    f"({'Gemma 3 4B+ or Gemma 3n' if kind == 'image' else 'Gemma 3n'})")
+
+
+class _Run:
+    """One generation: samples tokens, turns them into text, stops at an end-of-turn token, a stop
+    string or `max_tokens`. Iterating yields text pieces; `generated` and `finish_reason` remain."""
+
+    def __init__(self, asst: Assistant, ids: list[int], caches, start: int, history, max_tokens: int, stop,
+                 sampling: dict):
+        unknown = set(sampling) - _SAMPLING_KEYS
+        if unknown:
+            raise TypeError(f"unknown sampling argument(s): {', '.join(sorted(unknown))}")
+        ctx = asst.config.max_position_embeddings
+        if start + len(ids) > ctx:
+            raise ContextLengthError(start + len(ids), ctx)
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        self.asst, self.ids, self.caches, self.start, self.history = asst, ids, caches, start, history
+        self.max_tokens = min(max_tokens, ctx - start - len(ids))
+        self.stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        self.sampler = make_sampler(**sampling)
+        self.generated: list[int] = []
+        self.finish_reason = "length"
+
+    def __iter__(self) -> Iterator[str]:
+        if self.max_tokens == 0:
+            return
+        tok = self.asst.tokenizer
+        steps = generate_step(self.asst.model, self.ids, self.caches, self.sampler, start=self.start,
+                              history=self.history)
+        decoder, pending = StreamDecoder(tok), ""
+        for token in steps:
+            self.generated.append(token)
+            if token in tok.eos_ids:
+                self.finish_reason = "stop"
+                break
+            pending += decoder.push(token)
+            cut = _find_stop(pending, self.stop)
+            if cut is not None:
+                self.finish_reason = "stop"
+                yield pending[:cut]
+                return
+            keep = _partial_stop(pending, self.stop)
+            if len(pending) > keep:
+                yield pending[:len(pending) - keep]
+                pending = pending[len(pending) - keep:]
+            if len(self.generated) >= self.max_tokens:
+                break
+        if pending:
+            yield pending
+
+
+def _find_stop(text: str, stops) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _partial_stop(text: str, stops) -> int:
+    """Length of the longest tail of `text` that could still grow into a stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if s.startswith(text[-n:]):
+                best = n
+                break
+    return best
+
+
+class Session:
+    """A conversation that keeps its KV cache between turns: each `send` feeds only the new tokens."""
+
+    def __init__(self, asst: Assistant, system: str | None = None):
+        self.asst, self.system = asst, system
+        self.caches = make_cache(asst.config)
+        self.ids: list[int] = []  # every token of the conversation so far
+        self.n_cached = 0  # how many of them are in the caches
+        self.history: list[dict] = []
+
+    def send(self, text: str, images=(), audio=(), *, max_tokens: int = 256, stop=(), **sampling) -> Reply:
+        self.asst._check_media(list(images), list(audio))
+        first = not self.ids
+        body = f"{self.system}\n\n{text}" if first and self.system else text
+        turn = chat_format.render_turn("user", body) + f"{chat_format.START}model\n"
+        new = self.asst.tokenizer.encode(turn, add_bos=first)
+        self.ids += new
+        todo = self.ids[self.n_cached:]
+        run = _Run(self.asst, todo, self.caches, self.n_cached, self.ids[:self.n_cached], max_tokens, stop,
+                   sampling)
+        reply_text = "".join(run)
+        # The cache now holds every token but the last sampled one; close the model's turn.
+        if run.generated:
+            self.n_cached = len(self.ids) + len(run.generated) - 1
+        self.ids += run.generated
+        end_of_turn = self.asst.tokenizer.token_id(chat_format.END)
+        if not run.generated or run.generated[-1] != end_of_turn:
+            self.ids.append(end_of_turn)
+        self.ids += self.asst.tokenizer.encode("\n", add_bos=False)
+        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply_text}]
+        return Reply(text=reply_text, usage=Usage(len(todo), len(run.generated)), finish_reason=run.finish_reason)
+
+    def clone(self) -> "Session":
+        """A fork of the conversation: the copy and the original go on independently."""
+        s = Session.__new__(Session)
+        s.asst, s.system = self.asst, self.system
+        s.caches = [c.clone() for c in self.caches]
+        s.ids, s.n_cached, s.history = list(self.ids), self.n_cached, list(self.history)
+        return s

@@ -71,8 +71,25 @@ class RingCache:
         return self.k.numel() * self.k.element_size() * 2
 
 
+class SharedCache:
+    """Placeholder for a layer that attends another layer's keys/values (Gemma 3n's KV-shared
+    tail): it stores nothing; the model hands it what layer `source` computed this step."""
+
+    def __init__(self, source: int):
+        self.source = source
+
+    def clone(self) -> "SharedCache":
+        return self  # stateless
+
+    def nbytes(self) -> int:
+        return 0
+
+
 def make_cache(config, batch: int = 1, dtype: torch.dtype = torch.float32) -> list:
-    """One cache per layer: a ring for sliding-window layers, a full cache for global ones."""
+    """One cache per layer: a ring for sliding-window layers, a full cache for global ones, and a
+    `SharedCache` for layers whose config names another layer in `kv_sources`."""
     n_kv, hd = config.num_key_value_heads, config.head_dim
-    return [RingCache(batch, n_kv, hd, dtype, config.sliding_window) if t == SLIDING
-            else FullCache(batch, n_kv, hd, dtype) for t in config.layer_types]
+    sources = getattr(config, "kv_sources", None) or range(len(config.layer_types))
+    return [SharedCache(src) if src != i
+            else RingCache(batch, n_kv, hd, dtype, config.sliding_window) if t == SLIDING
+            else FullCache(batch, n_kv, hd, dtype) for i, (t, src) in enumerate(zip(config.layer_types, sources))]

@@ -4,18 +4,19 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """Gemma's RMSNorm: computed in float32, scaled by (1 + w) so a zero weight is the identity."""
+    """Gemma's RMSNorm: computed in float32, scaled by (1 + w) so a zero weight is the identity.
+    Gemma 3n stores the scale itself: `scale_offset=0.0` scales by w."""
 
-    def __init__(self, dim: int, eps: float = 1e-6, with_scale: bool = True):
+    def __init__(self, dim: int, eps: float = 1e-6, with_scale: bool = True, scale_offset: float = 1.0):
         super().__init__()
-        self.eps = eps
+        self.eps, self.scale_offset = eps, scale_offset
         self.weight = nn.Parameter(torch.zeros(dim)) if with_scale else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
-            y = y * (1.0 + self.weight.float())
+            y = y * (self.scale_offset + self.weight.float())
         return y.type_as(x)
 
 

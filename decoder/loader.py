@@ -12,7 +12,7 @@ from .errors import ModelLoadError
 from .gemma3 import Gemma3Text
 from .gguf_file import is_gguf, open_gguf, read_metadata, read_tensors
 from .tokenizer import GemmaTokenizer, load_tokenizer_json, tokenizer_from_gguf
-from .weights import FUSED, GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, expand
+from .weights import GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, expand
 
 TEXT_ARCHITECTURES = {"gemma3_text", "gemma3"}
 # Where the text model's tensors sit in each HF layout (text-only, 4.x multimodal, 5.x multimodal).
@@ -54,8 +54,7 @@ def _load_gguf(path: Path, dtype) -> LoadedText:
     with torch.device("meta"):
         model = Gemma3Text(cfg)
     model.to_empty(device="cpu")
-    assign_strict(model, read_tensors(reader), expand(GGUF_TO_NATIVE, cfg.num_hidden_layers), path, dtype,
-                  fused=expand(FUSED, cfg.num_hidden_layers))
+    assign_strict(model, read_tensors(reader), expand(GGUF_TO_NATIVE, cfg.num_hidden_layers), path, dtype)
     stat = os.stat(path)
     tok = tokenizer_from_gguf(meta, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
     ftype = {15: "Q4_K_M", 7: "Q8_0", 1: "F16", 0: "F32", 32: "BF16"}.get(meta.get("general.file_type"), "gguf")
@@ -96,8 +95,7 @@ def _load_hf(folder: Path, dtype) -> LoadedText:
     with torch.device("meta"):
         model = Gemma3Text(cfg)
     model.to_empty(device="cpu")
-    assign_strict(model, text, expand(HF_TO_NATIVE, cfg.num_hidden_layers), folder, dtype,
-                  fused=expand(FUSED, cfg.num_hidden_layers))
+    assign_strict(model, text, expand(HF_TO_NATIVE, cfg.num_hidden_layers), folder, dtype)
     if not (folder / "tokenizer.json").is_file():
         raise ModelLoadError(folder, "no tokenizer.json in the folder")
     tok = load_tokenizer_json(folder, hf)

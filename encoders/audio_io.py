@@ -154,7 +154,8 @@ def _decode_librosa(path: Path, name: str) -> tuple[np.ndarray, int]:
             samples, rate = librosa.load(path, sr=None, mono=False)
     except Exception as e:  # audioread raises its own hierarchy, soundfile its own; both mean "undecodable"
         raise InputError(
-            f"cannot decode audio input {name}: {_first_line(e) or type(e).__name__}; expected {_EXPECTED} "
+            f"cannot decode audio input {name}: {_first_line(e) or 'not a recognised audio format'}; "
+            f"expected {_EXPECTED} "
             f"(formats other than WAV/FLAC/OGG/MP3 need ffmpeg installed)"
         ) from e
     samples = np.asarray(samples, dtype=np.float32)

@@ -11,6 +11,7 @@ from .errors import MMSDKError
 _COMMAND_MODULES = [
     "mmsdk._cmd_text",
     "mmsdk._cmd_docs",
+    "mmsdk._cmd_media_audio",
 ]
 
 

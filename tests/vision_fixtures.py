@@ -23,10 +23,10 @@ def randomize(model: torch.nn.Module, *, include=("",), seed: int = 0) -> None:
                         + (1.0 if "norm" in name and "gemma3n" in type(model).__module__ else 0.0))
 
 
-def small_gemma3(mm_tokens_per_image: int = 16):
+def small_gemma3(mm_tokens_per_image: int = 16, **text):
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    cfg = Gemma3Config(text_config=SMALL_GEMMA3_TEXT, vision_config=SMALL_SIGLIP,
+    cfg = Gemma3Config(text_config={**SMALL_GEMMA3_TEXT, **text}, vision_config=SMALL_SIGLIP,
                        mm_tokens_per_image=mm_tokens_per_image)
     torch.manual_seed(0)
     model = Gemma3ForConditionalGeneration(cfg).eval()

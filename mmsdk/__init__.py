@@ -1,10 +1,13 @@
 """mmsdk: a multimodal assistant that runs entirely on your device."""
 from .assistant import Assistant, Session, load
+from .documents import Answer, DocumentIndex, Hit
 from .errors import ContextLengthError, InputError, MMSDKError, ModelLoadError, UnsupportedModalityError
+from .speech import Transcript
 from .types import ModelInfo, Reply, ToolCall, Usage
 
 __all__ = [
     "load", "Assistant", "Session",
-    "Reply", "ToolCall", "Usage", "ModelInfo",
+    "Reply", "ToolCall", "Usage", "ModelInfo", "Transcript",
+    "DocumentIndex", "Hit", "Answer",
     "MMSDKError", "ModelLoadError", "InputError", "UnsupportedModalityError", "ContextLengthError",
 ]

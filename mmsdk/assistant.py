@@ -92,6 +92,20 @@ class Assistant:
     def session(self, system: str | None = None) -> "Session":
         return Session(self, system)
 
+    # ---- media and documents ------------------------------------------------------------------
+    def transcribe_audio(self, audio, *, language: str | None = None, progress: bool = False):
+        """Speech to text with timestamps. Uses the model's audio encoder when it has one, else the
+        bundled Whisper base."""
+        from .speech import transcribe
+
+        return transcribe(audio, language=language, progress=progress)
+
+    def ask(self, question: str, index, k: int = 5, *, max_tokens: int = 256):
+        """Answer from the documents in `index`, citing the passages used (`Answer.citations`)."""
+        from .documents import answer
+
+        return answer(self, question, index, k=k, max_tokens=max_tokens)
+
     def _check_media(self, images, audio) -> None:
         for kind, items in (("image", images), ("audio", audio)):
             if items and kind not in self.info.modalities:

@@ -156,6 +156,7 @@ def load_gemma3n(folder, hf: dict | None = None, dtype: torch.dtype = torch.floa
             raise ModelLoadError(folder, f"tensor {prefix + PLE_KEY!r} has shape {ple.shape}, the config implies {want}")
         del kmap[PLE_KEY]
     assign_strict(model, text, kmap, folder, dtype)
+    n_params = sum(p.numel() for p in model.parameters())  # before the PLE table leaves the module
     for p in model.parameters():
         p.requires_grad_(False)
     if ple is not None:
@@ -166,6 +167,7 @@ def load_gemma3n(folder, hf: dict | None = None, dtype: torch.dtype = torch.floa
     stored = str(hf.get("torch_dtype") or hf.get("dtype") or (hf.get("text_config") or {}).get("dtype") or "float32")
     extra = {k: v.read() for k, v in extra.items()}  # as stored; the encoders choose their dtype
     loaded = LoadedText(model.eval(), tok, folder.name, "hf", stored, extra, hf)
+    loaded.parameters = n_params
     if offload == "layers":
         apply_offload(loaded, "layers", max_memory=max_memory)
     return loaded

@@ -16,7 +16,7 @@ from ..decoder.errors import ModelLoadError
 from ..decoder.layers import RMSNorm
 from ..decoder.weights import assign_strict, expand
 from . import siglip
-from .hf_config import hf_fields
+from .hf_config import empty_module, hf_fields
 from .siglip import SiglipVisionConfig, SiglipVisionEncoder
 
 # Top-level keys of a Gemma 3 multimodal config.json that are not the vision tower's concern.
@@ -112,9 +112,7 @@ def load_gemma3_vision(tensors: dict[str, torch.Tensor], config: dict | Gemma3Vi
     """Build the tower from a checkpoint's vision tensors (other tensors in `tensors` are skipped).
     Strict: a missing or unexpected vision tensor is a `ModelLoadError` naming it."""
     cfg = config if isinstance(config, Gemma3VisionConfig) else Gemma3VisionConfig.from_hf(config)
-    with torch.device("meta"):
-        tower = Gemma3VisionTower(cfg)
-    tower = tower.to_empty(device="cpu")
+    tower = empty_module(Gemma3VisionTower, cfg)
     vision = {normalize_key(k): t for k, t in tensors.items() if is_vision_key(k)}
     if not vision:
         raise ModelLoadError(path, "no vision tensors (vision_tower.*, multi_modal_projector.*): "

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..decoder.errors import ModelLoadError
 from ..decoder.weights import assign_strict
-from .hf_config import hf_fields
+from .hf_config import empty_module, hf_fields
 
 # Keys of a gemma3n_vision config that describe timm's classifier head or labels, unused by the encoder.
 _IGNORED_VISION_KEYS = frozenset({"num_classes", "label_names", "num_labels", "pretrained_cfg", "global_pool"})
@@ -150,9 +150,7 @@ def load_gemma3n_vision(tensors: dict[str, torch.Tensor], config: dict | Gemma3n
     """Build the tower from a Gemma 3n checkpoint's vision tensors (other tensors are skipped).
     Strict: a missing or unexpected vision tensor is a `ModelLoadError` naming it."""
     cfg = config if isinstance(config, Gemma3nMMVisionConfig) else Gemma3nMMVisionConfig.from_hf(config)
-    with torch.device("meta"):
-        tower = Gemma3nVisionTower(cfg)
-    tower = tower.to_empty(device="cpu")
+    tower = empty_module(Gemma3nVisionTower, cfg)
     vision = {k.removeprefix("model."): t for k, t in tensors.items() if is_vision_key(k)}
     if not vision:
         raise ModelLoadError(path, "no vision tensors (vision_tower.timm_model.*, embed_vision.*) in the checkpoint")

@@ -1,8 +1,11 @@
-"""Reading a dataclass config from a Hugging Face config dict: known fields taken, unknown keys reported."""
+"""Reading a Hugging Face checkpoint: a dataclass config from its config dict (unknown keys reported),
+and modules built empty so that loading the checkpoint's tensors is the only initialization."""
 from __future__ import annotations
 
 import dataclasses
 import warnings
+
+import torch
 
 # Keys every transformers `PreTrainedConfig` may carry that say nothing about an encoder's math.
 HF_GENERIC_KEYS = frozenset({
@@ -24,3 +27,11 @@ def hf_fields(cls, d: dict, ignored: frozenset = frozenset()) -> dict:
     if unknown:
         warnings.warn(f"{cls.__name__}: ignoring unknown config keys {unknown}", stacklevel=3)
     return {k: v for k, v in d.items() if k in names and v is not None}
+
+
+def empty_module(module_cls, cfg) -> torch.nn.Module:
+    """`module_cls(cfg)` with uninitialized CPU weights: built on the meta device, so no time goes into a
+    random init the checkpoint overwrites anyway."""
+    with torch.device("meta"):
+        module = module_cls(cfg)
+    return module.to_empty(device="cpu")

@@ -51,6 +51,7 @@ def our_logits(model, prompt) -> torch.Tensor:
         return model.logits(model(None, caches, positions, embeds=prompt.embeds, groups=prompt.groups))
 
 
+@pytest.mark.slow
 def test_two_images_one_pan_and_scanned_match_transformers(models_pair):
     ref, loaded, tower = models_pair
     text = f"Describe these two images. First: {BOI} second: {BOI}"

@@ -18,14 +18,13 @@ import torch
 from PIL import Image
 
 from mmsdk.encoders.gemma3_vision import Gemma3VisionConfig, Gemma3VisionTower
+from mmsdk.encoders.hf_config import empty_module
 from mmsdk.encoders.image_preprocess import preprocess
 
 
 def random_tower(seed: int = 0) -> Gemma3VisionTower:
     """The real-size tower with random weights of a realistic scale (initialized in place, no download)."""
-    with torch.device("meta"):
-        tower = Gemma3VisionTower(Gemma3VisionConfig())
-    tower = tower.to_empty(device="cpu")
+    tower = empty_module(Gemma3VisionTower, Gemma3VisionConfig())
     g = torch.Generator().manual_seed(seed)
     for name, p in tower.named_parameters():
         if "norm" in name and name.endswith("weight"):

@@ -7,18 +7,19 @@ multiple of 128 samples, the same 30 s truncation, the same per-frame validity m
 import functools
 import logging
 import math
-import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
+
+from .hf_config import hf_fields
 
 logger = logging.getLogger(__name__)
 
 # Keys of preprocessor_config.json that describe the processor rather than the features.
-_IGNORED_HF_KEYS = {
+_IGNORED_HF_KEYS = frozenset({
     "feature_extractor_type", "processor_class", "padding_side", "return_attention_mask",
     "image_processor_type", "auto_map",
-}
+})
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,7 @@ class FeatureConfig:
 
     @classmethod
     def from_hf(cls, d: dict) -> "FeatureConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names - _IGNORED_HF_KEYS)
-        if unknown:
-            warnings.warn(f"FeatureConfig: ignoring unknown preprocessor keys {unknown}", stacklevel=2)
-        kwargs = {k: v for k, v in d.items() if k in names}
+        kwargs = hf_fields(cls, d, _IGNORED_HF_KEYS)
         for key in ("per_bin_mean", "per_bin_stddev"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(float(x) for x in kwargs[key])

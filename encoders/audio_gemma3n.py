@@ -14,8 +14,7 @@ which sees itself and the `conf_attention_context_left - 1` frames before it (an
 import json
 import logging
 import math
-import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,17 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..decoder.errors import ModelLoadError
+from ..decoder.weights import assign_strict, expand
 from .audio_features import FeatureConfig, num_frames
+from .gemma3n_vision import MultimodalEmbedder, RMSNorm  # Gemma 3n's shared norm and embedder
+from .hf_config import empty_module, hf_fields
 
 logger = logging.getLogger(__name__)
-
-# Keys every transformers config carries that say nothing about this architecture.
-_IGNORED_HF_KEYS = {
-    "model_type", "torch_dtype", "dtype", "transformers_version", "architectures", "_name_or_path",
-    "initializer_range", "output_hidden_states", "output_attentions", "return_dict", "id2label", "label2id",
-    "problem_type", "chunk_size_feed_forward", "is_encoder_decoder",
-}
-
 
 @dataclass
 class AudioConfig:
@@ -61,11 +55,7 @@ class AudioConfig:
 
     @classmethod
     def from_hf(cls, d: dict) -> "AudioConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names - _IGNORED_HF_KEYS)
-        if unknown:
-            warnings.warn(f"AudioConfig: ignoring unknown audio_config keys {unknown}", stacklevel=2)
-        kwargs = {k: v for k, v in d.items() if k in names}
+        kwargs = hf_fields(cls, d)
         for key in ("sscp_conv_kernel_size", "sscp_conv_stride_size"):
             if key in kwargs:
                 kwargs[key] = tuple(tuple(pair) for pair in kwargs[key])
@@ -98,22 +88,6 @@ def num_audio_tokens(num_samples: int, config: AudioConfig = AudioConfig(),
 
 # ---------------------------------------------------------------------------------------------------
 # Building blocks
-
-
-class RMSNorm(nn.Module):
-    """x / rms(x) · weight, in float32; Gemma 3n's scale multiplies directly (no 1 + weight)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6, with_scale: bool = True):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.pow(h.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)
-        if self.weight is not None:
-            h = h * self.weight.float()
-        return h.type_as(x)
 
 
 class CumulativeGroupNorm(nn.Module):
@@ -211,13 +185,12 @@ class LocalAttention(nn.Module):
         self.v_proj = nn.Linear(d, d, bias=False)
         self.pos_proj = nn.Linear(d, d, bias=False)
         self.per_dim_scale = nn.Parameter(torch.zeros(self.head_dim))  # learned query scale, through softplus
-        # Query w of a block sees context key c iff 0 <= c - w <= P + R; f = c - w indexes the
-        # relative embedding, whose position (query - key distance) is P - f.
-        w = torch.arange(self.chunk).unsqueeze(1)
-        c = torch.arange(self.context).unsqueeze(0)
-        self.register_buffer("rel_index", (c - w).clamp(0, self.left + self.right), persistent=False)
-        self.register_buffer("window_mask", (c - w >= 0) & (c - w <= self.left + self.right), persistent=False)
-        self.register_buffer("rel_positions", torch.arange(self.left, -self.right - 1, -1), persistent=False)
+
+    def window(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query w of a block sees context key c iff 0 <= f = c - w <= P + R; f indexes the relative
+        embedding, whose position (query-key distance) is P - f. Returns (f clamped, visible), (W, C)."""
+        f = torch.arange(self.context, device=device)[None, :] - torch.arange(self.chunk, device=device)[:, None]
+        return f.clamp(0, self.left + self.right), (f >= 0) & (f <= self.left + self.right)
 
     def blocks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) → (B, U, W, ...): non-overlapping query blocks, zero-padded at the end."""
@@ -245,15 +218,17 @@ class LocalAttention(nn.Module):
         u = q.shape[2]
 
         content = q @ k  # (B, N, U, W, C)
-        rel = self.pos_proj(timing_signal(self.rel_positions, x.shape[-1]).to(x.dtype))  # (F, N·H)
+        rel_index, visible = self.window(x.device)
+        distances = torch.arange(self.left, -self.right - 1, -1, device=x.device)  # P .. -R
+        rel = self.pos_proj(timing_signal(distances, x.shape[-1]).to(x.dtype))  # (F, N·H)
         rel = rel.reshape(-1, self.n_heads, self.head_dim).permute(1, 2, 0)  # (N, H, F)
         position = (q.reshape(b, self.n_heads, u * self.chunk, self.head_dim) @ rel)  # (B, N, U·W, F)
         position = position.reshape(b, self.n_heads, u, self.chunk, -1)
-        position = torch.gather(position, -1, self.rel_index.expand(b, self.n_heads, u, -1, -1))  # (B,N,U,W,C)
+        position = torch.gather(position, -1, rel_index.expand(b, self.n_heads, u, -1, -1))  # (B,N,U,W,C)
         logits = content + position
 
         logits = torch.tanh(logits / self.cap) * self.cap
-        allowed = self.contexts(valid)[:, None, :, None, :] & self.window_mask  # (B, 1, U, W, C)
+        allowed = self.contexts(valid)[:, None, :, None, :] & visible  # (B, 1, U, W, C)
         logits = torch.where(allowed, logits, torch.finfo(logits.dtype).min)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(v.dtype)
 
@@ -335,26 +310,6 @@ class AudioEncoder(nn.Module):
         return x.masked_fill(~valid.unsqueeze(-1), 0.0), valid
 
 
-class AudioEmbedder(nn.Module):
-    """Audio encodings (soft tokens) or audio vocabulary ids (hard tokens) → decoder input embeddings."""
-
-    def __init__(self, cfg: AudioConfig, text_hidden_size: int):
-        super().__init__()
-        self.vocab_offset = cfg.vocab_offset
-        self.embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.hard_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.soft_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.projection = nn.Linear(cfg.hidden_size, text_hidden_size, bias=False)
-        self.post_norm = RMSNorm(text_hidden_size, cfg.rms_norm_eps, with_scale=False)
-
-    def forward(self, encodings: torch.Tensor) -> torch.Tensor:  # (B, T, D) → (B, T, text width)
-        return self.post_norm(self.projection(self.soft_norm(encodings)))
-
-    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token ids in [vocab_offset, vocab_offset + vocab_size), e.g. the audio padding token."""
-        return self.post_norm(self.projection(self.hard_norm(self.embedding(ids - self.vocab_offset))))
-
-
 class Gemma3nAudio(nn.Module):
     """The audio tower plus its embedder: log-mel → decoder-width soft tokens."""
 
@@ -362,7 +317,7 @@ class Gemma3nAudio(nn.Module):
         super().__init__()
         self.config = cfg
         self.encoder = AudioEncoder(cfg)
-        self.embedder = AudioEmbedder(cfg, text_hidden_size)
+        self.embedder = MultimodalEmbedder(cfg, text_hidden_size)  # reads vocab_*, hidden_size, rms_norm_eps
 
     def forward(self, mel: torch.Tensor, mel_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         encodings, valid = self.encoder(mel, mel_valid)
@@ -403,32 +358,17 @@ HF_TO_NATIVE = {
     "model.embed_audio.embedding.weight": "embedder.embedding.weight",
     "model.embed_audio.hard_embedding_norm.weight": "embedder.hard_norm.weight",
     "model.embed_audio.soft_embedding_norm.weight": "embedder.soft_norm.weight",
-    "model.embed_audio.embedding_projection.weight": "embedder.projection.weight",
+    "model.embed_audio.embedding_projection.weight": "embedder.proj.weight",
 }
 AUDIO_PREFIXES = ("model.audio_tower.", "model.embed_audio.")
 
 
-def hf_key_map(num_layers: int) -> dict[str, str]:
-    """Every expected checkpoint name → our parameter name, with layer indices filled in."""
-    out = {}
-    for hf, ours in HF_TO_NATIVE.items():
-        for i in range(num_layers) if "{}" in hf else [None]:
-            out[hf.format(i)] = ours.format(i)
-    return out
-
-
-def convert_hf_state_dict(hf_state: dict[str, torch.Tensor], num_layers: int, source: str = "checkpoint"):
-    """Rename the audio tensors of a Gemma 3n checkpoint to ours. Strict: an expected tensor that is
-    missing, or an audio tensor we do not know, raises `ModelLoadError` naming it."""
-    key_map = hf_key_map(num_layers)
-    audio_keys = {k for k in hf_state if k.startswith(AUDIO_PREFIXES)}
-    unexpected = sorted(audio_keys - key_map.keys())
-    missing = sorted(key_map.keys() - audio_keys)
-    if unexpected:
-        raise ModelLoadError(source, f"unexpected audio tensor {unexpected[0]!r} ({len(unexpected)} in all)")
-    if missing:
-        raise ModelLoadError(source, f"missing audio tensor {missing[0]!r} ({len(missing)} in all)")
-    return {key_map[k]: hf_state[k] for k in audio_keys}
+def load_hf_audio_state(model: Gemma3nAudio, tensors: dict[str, torch.Tensor], source="checkpoint",
+                        dtype: torch.dtype = torch.float32) -> None:
+    """Assign a Gemma 3n checkpoint's audio tensors (other tensors are skipped) to `model`. Strict: a
+    missing or unknown audio tensor, or a wrong shape, raises `ModelLoadError` naming it."""
+    audio = {k: v for k, v in tensors.items() if k.startswith(AUDIO_PREFIXES)}
+    assign_strict(model, audio, expand(HF_TO_NATIVE, model.config.conf_num_hidden_layers), source, dtype)
 
 
 def load_gemma3n_audio(checkpoint: str | Path, dtype: torch.dtype = torch.float32) -> Gemma3nAudio:
@@ -443,15 +383,13 @@ def load_gemma3n_audio(checkpoint: str | Path, dtype: torch.dtype = torch.float3
         text_hidden = config["text_config"]["hidden_size"]
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(folder / "config.json", f"no usable Gemma 3n audio_config ({e})") from e
-    hf_state = {}
+    tensors = {}
     for file in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
-                    if key.startswith(AUDIO_PREFIXES):
-                        hf_state[key] = f.get_tensor(key)
+                tensors.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(AUDIO_PREFIXES)})
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise ModelLoadError(file, f"unreadable safetensors file ({e})") from e
-    model = Gemma3nAudio(cfg, text_hidden)
-    model.load_state_dict(convert_hf_state_dict(hf_state, cfg.conf_num_hidden_layers, str(folder)), strict=True)
-    return model.to(dtype).eval()
+    model = empty_module(lambda c: Gemma3nAudio(c, text_hidden), cfg)  # no random init: every weight is assigned
+    load_hf_audio_state(model, tensors, folder, dtype)
+    return model.eval()

@@ -8,8 +8,8 @@ from mmsdk.encoders.audio_features import log_mel
 from mmsdk.encoders.audio_gemma3n import (
     AudioConfig,
     Gemma3nAudio,
-    convert_hf_state_dict,
     load_gemma3n_audio,
+    load_hf_audio_state,
     num_audio_tokens,
 )
 
@@ -39,7 +39,7 @@ def models():
     hf_state |= {f"model.embed_audio.{k}": v for k, v in emb.state_dict().items()}
     cfg = AudioConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in SMALL.items()})
     ours = Gemma3nAudio(cfg, TEXT_WIDTH).eval()
-    ours.load_state_dict(convert_hf_state_dict(hf_state, cfg.conf_num_hidden_layers), strict=True)
+    load_hf_audio_state(ours, hf_state)
     return enc, emb, ours, hf_state
 
 
@@ -85,15 +85,19 @@ def test_thirty_seconds_is_188_tokens():
     assert num_audio_tokens(160_000) == (63, 63)  # 6.25 tokens/s, rounded up
 
 
-def test_strict_conversion_names_missing_and_unexpected(models):
-    *_, hf_state = models
+def test_strict_loading_names_missing_unexpected_and_misshapen(models):
+    *_, ours, hf_state = models
+    fresh = Gemma3nAudio(ours.config, TEXT_WIDTH)
     broken = dict(hf_state)
     del broken["model.audio_tower.conformer.1.lconv1d.linear_end.weight"]
-    with pytest.raises(ModelLoadError, match="conformer.1.lconv1d.linear_end"):
-        convert_hf_state_dict(broken, 2)
+    with pytest.raises(ModelLoadError, match="missing tensor 'model.audio_tower.conformer.1.lconv1d.linear_end"):
+        load_hf_audio_state(fresh, broken)
     extra = dict(hf_state, **{"model.audio_tower.conformer.2.norm.weight": torch.ones(64)})
-    with pytest.raises(ModelLoadError, match="unexpected audio tensor 'model.audio_tower.conformer.2"):
-        convert_hf_state_dict(extra, 2)
+    with pytest.raises(ModelLoadError, match="unexpected tensor 'model.audio_tower.conformer.2"):
+        load_hf_audio_state(fresh, extra)
+    wrong = dict(hf_state, **{"model.embed_audio.soft_embedding_norm.weight": torch.ones(65)})
+    with pytest.raises(ModelLoadError, match="soft_embedding_norm.weight' has shape"):
+        load_hf_audio_state(fresh, wrong)
 
 
 def test_loads_from_checkpoint_folder(models, tmp_path):

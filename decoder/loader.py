@@ -1,5 +1,7 @@
 """Loading a Gemma 3 text decoder and its tokenizer from a HF folder or a GGUF file."""
+import dataclasses
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -10,10 +12,14 @@ import torch
 from .config import TextConfig
 from .errors import ModelLoadError
 from .gemma3 import Gemma3Text
+from . import weight_cache
+from .cache import atomic_path
 from .gguf_file import is_gguf, open_gguf, read_metadata, read_tensors
+from .quantize import Int8Embedding, quantize_
 from .tokenizer import GemmaTokenizer, load_tokenizer_json, tokenizer_from_gguf
-from .weights import GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, expand
+from .weights import FUSED, GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, expand
 
+log = logging.getLogger(__name__)
 TEXT_ARCHITECTURES = {"gemma3_text", "gemma3"}
 # Where the text model's tensors sit in each HF layout (text-only, 4.x multimodal, 5.x multimodal).
 _TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
@@ -28,20 +34,76 @@ class LoadedText:
     quantization: str  # what the file stores, e.g. "Q4_K_M", "bfloat16"
     extra_tensors: dict = field(default_factory=dict)  # non-text tensors (vision, audio) by HF name
     hf_config: dict = field(default_factory=dict)
+    parameters: int = 0  # float parameter count (quantized modules hold buffers, not parameters)
 
 
-def load_text(path, dtype: torch.dtype = torch.float32) -> LoadedText:
+def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_size: int = 32,
+              threads: int | None = None, cache: bool = True) -> LoadedText:
+    """Load a Gemma 3 text decoder and its tokenizer.
+
+    `dtype`: the float compute precision (a torch dtype, "float32", "bfloat16"), or None for the
+    runtime's fastest faithful choice: float32 activations, weights as the file stores them.
+    `quantize`: None (float weights; with `dtype=None` a quantized GGUF keeps about its stored
+    precision, "stored"), "int8", "int4" (int4 layers, int8 tied embedding / LM head) or "stored".
+    `dtype="float32", quantize=None` computes what transformers' float32 reference computes.
+    A GGUF's runtime layout is written to the weight cache once (`cache=False` skips it) and
+    memory-mapped on later loads. `threads` sets torch's intra-op threads.
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    if quantize not in (None, "int8", "int4", "stored"):
+        raise ValueError(f"quantize must be None, 'int8', 'int4' or 'stored', got {quantize!r}")
+    auto = dtype is None
+    dtype = _DTYPES.get(dtype, dtype) if not isinstance(dtype, torch.dtype) else dtype
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype must be None, 'float32' or 'bfloat16', got {dtype!r}")
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(path, "no such file or folder")
     if path.is_dir():
-        return _load_hf(path, dtype)
+        loaded = _load_hf(path, dtype)
+        if quantize in ("int8", "int4"):
+            _quantize(loaded.model, _plan(loaded.model, quantize), group_size, dtype)
+            loaded.quantization = quantize
+        return loaded
     if path.suffix == ".gguf" or is_gguf(path):
-        return _load_gguf(path, dtype)
+        mode = quantize or ("stored" if auto else None)
+        return _load_gguf(path, dtype, mode, group_size, cache)
     raise ModelLoadError(path, "expected a Hugging Face checkpoint folder (config.json + *.safetensors) or a .gguf file")
 
 
-def _load_gguf(path: Path, dtype) -> LoadedText:
+_DTYPES = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}
+_GGUF_FTYPES = {15: "Q4_K_M", 7: "Q8_0", 1: "F16", 0: "F32", 32: "BF16"}
+# GGUF block types kept as int4 under "stored"; other quantized types become int8, float types stay float.
+_GGUF_4BIT = {"Q4_0", "Q4_1", "Q4_K", "IQ4_NL", "IQ4_XS", "Q3_K", "Q2_K"}
+_GGUF_FLOAT = {"F32", "F16", "BF16", "F64"}
+
+
+def _load_gguf(path: Path, dtype, mode: str | None, group_size: int, use_cache: bool) -> LoadedText:
+    options = {"dtype": str(dtype), "quantize": mode, "group_size": group_size if mode else None}
+    key = weight_cache.cache_key([path], options)
+    wpath = weight_cache.cache_path(path.stem, key)
+    hit = weight_cache.load(wpath) if use_cache else None
+    if hit is not None:
+        tok_path = wpath.with_suffix(".tokenizer.json")
+        if tok_path.is_file():
+            return _from_cache(hit, tok_path, dtype, group_size)
+    loaded, plan, tok_meta = _load_gguf_source(path, dtype, mode, group_size)
+    if use_cache:
+        try:
+            tok_path = wpath.with_suffix(".tokenizer.json")
+            with atomic_path(tok_path) as tmp:  # before the weights: a weights file implies a tokenizer
+                loaded.tokenizer.tok.save(str(tmp))
+            cfg = loaded.model.config
+            meta = {"config": dataclasses.asdict(cfg), "name": loaded.name, "quantization": loaded.quantization,
+                    "plan": plan, "tokenizer": tok_meta, "parameters": loaded.parameters}
+            weight_cache.save(wpath, loaded.model.state_dict(), meta)
+        except OSError as e:  # a read-only or full cache folder costs speed, not correctness
+            log.warning("could not write the weight cache %s (%s)", wpath, e)
+    return loaded
+
+
+def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
     reader = open_gguf(path)
     meta = read_metadata(reader)
     arch = meta.get("general.architecture")
@@ -54,11 +116,61 @@ def _load_gguf(path: Path, dtype) -> LoadedText:
     with torch.device("meta"):
         model = Gemma3Text(cfg)
     model.to_empty(device="cpu")
-    assign_strict(model, read_tensors(reader), expand(GGUF_TO_NATIVE, cfg.num_hidden_layers), path, dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    key_map, fused = expand(GGUF_TO_NATIVE, cfg.num_hidden_layers), expand(FUSED, cfg.num_hidden_layers)
+    # Quantization starts from float32 weights; only the float leftovers take `dtype`.
+    assign_strict(model, read_tensors(reader), key_map, path, torch.float32 if mode else dtype, fused=fused)
+    stored = {key_map[t.name]: t.tensor_type.name for t in reader.tensors if t.name in key_map}
+    for dst, parts in fused.items():  # a stacked matrix keeps the widest type of its parts
+        kinds = [stored.pop(p) for p in parts]
+        stored[dst] = next((k for k in kinds if k not in _GGUF_4BIT), kinds[0])
+    plan = _plan(model, mode, stored) if mode else {}
+    if mode:
+        _quantize(model, plan, group_size, dtype)
     stat = os.stat(path)
     tok = tokenizer_from_gguf(meta, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
-    ftype = {15: "Q4_K_M", 7: "Q8_0", 1: "F16", 0: "F32", 32: "BF16"}.get(meta.get("general.file_type"), "gguf")
-    return LoadedText(model.eval(), tok, meta.get("general.name", path.stem), "gguf", ftype)
+    ftype = _GGUF_FTYPES.get(meta.get("general.file_type"), "gguf")
+    label = ftype if mode in (None, "stored") else mode
+    loaded = LoadedText(model.eval(), tok, meta.get("general.name", path.stem), "gguf", label, parameters=n_params)
+    return loaded, plan, {"bos": tok.bos_id, "eos": list(tok.eos_ids)}
+
+
+def _plan(model, mode: str, stored: dict | None = None) -> dict[str, int | None]:
+    """Bits per linear layer: 8 or 4 for every one, or (mode "stored") what the file stores."""
+    plan = {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            if mode == "stored":
+                kind = (stored or {}).get(name + ".weight", "F32")
+                plan[name] = None if kind in _GGUF_FLOAT else 4 if kind in _GGUF_4BIT else 8
+            else:
+                plan[name] = 4 if mode == "int4" else 8
+    return plan
+
+
+def _quantize(model, plan: dict, group_size: int, dtype, empty: bool = False) -> None:
+    quantize_(model, lambda name, m: plan.get(name), group_size, empty=empty)
+    for mod in model.modules():  # float leftovers (norms) in the compute dtype
+        for name, p in mod.named_parameters(recurse=False):
+            setattr(mod, name, torch.nn.Parameter(p.data.to(dtype), requires_grad=False))
+        if isinstance(mod, Int8Embedding):
+            mod.dtype = dtype
+
+
+def _from_cache(hit, tok_path: Path, dtype, group_size: int) -> LoadedText:
+    tensors, meta = hit
+    cfg = TextConfig(**{**meta["config"], "eos_token_ids": tuple(meta["config"]["eos_token_ids"])})
+    with torch.device("meta"):
+        model = Gemma3Text(cfg)
+        if meta["plan"]:
+            _quantize(model, meta["plan"], group_size, dtype, empty=True)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    for mod in model.modules():
+        if isinstance(mod, Int8Embedding):
+            mod.dtype = dtype
+    tm = meta["tokenizer"]
+    tok = GemmaTokenizer.from_file(tok_path, bos_id=tm["bos"], eos_ids=tm["eos"])
+    return LoadedText(model.eval(), tok, meta["name"], "gguf", meta["quantization"], parameters=meta["parameters"])
 
 
 def _load_hf(folder: Path, dtype) -> LoadedText:
@@ -95,12 +207,14 @@ def _load_hf(folder: Path, dtype) -> LoadedText:
     with torch.device("meta"):
         model = Gemma3Text(cfg)
     model.to_empty(device="cpu")
-    assign_strict(model, text, expand(HF_TO_NATIVE, cfg.num_hidden_layers), folder, dtype)
+    assign_strict(model, text, expand(HF_TO_NATIVE, cfg.num_hidden_layers), folder, dtype,
+                  fused=expand(FUSED, cfg.num_hidden_layers))
     if not (folder / "tokenizer.json").is_file():
         raise ModelLoadError(folder, "no tokenizer.json in the folder")
     tok = load_tokenizer_json(folder, hf)
     stored = str(hf.get("torch_dtype") or hf.get("dtype") or text_hf.get("dtype") or "float32")
-    return LoadedText(model.eval(), tok, folder.name, "hf", stored, extra, hf)
+    return LoadedText(model.eval(), tok, folder.name, "hf", stored, extra, hf,
+                      parameters=sum(p.numel() for p in model.parameters()))
 
 
 def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:

@@ -43,21 +43,31 @@ GGUF_TO_NATIVE = {
 }
 
 
-def expand(key_map: dict[str, str], n_layers: int) -> dict[str, str]:
-    """Spell out the per-layer templates for every layer index."""
+# Our parameters that stack several checkpoint tensors (one matmul instead of several), in order.
+FUSED = {
+    "layers.{}.attn.qkv_proj.weight": ("layers.{}.attn.q_proj.weight", "layers.{}.attn.k_proj.weight",
+                                       "layers.{}.attn.v_proj.weight"),
+    "layers.{}.mlp.gate_up_proj.weight": ("layers.{}.mlp.gate_proj.weight", "layers.{}.mlp.up_proj.weight"),
+}
+
+
+def expand(key_map: dict, n_layers: int) -> dict:
+    """Spell out the per-layer templates for every layer index (values: a name or a tuple of names)."""
     out = {}
     for src, dst in key_map.items():
         if "{}" in src:
-            out.update({src.format(i): dst.format(i) for i in range(n_layers)})
+            out.update({src.format(i): dst.format(i) if isinstance(dst, str) else tuple(d.format(i) for d in dst)
+                        for i in range(n_layers)})
         else:
             out[src] = dst
     return out
 
 
 def assign_strict(model: nn.Module, tensors: dict[str, torch.Tensor], key_map: dict[str, str],
-                  path, dtype: torch.dtype) -> None:
+                  path, dtype: torch.dtype, fused: dict[str, tuple[str, ...]] | None = None) -> None:
     """Copy checkpoint tensors into `model` by `key_map`. A missing or unexpected tensor, or a shape
-    that differs from the config's, is a `ModelLoadError` naming it."""
+    that differs from the config's, is a `ModelLoadError` naming it. `fused` maps a parameter to the
+    `key_map` targets stacked (along dim 0) into it."""
     params = dict(model.named_parameters())
     unexpected = sorted(k for k in tensors if k not in key_map)
     if unexpected:
@@ -67,8 +77,19 @@ def assign_strict(model: nn.Module, tensors: dict[str, torch.Tensor], key_map: d
     if missing:
         raise ModelLoadError(path, f"missing tensor {missing[0]!r}" +
                              (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    part_of = {part: (dst, i) for dst, parts in (fused or {}).items() for i, part in enumerate(parts)}
+    stacks: dict[str, list] = {dst: [None] * len(parts) for dst, parts in (fused or {}).items()}
     for src, dst in key_map.items():
+        if dst in part_of:
+            stacks[part_of[dst][0]][part_of[dst][1]] = tensors[src]
+            continue
         t, p = tensors[src], params[dst]
         if tuple(t.shape) != tuple(p.shape):
             raise ModelLoadError(path, f"tensor {src!r} has shape {tuple(t.shape)}, the config implies {tuple(p.shape)}")
+        p.data = t.to(dtype)
+    for dst, parts in stacks.items():
+        t, p = torch.cat(parts, 0), params[dst]
+        if tuple(t.shape) != tuple(p.shape):
+            src = ", ".join(s for s, d in key_map.items() if d in fused[dst])
+            raise ModelLoadError(path, f"tensors {src} stack to {tuple(t.shape)}, the config implies {tuple(p.shape)}")
         p.data = t.to(dtype)

@@ -2,7 +2,8 @@
 samples at 16 kHz, the rate every speech model here expects.
 
 WAV, FLAC, OGG and MP3 are decoded by libsndfile (soundfile); anything else (M4A, AAC, WMA...) goes
-through librosa, which needs ffmpeg or GStreamer on the machine for those containers.
+through librosa, and when librosa finds no ffmpeg or GStreamer on the machine, through PyAV, whose
+wheels bundle FFmpeg (it is installed with faster-whisper).
 """
 import io
 import logging
@@ -107,7 +108,13 @@ def _decode_path(path: Path, name: str) -> tuple[np.ndarray, int]:
         raise InputError(f"audio input {name} is an empty file; expected {_EXPECTED}")
     if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
         return _decode_soundfile(path, name)
-    return _decode_librosa(path, name)
+    try:
+        return _decode_librosa(path, name)
+    except InputError as librosa_error:
+        try:
+            return _decode_pyav(path, name)
+        except InputError:
+            raise librosa_error from None
 
 
 def _decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
@@ -123,7 +130,7 @@ def _decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
             path = Path(tmp, "input")
             path.write_bytes(data)
             try:
-                return _decode_librosa(path, name)
+                return _decode_path(path, name)
             except InputError:
                 raise soundfile_error from None
 
@@ -155,11 +162,31 @@ def _decode_librosa(path: Path, name: str) -> tuple[np.ndarray, int]:
     except Exception as e:  # audioread raises its own hierarchy, soundfile its own; both mean "undecodable"
         raise InputError(
             f"cannot decode audio input {name}: {_first_line(e) or 'not a recognised audio format'}; "
-            f"expected {_EXPECTED} "
-            f"(formats other than WAV/FLAC/OGG/MP3 need ffmpeg installed)"
+            f"expected {_EXPECTED}"
         ) from e
     samples = np.asarray(samples, dtype=np.float32)
     return (samples.T if samples.ndim == 2 else samples), int(rate)
+
+
+def _decode_pyav(path: Path, name: str) -> tuple[np.ndarray, int]:
+    try:
+        import av
+    except ImportError as e:
+        raise InputError(f"cannot decode audio input {name}: PyAV is not installed") from e
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise InputError(f"audio input {name} has no audio stream")
+            # FFmpeg's resampler hands back mono float at 16 kHz, whatever the source layout and rate.
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            chunks = [out.to_ndarray().reshape(-1) for frame in container.decode(audio=0)
+                      for out in resampler.resample(frame)]
+            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    except InputError:
+        raise
+    except Exception as e:  # av.error.* for undecodable data
+        raise InputError(f"cannot decode audio input {name}: {_first_line(e)}; expected {_EXPECTED}") from e
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), SAMPLE_RATE
 
 
 def _first_line(e: Exception) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .decoder.cache import atomic_path, cache_dir
-from .decoder.errors import ModelLoadError
+from .decoder.errors import InputError, ModelLoadError
 from .encoders.audio_io import SAMPLE_RATE, load_audio
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ def transcribe(audio, *, language: str | None = None, progress: bool = False, th
     samples = load_audio(audio)
     windows = plan_windows(samples)
     model = _whisper(threads or min(4, os.cpu_count() or 1))
+    if language is not None and language not in model.supported_languages:
+        raise InputError(f"language {language!r} is not one the speech model knows; use an ISO 639-1 code "
+                         f"such as 'en', 'de' or 'fr'")
     bar = _progress_bar(len(samples) / SAMPLE_RATE, enabled=progress and len(windows) > 1)
     done = 0
     words: list[tuple[float, float, str]] = []

@@ -2,6 +2,8 @@
 import re
 from pathlib import Path
 
+import numpy as np
+
 FIXTURES = Path(__file__).parent / "fixtures" / "audio"
 
 
@@ -52,3 +54,17 @@ def long_clip_sentences() -> list[tuple[float, float, str]]:
     """(start_s, end_s, text) of each sentence in long_3min.ogg."""
     rows = (FIXTURES / "long_3min.tsv").read_text().splitlines()
     return [(float(a), float(b), t) for a, b, t in (r.split("\t", 2) for r in rows if r.strip())]
+
+
+def write_m4a(samples: np.ndarray, rate: int, path: Path) -> Path:
+    """AAC in an MP4 container, the format phones record, written with PyAV (sox cannot)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None], format="flt", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path

@@ -25,3 +25,9 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, content):
     assert cli.main(["transcribe", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mmsdk: error:") and "input.wav" in err and "\n" not in err
+
+
+def test_unknown_language_is_a_one_line_error(capsys):
+    name, _ = fixture_transcripts()[0]
+    assert cli.main(["transcribe", str(FIXTURES / name), "--language", "klingon", "--threads", "2"]) == 2
+    assert "language 'klingon'" in capsys.readouterr().err

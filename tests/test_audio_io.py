@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_wer import FIXTURES, fixture_transcripts
+from audio_wer import FIXTURES, fixture_transcripts, write_m4a
 from mmsdk.decoder.errors import InputError
 from mmsdk.encoders.audio_io import SAMPLE_RATE, load_audio
 
@@ -20,6 +20,19 @@ def test_bytes_and_paths_agree():
     path = FIXTURES / "c02_engb_f2_22k.flac"
     np.testing.assert_array_equal(load_audio(path), load_audio(path.read_bytes()))
     np.testing.assert_array_equal(load_audio(str(path)), load_audio(bytearray(path.read_bytes())))
+
+
+def test_m4a_decodes_like_the_source(tmp_path):
+    speech = load_audio(FIXTURES / "c01_enus_16k.wav")
+    m4a = write_m4a(speech, SAMPLE_RATE, tmp_path / "memo.m4a")
+    for decoded in (load_audio(m4a), load_audio(m4a.read_bytes())):
+        assert abs(len(decoded) - len(speech)) < 0.2 * SAMPLE_RATE  # AAC pads to whole 1024-sample frames
+        # After AAC's encoder delay (1024 samples of priming), loudness per 50 ms follows the source.
+        lag = int(np.argmax(np.correlate(decoded[:20000], speech[:10000], "valid")))
+        assert lag <= 2048
+        n = (min(len(decoded) - lag, len(speech)) // 800) * 800
+        envelope = [np.sqrt(np.square(x[:n]).reshape(-1, 800).mean(axis=1)) for x in (decoded[lag:], speech)]
+        assert np.corrcoef(*envelope)[0, 1] > 0.99
 
 
 def test_array_inputs_mix_down_and_resample():

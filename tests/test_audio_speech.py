@@ -3,7 +3,7 @@ silence, and the window planner."""
 import numpy as np
 import pytest
 
-from audio_wer import FIXTURES, align, fixture_transcripts, long_clip_sentences, wer, words
+from audio_wer import FIXTURES, align, fixture_transcripts, long_clip_sentences, wer, words, write_m4a
 from mmsdk.encoders.audio_io import SAMPLE_RATE, load_audio
 from mmsdk.speech import MAX_WINDOW_S, Transcript, bundled_model_dir, plan_windows, transcribe
 
@@ -80,6 +80,13 @@ def test_fixture_wer(name, reference):
     result = transcribe(FIXTURES / name, language="en", threads=THREADS)
     assert wer(reference, result.text) <= 0.15, result.text
     assert result.segments and result.segments[0][0] >= 0
+
+
+@pytest.mark.slow
+def test_m4a_voice_memo(tmp_path):
+    name, reference = fixture_transcripts()[2]
+    m4a = write_m4a(load_audio(FIXTURES / name), SAMPLE_RATE, tmp_path / "memo.m4a")
+    assert wer(reference, transcribe(m4a, language="en", threads=THREADS).text) <= 0.15
 
 
 @pytest.mark.slow

@@ -68,25 +68,10 @@ def cmd_chat(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from . import _demo
+
     t0 = time.perf_counter()
     asst = _load(args)
     print(f"model: {asst.info.name} ({asst.info.parameters / 1e6:.0f}M parameters, {asst.info.quantization}), "
           f"loaded in {time.perf_counter() - t0:.1f} s")
-    prompt = "The capital of France is"
-    print(f"\n[generate] {prompt!r} ->{asst.generate(prompt, max_tokens=12)!r}")
-    prompt = "Here is a short list of three fruits:"
-    print(f"\n[stream] {prompt}", end="", flush=True)
-    t1, n = time.perf_counter(), 0
-    for piece in asst.stream(prompt, max_tokens=48, **_sampling(args)):
-        print(piece, end="", flush=True)
-        n += 1
-    print(f"\n  ({n} pieces in {time.perf_counter() - t1:.1f} s)")
-    for name, module in _DEMO_PARTS:
-        import importlib
-
-        importlib.import_module(module).demo(asst)
-    return 0
-
-
-# Later capabilities add (title, module with `demo(asst)`) here.
-_DEMO_PARTS: list[tuple[str, str]] = []
+    return 1 if _demo.run(asst) else 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from . import chat_format
+from . import chat_format, structured
 from .decoder.kv_cache import make_cache
 from .decoder.loader import load_text
 from .decoder.sampling import make_sampler
@@ -77,17 +77,25 @@ class Assistant:
         run = _Run(self, ids, make_cache(self.config), 0, (), max_tokens, stop, sampling)
         yield from run
 
-    def chat(self, messages: list[dict], *, tools=None, schema=None, max_tokens: int = 256, stop=(),
-             **sampling) -> Reply:
-        """Reply to a conversation in the model's chat format."""
-        if tools or schema is not None:
-            raise NotImplementedError("tools= and schema= arrive with constrained decoding")
-        prompt, images, audio = chat_format.render_messages(messages)
+    def chat(self, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto",
+             max_tokens: int = 256, stop=(), **sampling) -> Reply:
+        """Reply to a conversation in the model's chat format. With `tools` the reply may call them
+        (`reply.tool_calls`; tool_choice "auto", "required", "none" or a tool's name); with `schema`
+        `reply.parsed` is the validated object. Both are decoded under a grammar, so they parse."""
+        plan = structured.plan(self.tokenizer, messages, tools=tools, schema=schema, tool_choice=tool_choice)
+        prompt, images, audio = chat_format.render_messages(plan.messages)
         self._check_media(images, audio)
         ids = self.tokenizer.encode(prompt)
-        run = _Run(self, ids, make_cache(self.config), 0, (), max_tokens, stop, sampling)
-        text = "".join(run)
-        return Reply(text=text, usage=Usage(len(ids), len(run.generated)), finish_reason=run.finish_reason)
+        run = _Run(self, ids, make_cache(self.config), 0, (), max_tokens, stop, sampling, plan.processors)
+        text, calls, parsed = plan.finish("".join(run), run.finish_reason)
+        return Reply(text=text, tool_calls=calls, parsed=parsed, usage=Usage(len(ids), len(run.generated)),
+                     finish_reason=run.finish_reason)
+
+    def run_agent(self, task: str, tools, *, max_steps: int = 5, approve=None, **kw) -> "AgentResult":
+        """Let the model call `tools` until it answers `task` in text, at most `max_steps` turns."""
+        from .agent import run_agent
+
+        return run_agent(self, task, tools, max_steps=max_steps, approve=approve, **kw)
 
     def session(self, system: str | None = None) -> "Session":
         return Session(self, system)
@@ -119,7 +127,7 @@ class _Run:
     string or `max_tokens`. Iterating yields text pieces; `generated` and `finish_reason` remain."""
 
     def __init__(self, asst: Assistant, ids: list[int], caches, start: int, history, max_tokens: int, stop,
-                 sampling: dict):
+                 sampling: dict, processors=()):
         unknown = set(sampling) - _SAMPLING_KEYS
         if unknown:
             raise TypeError(f"unknown sampling argument(s): {', '.join(sorted(unknown))}")
@@ -132,6 +140,7 @@ class _Run:
         self.max_tokens = min(max_tokens, ctx - start - len(ids))
         self.stop = (stop,) if isinstance(stop, str) else tuple(stop)
         self.sampler = make_sampler(**sampling)
+        self.processors = list(processors)  # logits -> logits before sampling, e.g. a grammar's mask
         self.generated: list[int] = []
         self.finish_reason = "length"
 
@@ -140,7 +149,7 @@ class _Run:
             return
         tok = self.asst.tokenizer
         steps = generate_step(self.asst.model, self.ids, self.caches, self.sampler, start=self.start,
-                              history=self.history)
+                              processors=self.processors, history=self.history)
         decoder, pending = StreamDecoder(tok), ""
         for token in steps:
             self.generated.append(token)

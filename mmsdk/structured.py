@@ -1,0 +1,55 @@
+"""What `chat(..., tools=, schema=)` adds to a plain chat: the prompt additions, the grammar
+constraint for decoding, and turning the constrained text back into tool calls or a validated object."""
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import pydantic
+
+from . import tool_format_gemma as fmt
+from .constrained import GrammarConstraint, json_grammar
+from .tool_schema import ToolSpec, output_schema, tool_spec
+from .types import ToolCall
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    messages: list[dict]
+    processors: list = field(default_factory=list)
+    specs: list[ToolSpec] = field(default_factory=list)
+    validator: pydantic.TypeAdapter | None = None
+
+    def finish(self, text: str, finish_reason: str) -> tuple[str, list[ToolCall], object]:
+        """(text, tool calls, parsed object) from the generated text."""
+        calls, parsed = [], None
+        if self.specs:
+            text, calls = fmt.parse_tool_calls(text, self.specs)
+        if self.validator is not None:
+            try:
+                parsed = self.validator.validate_json(text)
+            except pydantic.ValidationError as e:
+                # Only a cut-off output (max_tokens) or a check the JSON schema can't express gets here.
+                warnings.warn(f"output did not validate (finish_reason={finish_reason}): {e}", stacklevel=3)
+        return text, calls, parsed
+
+
+def plan(tokenizer, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto") -> Plan:
+    """Messages ready for the chat template, and the constraint to decode them with."""
+    specs = [tool_spec(t) for t in tools or ()]
+    if specs and schema is not None:
+        raise ValueError("chat takes tools= or schema=, not both")
+    if len({s.name for s in specs}) != len(specs):
+        raise ValueError(f"tool names must be unique, got {[s.name for s in specs]}")
+    if tool_choice == "none" or not specs:
+        specs = []
+    if schema is not None:
+        json_schema, validator = output_schema(schema)
+        msgs = fmt.prepare_messages(messages, [], fmt.render_schema_instruction(json_schema))
+        return Plan(msgs, [GrammarConstraint(tokenizer, json_grammar(json_schema))], validator=validator)
+    msgs = fmt.prepare_messages(messages, specs)
+    if not specs:
+        return Plan(msgs)
+    grammar = fmt.call_grammar(specs, tool_choice)
+    return Plan(msgs, [GrammarConstraint(tokenizer, grammar)], specs)

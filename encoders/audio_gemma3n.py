@@ -12,7 +12,6 @@ which sees itself and the `conf_attention_context_left - 1` frames before it (an
 `conf_attention_context_right` after), with Transformer-XL style relative position logits.
 """
 import json
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from .audio_features import FeatureConfig, num_frames
 from .gemma3n_vision import MultimodalEmbedder, RMSNorm  # Gemma 3n's shared norm and embedder
 from .hf_config import empty_module, hf_fields
 
-logger = logging.getLogger(__name__)
 
 @dataclass
 class AudioConfig:

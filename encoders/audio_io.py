@@ -6,7 +6,6 @@ through librosa, and when librosa finds no ffmpeg or GStreamer on the machine, t
 wheels bundle FFmpeg (it is installed with faster-whisper).
 """
 import io
-import logging
 import os
 import tempfile
 import warnings
@@ -15,8 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from ..decoder.errors import InputError
-
-logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 _SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".mp3"}

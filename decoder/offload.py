@@ -122,6 +122,10 @@ class LayerStreamer:
         for layer in self.streamed:  # the pack holds them now
             for p in layer.parameters():
                 p.data = torch.empty(0, dtype=p.dtype)
+        # Loaded weights may be views of the mapped checkpoint (safetensors maps uncast tensors);
+        # owning copies of the resident ones let that mapping, and its resident pages, go.
+        for p in model.parameters():
+            p.data = p.data.clone()
         self.slots = [torch.empty(slot, dtype=torch.uint8) for _ in range(2)]
         self.next_slot, self.pending = 0, None  # pending: (streamed index, slot, future)
         self.fd = os.open(self.path, os.O_RDONLY)

@@ -50,6 +50,13 @@ class RingCache:
         self.offset = 0
 
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        if k.shape[2] == 1:  # decoding: the slot it overwrites is a window back, masked anyway; no copy
+            slot = positions % self.window
+            self.k.index_copy_(2, slot, k)
+            self.v.index_copy_(2, slot, v)
+            self.pos.index_copy_(0, slot, positions)
+            self.offset += 1
+            return self.k, self.v, self.pos
         k_all = torch.cat([self.k, k], 2)
         v_all = torch.cat([self.v, v], 2)
         pos_all = torch.cat([self.pos, positions])

@@ -165,6 +165,7 @@ def _from_cache(hit, tok_path: Path, dtype, group_size: int) -> LoadedText:
         if meta["plan"]:
             _quantize(model, meta["plan"], group_size, dtype, empty=True)
     model.load_state_dict(tensors, strict=True, assign=True)
+    model.requires_grad_(False)
     for mod in model.modules():
         if isinstance(mod, Int8Embedding):
             mod.dtype = dtype

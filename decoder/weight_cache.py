@@ -24,8 +24,10 @@ from .cache import atomic_path, cache_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the runtime layout changes: old files are then never read
-_STALE_PART_S = 600  # temp files left by a killed writer are removed after this long
+FORMAT_VERSION = 2  # bump when the runtime layout changes: old files are then never read
+_STALE_PART_S = 600
+_ALIGN = 64  # every tensor starts on a 64-byte boundary
+_PAD = "__pad"  # temp files left by a killed writer are removed after this long
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I8": torch.int8,
            "U8": torch.uint8, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool}
@@ -56,13 +58,18 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     _remove_stale_parts(path)
     header, offset, order = {"__metadata__": {"mmsdk": json.dumps(meta), "format": str(FORMAT_VERSION)}}, 0, []
     for name, t in tensors.items():
+        if offset % _ALIGN:  # packed CPU kernels use aligned loads: pad with a filler tensor
+            pad = _ALIGN - offset % _ALIGN
+            header[f"{_PAD}{len(order)}"] = {"dtype": "U8", "shape": [pad], "data_offsets": [offset, offset + pad]}
+            order.append(torch.zeros(pad, dtype=torch.uint8))
+            offset += pad
         t = t.detach().contiguous()
         n = t.numel() * t.element_size()
         header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         order.append(t)
         offset += n
     blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
+    blob += b" " * (-(8 + len(blob)) % _ALIGN)  # tensor data starts aligned too (the mmap is page-aligned)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(len(blob).to_bytes(8, "little"))
@@ -85,6 +92,8 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
         try:
             size = os.fstat(f.fileno()).st_size
             n = int.from_bytes(f.read(8), "little")
+            if n > size - 8:
+                raise ValueError(f"header length {n} exceeds the file")
             header = json.loads(f.read(n))
             extra = header.pop("__metadata__")
             if extra.get("format") != str(FORMAT_VERSION):
@@ -103,6 +112,8 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
     base = 8 + n
     tensors = {}
     for name, v in header.items():
+        if name.startswith(_PAD):
+            continue
         a, b = v["data_offsets"]
         dtype = _DTYPES[v["dtype"]]
         if b == a:

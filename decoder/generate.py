@@ -19,10 +19,10 @@ def prefill(model, ids: Sequence[int], caches: list, start: int, *, chunk: int =
     """
     n = len(ids) if embeds is None else embeds.shape[1]
     assert n > 0, "prefill needs at least one token"
-    if embeds is not None:
+    ids_t = torch.tensor([list(ids)], dtype=torch.long) if len(ids) else None
+    if embeds is not None:  # ids go along: Gemma 3n reads its per-layer embeddings from them
         positions = torch.arange(start, start + n)
-        return model(None, caches, positions, embeds=embeds, groups=groups)[:, -1:]
-    ids_t = torch.tensor([list(ids)], dtype=torch.long)
+        return model(ids_t, caches, positions, embeds=embeds, groups=groups)[:, -1:]
     h = None
     for s in range(0, n, chunk):
         part = ids_t[:, s:s + chunk]

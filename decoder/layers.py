@@ -53,11 +53,12 @@ def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None,
     tokens are the last T keys.
     """
     q, k = q_pos[:, None], k_pos[None, :]
-    mask = (k <= q) & (k >= 0)
-    if window is not None:
-        mask &= (q - k) < window
+    mask = k <= q
     if groups is not None:
         T = q_pos.shape[0]
         same = (groups[:, None] == groups[None, :]) & (groups[:, None] >= 0)
         mask[:, -T:] |= same
+    mask &= k >= 0
+    if window is not None:  # the window cuts image links too, as transformers' combined mask does
+        mask &= (q - k) < window
     return mask

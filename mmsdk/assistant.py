@@ -6,13 +6,13 @@ from pathlib import Path
 
 import torch
 
-from . import chat_format, structured
+from . import chat_format, media, structured
 from .decoder.kv_cache import make_cache
 from .decoder.loader import load_text
 from .decoder.sampling import make_sampler
 from .decoder.generate import generate_step
 from .decoder.tokenizer import StreamDecoder
-from .errors import ContextLengthError, InputError, UnsupportedModalityError
+from .errors import ContextLengthError, InputError
 from .types import ModelInfo, Reply, Usage
 
 log = logging.getLogger(__name__)
@@ -39,19 +39,20 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
     t0 = time.perf_counter()
     loaded = load_text(Path(path), _DTYPES[dtype])
     log.info("loaded %s in %.1f s", path, time.perf_counter() - t0)
-    return Assistant(loaded, path=str(path))
+    return Assistant(loaded, path=str(path), dtype=_DTYPES[dtype])
 
 
 class Assistant:
-    def __init__(self, loaded, path: str = ""):
+    def __init__(self, loaded, path: str = "", dtype: torch.dtype = torch.float32):
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.config = self.model.config
         self._loaded = loaded
+        self.encoders = media.load_encoders(loaded, path, dtype)
         self.info = ModelInfo(
             name=loaded.name,
             family="gemma3",
             parameters=sum(p.numel() for p in self.model.parameters()),
-            modalities=frozenset({"text"}),
+            modalities=self.encoders.modalities,
             context_length=self.config.max_position_embeddings,
             quantization=loaded.quantization,
             path=path,
@@ -78,17 +79,22 @@ class Assistant:
         yield from run
 
     def chat(self, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto",
-             max_tokens: int = 256, stop=(), **sampling) -> Reply:
+             constrained: bool = True, processors=(), max_tokens: int = 256, stop=(), pan_and_scan: bool = True,
+             **sampling) -> Reply:
         """Reply to a conversation in the model's chat format. With `tools` the reply may call them
         (`reply.tool_calls`; tool_choice "auto", "required", "none" or a tool's name); with `schema`
-        `reply.parsed` is the validated object. Both are decoded under a grammar, so they parse."""
-        plan = structured.plan(self.tokenizer, messages, tools=tools, schema=schema, tool_choice=tool_choice)
+        `reply.parsed` is the validated object. Both are decoded under a grammar, so they parse
+        (`constrained=False` leaves it to the model). `processors`: extra `fn(logits, ids) -> logits`."""
+        plan = structured.plan(self.tokenizer, messages, tools=tools, schema=schema, tool_choice=tool_choice,
+                               constrained=constrained)
         prompt, images, audio = chat_format.render_messages(plan.messages)
         self._check_media(images, audio)
-        ids = self.tokenizer.encode(prompt)
-        run = _Run(self, ids, make_cache(self.config), 0, (), max_tokens, stop, sampling, plan.processors)
+        p = media.encode_prompt(self.model, self.tokenizer, self.encoders, prompt, images, audio,
+                                pan_and_scan=pan_and_scan)
+        run = _Run(self, p.ids, make_cache(self.config), 0, (), max_tokens, stop, sampling,
+                   [*plan.processors, *processors], embeds=p.embeds, groups=p.groups)
         text, calls, parsed = plan.finish("".join(run), run.finish_reason)
-        return Reply(text=text, tool_calls=calls, parsed=parsed, usage=Usage(len(ids), len(run.generated)),
+        return Reply(text=text, tool_calls=calls, parsed=parsed, usage=Usage(len(p.ids), len(run.generated)),
                      finish_reason=run.finish_reason)
 
     def run_agent(self, task: str, tools, *, max_steps: int = 5, approve=None, **kw) -> "AgentResult":
@@ -101,6 +107,13 @@ class Assistant:
         return Session(self, system)
 
     # ---- media and documents ------------------------------------------------------------------
+    def describe_image(self, image, prompt: str = "Describe this image.", *, pan_and_scan: bool = True,
+                       max_tokens: int = 256, **sampling) -> str:
+        """What the model sees in `image` (a path, bytes or PIL image). Pan-and-scan adds crops of
+        wide or tall images so small details survive the 896-pixel resize."""
+        message = {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]}
+        return self.chat([message], pan_and_scan=pan_and_scan, max_tokens=max_tokens, **sampling).text
+
     def transcribe_audio(self, audio, *, language: str | None = None, progress: bool = False):
         """Speech to text with timestamps. Uses the model's audio encoder when it has one, else the
         bundled Whisper base."""
@@ -115,11 +128,7 @@ class Assistant:
         return answer(self, question, index, k=k, max_tokens=max_tokens)
 
     def _check_media(self, images, audio) -> None:
-        for kind, items in (("image", images), ("audio", audio)):
-            if items and kind not in self.info.modalities:
-                raise UnsupportedModalityError(
-                    f"{self.info.name} takes no {kind} input; load a model that does "
-                    f"({'Gemma 3 4B+ or Gemma 3n' if kind == 'image' else 'Gemma 3n'})")
+        media.check_modalities(self.info.name, self.encoders, images, audio)
 
 
 class _Run:
@@ -127,7 +136,7 @@ class _Run:
     string or `max_tokens`. Iterating yields text pieces; `generated` and `finish_reason` remain."""
 
     def __init__(self, asst: Assistant, ids: list[int], caches, start: int, history, max_tokens: int, stop,
-                 sampling: dict, processors=()):
+                 sampling: dict, processors=(), embeds=None, groups=None):
         unknown = set(sampling) - _SAMPLING_KEYS
         if unknown:
             raise TypeError(f"unknown sampling argument(s): {', '.join(sorted(unknown))}")
@@ -141,6 +150,7 @@ class _Run:
         self.stop = (stop,) if isinstance(stop, str) else tuple(stop)
         self.sampler = make_sampler(**sampling)
         self.processors = list(processors)  # logits -> logits before sampling, e.g. a grammar's mask
+        self.embeds, self.groups = embeds, groups  # the prompt's embeddings when it holds images
         self.generated: list[int] = []
         self.finish_reason = "length"
 
@@ -149,7 +159,8 @@ class _Run:
             return
         tok = self.asst.tokenizer
         steps = generate_step(self.asst.model, self.ids, self.caches, self.sampler, start=self.start,
-                              processors=self.processors, history=self.history)
+                              processors=self.processors, history=self.history, embeds=self.embeds,
+                              groups=self.groups)
         decoder, pending = StreamDecoder(tok), ""
         for token in steps:
             self.generated.append(token)
@@ -198,23 +209,28 @@ class Session:
         self.n_cached = 0  # how many of them are in the caches
         self.history: list[dict] = []
 
-    def send(self, text: str, images=(), audio=(), *, max_tokens: int = 256, stop=(), **sampling) -> Reply:
-        self.asst._check_media(list(images), list(audio))
+    def send(self, text: str, images=(), audio=(), *, max_tokens: int = 256, stop=(), pan_and_scan: bool = True,
+             **sampling) -> Reply:
+        """One user turn (its images and audio placed before the text) and the model's reply."""
+        images, audio = list(images), list(audio)
+        self.asst._check_media(images, audio)
         first = not self.ids
         body = f"{self.system}\n\n{text}" if first and self.system else text
-        turn = chat_format.render_turn("user", body) + f"{chat_format.START}model\n"
-        new = self.asst.tokenizer.encode(turn, add_bos=first)
-        self.ids += new
-        todo = self.ids[self.n_cached:]
+        turn = chat_format.render_turn("user", media.with_media_markers(body, images, audio))
+        a = self.asst
+        p = media.encode_prompt(a.model, a.tokenizer, a.encoders, turn + f"{chat_format.START}model\n", images,
+                                audio, add_bos=first, prefix_ids=self.ids[self.n_cached:], pan_and_scan=pan_and_scan)
+        todo = p.ids
+        self.ids = self.ids[:self.n_cached] + todo
         run = _Run(self.asst, todo, self.caches, self.n_cached, self.ids[:self.n_cached], max_tokens, stop,
-                   sampling)
+                   sampling, embeds=p.embeds, groups=p.groups)
         reply_text = "".join(run)
         # The cache now holds every token but the last sampled one; close the model's turn.
         if run.generated:
             self.n_cached = len(self.ids) + len(run.generated) - 1
         self.ids += run.generated
         end_of_turn = self.asst.tokenizer.token_id(chat_format.END)
-        if not run.generated or run.generated[-1] != end_of_turn:
+        if end_of_turn is not None and (not run.generated or run.generated[-1] != end_of_turn):
             self.ids.append(end_of_turn)
         self.ids += self.asst.tokenizer.encode("\n", add_bos=False)
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply_text}]

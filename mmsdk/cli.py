@@ -12,6 +12,7 @@ _COMMAND_MODULES = [
     "mmsdk._cmd_text",
     "mmsdk._cmd_docs",
     "mmsdk._cmd_media_audio",
+    "mmsdk._cmd_media_image",
 ]
 
 

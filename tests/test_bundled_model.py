@@ -81,3 +81,8 @@ def test_info(float_asst):
     info = float_asst.info
     assert info.family == "gemma3" and "text" in info.modalities
     assert 250e6 < info.parameters < 300e6 and info.context_length == 32768
+
+
+def test_text_only_model_refuses_images(float_asst):
+    with pytest.raises(mmsdk.UnsupportedModalityError, match="Gemma 3 4B"):
+        float_asst.describe_image(b"\x89PNG")

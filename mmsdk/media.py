@@ -1,0 +1,86 @@
+"""Media in prompts: which encoders a loaded checkpoint has, and turning a prompt with image
+markers into the ids, embeddings and attention groups the decoder takes."""
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .chat_format import AUDIO_MARKER, IMAGE_MARKER
+from .errors import InputError, UnsupportedModalityError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoders:
+    """The encoders a checkpoint carries beside its decoder (None where it has none)."""
+
+    vision: object = None  # a Gemma 3 vision tower (SigLIP + projector)
+    image_config: object = None
+
+    @property
+    def modalities(self) -> frozenset:
+        return frozenset({"text"} | ({"image"} if self.vision is not None else set()))
+
+
+def load_encoders(loaded, path, dtype) -> Encoders:
+    """Vision encoders from the non-text tensors of a HF checkpoint, if it has them."""
+    from .encoders.gemma3_vision import is_vision_key, load_gemma3_vision
+
+    tensors = getattr(loaded, "extra_tensors", None) or {}
+    if not any(is_vision_key(k) for k in tensors) or getattr(loaded, "source", "") != "hf":
+        return Encoders()
+    if loaded.hf_config.get("model_type") != "gemma3":
+        log.warning("vision tensors of a %s checkpoint are not wired yet; loading text only",
+                    loaded.hf_config.get("model_type"))
+        return Encoders()
+    from .encoders.fusion import image_config_for
+
+    tower = load_gemma3_vision(tensors, loaded.hf_config, path=path, dtype=dtype)
+    pre = Path(path) / "preprocessor_config.json"
+    pre_cfg = json.loads(pre.read_text()) if pre.is_file() else None
+    return Encoders(vision=tower, image_config=image_config_for(tower, pre_cfg))
+
+
+def check_modalities(name: str, encoders: Encoders, images, audio) -> None:
+    for kind, items, which in (("image", images, "Gemma 3 4B and larger, or Gemma 3n"),
+                               ("audio", audio, "Gemma 3n")):
+        if items and kind not in encoders.modalities:
+            raise UnsupportedModalityError(f"{name} takes no {kind} input; load a model that does ({which})")
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    embeds: torch.Tensor | None = None  # (1, T, hidden) when media are in the prompt
+    groups: torch.Tensor | None = None  # (T,) image group per position, -1 for text
+
+
+def encode_prompt(model, tokenizer, encoders: Encoders, text: str, images=(), audio=(), *,
+                  add_bos: bool = True, prefix_ids=(), pan_and_scan: bool = True) -> Prompt:
+    """Token ids for `text`; with images, also the embeddings with each image in place.
+    `prefix_ids` are tokens already decided (a session's pending tokens) that go first."""
+    if audio:
+        raise UnsupportedModalityError("audio in prompts needs a Gemma 3n model with its audio tower")
+    if (images or encoders.vision is not None) and text.count(IMAGE_MARKER) != len(images):
+        raise InputError(f"the prompt has {text.count(IMAGE_MARKER)} image marker(s) ({IMAGE_MARKER}) but "
+                         f"{len(images)} image(s) were given; put one marker where each image goes")
+    if not images:
+        return Prompt([*prefix_ids, *tokenizer.encode(text, add_bos=add_bos)])
+    from .encoders.fusion import build_prompt
+
+    p = build_prompt(text, list(images), model=model, tokenizer=tokenizer, tower=encoders.vision,
+                     image_config=encoders.image_config, pan_and_scan=pan_and_scan, add_bos=add_bos)
+    if not prefix_ids:
+        return Prompt(p.ids, p.embeds, p.groups)
+    with torch.inference_mode():
+        head = model.embed_tokens(torch.tensor([list(prefix_ids)]))
+    groups = torch.cat([torch.full((len(prefix_ids),), -1, dtype=p.groups.dtype), p.groups])
+    return Prompt([*prefix_ids, *p.ids], torch.cat([head, p.embeds], 1), groups)
+
+
+def with_media_markers(text: str, images=(), audio=()) -> str:
+    """A user turn's text with one marker per image and audio clip in front, as a message's parts would be."""
+    return IMAGE_MARKER * len(images) + AUDIO_MARKER * len(audio) + text

@@ -30,14 +30,16 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
         raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
     if offload not in (None, "ple", "layers"):
         raise ValueError(f"offload must be None, 'ple' or 'layers', got {offload!r}")
-    if threads:
-        torch.set_num_threads(threads)
     if path is None:
         from .bundled import bundled_gguf
 
         path = bundled_gguf()
     t0 = time.perf_counter()
-    loaded = load_text(Path(path), _DTYPES[dtype])
+    loaded = load_text(Path(path), dtype, quantize=quantize, threads=threads)
+    if offload:
+        from .decoder.offload import apply_offload
+
+        apply_offload(loaded, offload, max_memory=max_memory)
     log.info("loaded %s in %.1f s", path, time.perf_counter() - t0)
     return Assistant(loaded, path=str(path), dtype=_DTYPES[dtype])
 
@@ -50,8 +52,8 @@ class Assistant:
         self.encoders = media.load_encoders(loaded, path, dtype)
         self.info = ModelInfo(
             name=loaded.name,
-            family="gemma3",
-            parameters=sum(p.numel() for p in self.model.parameters()),
+            family="gemma3n" if str(loaded.hf_config.get("model_type", "")).startswith("gemma3n") else "gemma3",
+            parameters=getattr(loaded, "parameters", None) or sum(p.numel() for p in self.model.parameters()),
             modalities=self.encoders.modalities,
             context_length=self.config.max_position_embeddings,
             quantization=loaded.quantization,

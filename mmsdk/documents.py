@@ -34,7 +34,7 @@ class DocumentIndex:
     punctuation marks) with `overlap` tokens shared between neighbours.
     """
 
-    def __init__(self, path, embedder: Embedder | None = None, *, chunk_tokens: int = 160, overlap: int = 32):
+    def __init__(self, path, embedder: Embedder | None = None, *, chunk_tokens: int = 200, overlap: int = 40):
         self.path = Path(path)
         self.embedder = embedder or default_embedder()
         self._chunking = {"max_tokens": chunk_tokens, "overlap": overlap}

@@ -60,23 +60,40 @@ def reciprocal_rank_fusion(rankings: list[list[tuple[int, float]]], *, k: int = 
     return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
+def drop_near_duplicates(store: Store, ranked: list[tuple[int, float]], *, k: int,
+                         threshold: float = 0.95) -> list[tuple[int, float]]:
+    """Keep the first `k` items that are not near copies (cosine >= `threshold`) of a better one:
+    the same passage stored twice, in two files or two formats, should take one slot, not two."""
+    ids, matrix = store.vectors()
+    kept, kept_vecs = [], []
+    for item, score in ranked:
+        vec = matrix[np.searchsorted(ids, item)]
+        if not kept_vecs or float(np.max(np.stack(kept_vecs) @ vec)) < threshold:
+            kept.append((item, score))
+            kept_vecs.append(vec)
+            if len(kept) == k:
+                break
+    return kept
+
+
 def search(store: Store, query: str, embed: Embedder, *, k: int = 5, mode: str = "hybrid",
-           candidates: int = 40, rrf_k: int = 60) -> list[Hit]:
-    """Top `k` passages for `query`. Hybrid fuses the top `candidates` of vector and BM25 search."""
+           candidates: int = 40, rrf_k: int = 60, near_duplicate: float = 0.95) -> list[Hit]:
+    """Top `k` distinct passages for `query`. Hybrid fuses the top `candidates` of vector and BM25
+    search; near copies of a better hit (see `drop_near_duplicates`) are skipped in every mode."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if k <= 0 or not query.strip():
         return []
     qvec = None if mode == "keyword" else embed([query])[0]
+    n = max(candidates, k)
     if mode == "vector":
-        ranked = vector_search(store, qvec, k=k)
+        ranked = vector_search(store, qvec, k=n)
     elif mode == "keyword":
-        ranked = keyword_search(store, query, k=k)
+        ranked = keyword_search(store, query, k=n)
     else:
-        n = max(candidates, k)
         ranked = reciprocal_rank_fusion([vector_search(store, qvec, k=n), keyword_search(store, query, k=n)],
-                                        k=rrf_k)[:k]
-    return _hits(store, ranked, qvec)
+                                        k=rrf_k)
+    return _hits(store, drop_near_duplicates(store, ranked, k=k, threshold=near_duplicate), qvec)
 
 
 def _hits(store: Store, ranked: list[tuple[int, float]], qvec) -> list[Hit]:

@@ -151,8 +151,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the report here")
     parser.add_argument("--workdir", help="keep the corpus and index here (default: a temporary folder)")
-    parser.add_argument("--chunk-tokens", type=int, default=160)
-    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--chunk-tokens", type=int, default=200)
+    parser.add_argument("--overlap", type=int, default=40)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         report = run(Path(args.workdir or tmp), args.chunk_tokens, args.overlap)

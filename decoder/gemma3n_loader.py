@@ -15,6 +15,7 @@ import torch
 from .errors import ModelLoadError
 from .gemma3n import Gemma3nText
 from .gemma3n_config import Gemma3nTextConfig
+from .safetensors_folder import index_safetensors
 from .weights import assign_strict, expand
 
 GEMMA3N_ARCHITECTURES = {"gemma3n", "gemma3n_text"}
@@ -69,42 +70,6 @@ def key_map(cfg: Gemma3nTextConfig) -> dict[str, str]:
         m[f"altup_projections.{j}.weight"] = f"altup_in.{j}.weight"
         m[f"altup_unembed_projections.{j}.weight"] = f"altup_out.{j}.weight"
     return m
-
-
-class LazyTensor:
-    """A checkpoint tensor known by name and shape; its data is read only by `to()`."""
-
-    def __init__(self, handle, name: str, file: Path):
-        self.handle, self.name, self.file = handle, name, file
-        self.shape = tuple(handle.get_slice(name).get_shape())
-
-    def read(self) -> torch.Tensor:
-        return self.handle.get_tensor(self.name)
-
-    def to(self, dtype: torch.dtype) -> torch.Tensor:
-        return self.read().to(dtype)
-
-
-def index_safetensors(folder: Path) -> dict[str, LazyTensor]:
-    """Every tensor of a folder's safetensors files (all shards an index names), unread."""
-    from safetensors import safe_open
-
-    index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
-        else sorted(p.name for p in folder.glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(folder, "no *.safetensors files in the folder")
-    tensors = {}
-    for name in files:
-        f = folder / name
-        if not f.is_file():
-            raise ModelLoadError(f, "shard named in model.safetensors.index.json is missing")
-        try:
-            handle = safe_open(str(f), framework="pt")
-            tensors.update({k: LazyTensor(handle, k, f) for k in handle.keys()})
-        except Exception as e:  # safetensors raises its own error types on damage
-            raise ModelLoadError(f, f"unreadable safetensors file ({e})") from e
-    return tensors
 
 
 def read_config(folder: Path, hf: dict) -> Gemma3nTextConfig:

@@ -11,6 +11,7 @@ import torch
 
 from .config import TextConfig
 from .errors import ModelLoadError
+from .safetensors_folder import read_safetensors
 from .gemma3 import Gemma3Text
 from . import weight_cache
 from .cache import atomic_path
@@ -216,34 +217,3 @@ def _load_hf(folder: Path, dtype) -> LoadedText:
     stored = str(hf.get("torch_dtype") or hf.get("dtype") or text_hf.get("dtype") or "float32")
     return LoadedText(model.eval(), tok, folder.name, "hf", stored, extra, hf,
                       parameters=sum(p.numel() for p in model.parameters()))
-
-
-def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a folder's safetensors files, memory-mapped; with an index, every shard it names."""
-    from safetensors import safe_open
-
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
-    else:
-        files = sorted(p.name for p in folder.glob("*.safetensors"))
-        weight_map = None
-    if not files:
-        raise ModelLoadError(folder, "no *.safetensors files in the folder")
-    tensors = {}
-    for name in files:
-        f = folder / name
-        if not f.is_file():
-            raise ModelLoadError(f, "shard named in model.safetensors.index.json is missing")
-        try:
-            with safe_open(str(f), framework="pt") as st:
-                for key in st.keys():
-                    tensors[key] = st.get_tensor(key)
-        except Exception as e:  # safetensors raises its own error types on damage
-            raise ModelLoadError(f, f"unreadable safetensors file ({e})") from e
-    if weight_map is not None:
-        absent = sorted(set(weight_map) - set(tensors))
-        if absent:
-            raise ModelLoadError(index, f"missing tensor {absent[0]!r} named in the index")
-    return tensors

@@ -1,0 +1,52 @@
+"""The tensors of a Hugging Face folder's safetensors files: one shard or all the shards an index names."""
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError
+
+
+class LazyTensor:
+    """A checkpoint tensor known by name and shape; its data is read only by `read()` / `to()`."""
+
+    def __init__(self, handle, name: str, file: Path):
+        self.handle, self.name, self.file = handle, name, file
+        self.shape = tuple(handle.get_slice(name).get_shape())
+
+    def read(self) -> torch.Tensor:
+        return self.handle.get_tensor(self.name)
+
+    def to(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.read().to(dtype)
+
+
+def index_safetensors(folder: Path) -> dict[str, LazyTensor]:
+    """Every tensor of the folder, unread. A shard the index names but the folder lacks, or a tensor
+    the index names but no shard holds, is a `ModelLoadError` naming it."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    weight_map = json.loads(index.read_text())["weight_map"] if index.is_file() else None
+    files = sorted(set(weight_map.values())) if weight_map else sorted(p.name for p in folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(folder, "no *.safetensors files in the folder")
+    tensors = {}
+    for name in files:
+        f = folder / name
+        if not f.is_file():
+            raise ModelLoadError(f, "shard named in model.safetensors.index.json is missing")
+        try:
+            handle = safe_open(str(f), framework="pt")
+            tensors.update({k: LazyTensor(handle, k, f) for k in handle.keys()})
+        except Exception as e:  # safetensors raises its own error types on damage
+            raise ModelLoadError(f, f"unreadable safetensors file ({e})") from e
+    absent = sorted(set(weight_map or ()) - set(tensors))
+    if absent:
+        raise ModelLoadError(index, f"missing tensor {absent[0]!r} named in the index")
+    return tensors
+
+
+def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder, memory-mapped."""
+    return {k: t.read() for k, t in index_safetensors(folder).items()}

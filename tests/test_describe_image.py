@@ -1,7 +1,6 @@
 """describe_image and images in chat through the public API, against transformers' greedy decoding
 of the same small random Gemma 3 vision-language checkpoint."""
 import io
-import json
 import subprocess
 import sys
 
@@ -11,19 +10,15 @@ import torch
 import mmsdk
 from mmsdk import chat_format, media
 from mmsdk.encoders.image_preprocess import preprocess
-from test_vision_fusion import tiny_tokenizer
-from vision_fixtures import noise_image, small_gemma3
+from vision_fixtures import noise_image, write_small_gemma3
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    ref = small_gemma3(sliding_window=32)
     folder = tmp_path_factory.mktemp("gemma3_vlm")
-    ref.save_pretrained(folder)
-    tiny_tokenizer().save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>"}))
+    ref = write_small_gemma3(folder, sliding_window=32)
     return ref, mmsdk.load(folder), folder
 
 

@@ -1,10 +1,7 @@
 """Image fusion into our Gemma 3 decoder vs transformers' Gemma3ForConditionalGeneration: logits for a
 prompt with two images, one pan-and-scanned, on the same random weights."""
-import json
-
 import pytest
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
 
 from mmsdk.decoder.errors import InputError
 from mmsdk.decoder.kv_cache import make_cache
@@ -13,30 +10,14 @@ from mmsdk.encoders.fusion import (BOI, EOI, SOFT, build_prompt, expand_image_ma
                                    image_groups, image_sequence)
 from mmsdk.encoders.gemma3_vision import load_gemma3_vision
 from mmsdk.encoders.image_preprocess import preprocess
-from vision_fixtures import noise_image, small_gemma3
-
-WORDS = ["Describe", "these", "two", "images", ".", "First", ":", "second", "Here", "is", "the", "original",
-         "image", "and", "here", "are", "some", "crops", "to", "help", "you", "see", "better", "\n\n", " "]
-SPECIAL = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, BOI: 255999, EOI: 256000, SOFT: 262144}
-
-
-def tiny_tokenizer() -> Tokenizer:
-    """A word-level stand-in for Gemma's tokenizer that knows the image tokens at their real ids."""
-    vocab = {**SPECIAL, **{w: 10 + i for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n\n| |\w+|[^\w\s]"), behavior="isolated")
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
-    return tok
+from vision_fixtures import noise_image, write_small_gemma3
 
 
 @pytest.fixture(scope="module")
 def models_pair(tmp_path_factory):
     # sliding_window (32) spans more than one view's 16 soft tokens, as in every real Gemma 3 (1024 vs 256).
-    ref = small_gemma3(sliding_window=32)
     folder = tmp_path_factory.mktemp("gemma3_small")
-    ref.save_pretrained(folder)
-    tiny_tokenizer().save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>"}))
+    ref = write_small_gemma3(folder, sliding_window=32)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MMSDK_CACHE", str(tmp_path_factory.mktemp("cache")))  # keep the user's cache clean
         loaded = load_text(folder)

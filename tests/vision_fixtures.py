@@ -1,7 +1,11 @@
 """Small random Gemma 3 / Gemma 3n reference models (transformers) shared by the vision tests."""
+import json
+
 import numpy as np
 import torch
 from PIL import Image
+
+from mmsdk.encoders.fusion import BOI, EOI, SOFT
 
 SMALL_SIGLIP = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                     image_size=224, patch_size=14, vision_use_head=False)  # 16 x 16 patches
@@ -59,3 +63,28 @@ def noise_image(height: int, width: int, seed: int = 0, mode: str = "RGB") -> Im
     base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], -1)
     noisy = np.clip(base + rng.integers(-40, 40, base.shape), 0, 255).astype(np.uint8)
     return Image.fromarray(noisy).convert(mode)
+
+
+WORDS = ["Describe", "these", "two", "images", ".", "First", ":", "second", "Here", "is", "the", "original",
+         "image", "and", "here", "are", "some", "crops", "to", "help", "you", "see", "better", "\n\n", " "]
+SPECIAL = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, BOI: 255999, EOI: 256000, SOFT: 262144}
+
+
+def tiny_tokenizer():
+    """A word-level stand-in for Gemma's tokenizer that knows the image tokens at their real ids."""
+    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
+
+    vocab = {**SPECIAL, **{w: 10 + i for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n\n| |\w+|[^\w\s]"), behavior="isolated")
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
+    return tok
+
+
+def write_small_gemma3(folder, **text):
+    """`small_gemma3` saved in the real HF layout with a tokenizer that knows the image tokens; returns it."""
+    ref = small_gemma3(**text)
+    ref.save_pretrained(folder)
+    tiny_tokenizer().save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>"}))
+    return ref

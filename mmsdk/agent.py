@@ -35,10 +35,12 @@ class AgentResult:
 
 
 def run_agent(asst, task: str, tools, *, max_steps: int = 5, approve: Callable[[ToolCall], bool] | None = None,
-              system: str | None = None, messages: list[dict] | None = None, **sampling) -> AgentResult:
+              system: str | None = None, messages: list[dict] | None = None, tool_choice: str = "auto",
+              **sampling) -> AgentResult:
     """Run `task` with `tools` (callables or ToolSpecs with a function). Each of up to `max_steps`
-    model turns may call tools; `approve(call) -> bool`, when given, is asked before each call.
-    After `max_steps` tool turns the model is asked once more, without tools, for its answer."""
+    model turns may call tools (`tool_choice="required"`: must call one); `approve(call) -> bool`,
+    when given, is asked before each call. After `max_steps` tool turns the model is asked once
+    more, without tools, for its answer."""
     if max_steps < 0:
         raise ValueError(f"max_steps must be >= 0, got {max_steps}")
     specs = {s.name: s for s in (tool_spec(t) for t in tools)}
@@ -51,7 +53,7 @@ def run_agent(asst, task: str, tools, *, max_steps: int = 5, approve: Callable[[
     history.append({"role": "user", "content": task})
     steps: list[AgentStep] = []
     for _ in range(max_steps):
-        reply = asst.chat(history, tools=list(specs.values()), **sampling)
+        reply = asst.chat(history, tools=list(specs.values()), tool_choice=tool_choice, **sampling)
         if not reply.tool_calls:
             return AgentResult(reply.text, steps, "answer")
         history.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls})

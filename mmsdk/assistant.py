@@ -119,6 +119,10 @@ class Assistant:
     def transcribe_audio(self, audio, *, language: str | None = None, progress: bool = False):
         """Speech to text with timestamps. Uses the model's audio encoder when it has one, else the
         bundled Whisper base."""
+        if "audio" in self.info.modalities:
+            from .speech_gemma3n import transcribe as transcribe_with_model
+
+            return transcribe_with_model(self, audio, language=language, progress=progress)
         from .speech import transcribe
 
         return transcribe(audio, language=language, progress=progress)

@@ -49,7 +49,8 @@ def json_grammar(schema: dict) -> str:
 
 
 def bounded(node):
-    """A copy of a JSON schema where strings and arrays without an upper bound get one."""
+    """A copy of a JSON schema where strings and arrays without an upper bound get one, and objects
+    with listed properties take no others."""
     if isinstance(node, list):
         return [bounded(x) for x in node]
     if not isinstance(node, dict):
@@ -60,6 +61,8 @@ def bounded(node):
         out["maxLength"] = max(MAX_STRING_CHARS, out.get("minLength", 0))
     if "array" in kinds and "maxItems" not in out:
         out["maxItems"] = max(MAX_ARRAY_ITEMS, out.get("minItems", 0))
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False  # pydantic ignores extra keys; a small model rambles in them
     return out
 
 

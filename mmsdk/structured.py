@@ -30,26 +30,39 @@ class Plan:
             try:
                 parsed = self.validator.validate_json(text)
             except pydantic.ValidationError as e:
-                # Only a cut-off output (max_tokens) or a check the JSON schema can't express gets here.
-                warnings.warn(f"output did not validate (finish_reason={finish_reason}): {e}", stacklevel=3)
+                # Unconstrained output may wrap its JSON in prose or a fence: take the first JSON value.
+                parsed = self._validate_found(fmt.find_json(text))
+                if parsed is None:
+                    # Constrained, only a cut-off output (max_tokens) or a check JSON schema can't express gets here.
+                    warnings.warn(f"output did not validate (finish_reason={finish_reason}): {e}", stacklevel=3)
         return text, calls, parsed
 
+    def _validate_found(self, found):
+        if found is None:
+            return None
+        try:
+            return self.validator.validate_python(found)
+        except pydantic.ValidationError:
+            return None
 
-def plan(tokenizer, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto") -> Plan:
-    """Messages ready for the chat template, and the constraint to decode them with."""
+
+def plan(tokenizer, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto",
+         constrained: bool = True) -> Plan:
+    """Messages ready for the chat template, and the constraint to decode them with (none when
+    `constrained` is False: the reply is parsed as the model wrote it)."""
     specs = [tool_spec(t) for t in tools or ()]
     if specs and schema is not None:
         raise ValueError("chat takes tools= or schema=, not both")
     if len({s.name for s in specs}) != len(specs):
         raise ValueError(f"tool names must be unique, got {[s.name for s in specs]}")
-    if tool_choice == "none" or not specs:
-        specs = []
     if schema is not None:
         json_schema, validator = output_schema(schema)
         msgs = fmt.prepare_messages(messages, [], fmt.render_schema_instruction(json_schema))
-        return Plan(msgs, [GrammarConstraint(tokenizer, json_grammar(json_schema))], validator=validator)
+        grammar = [GrammarConstraint(tokenizer, json_grammar(json_schema))] if constrained else []
+        return Plan(msgs, grammar, validator=validator)
     msgs = fmt.prepare_messages(messages, specs)
     if not specs:
         return Plan(msgs)
-    grammar = fmt.call_grammar(specs, tool_choice)
-    return Plan(msgs, [GrammarConstraint(tokenizer, grammar)], specs)
+    grammar = [GrammarConstraint(tokenizer, fmt.call_grammar(specs, tool_choice))] if constrained else []
+    # With tool_choice "none" the tools stay in the prompt (earlier turns call them) but none is parsed.
+    return Plan(msgs, grammar, specs if tool_choice != "none" else [])

@@ -162,7 +162,10 @@ def _as_call(c) -> ToolCall:
 # ---- grammar ---------------------------------------------------------------------------------
 def call_grammar(specs: list[ToolSpec], tool_choice: str = "auto") -> str:
     """A Lark grammar (llguidance dialect) for a reply: a ```tool_code block of 1..MAX_CALLS valid
-    calls, or (with tool_choice "auto") plain text that does not open a fence."""
+    calls ("required", or a tool's name: calls of that tool only), plain text that does not open
+    a fence ("none"), or either ("auto")."""
+    if tool_choice == "none":
+        return f"start: TEXT\n{_TEXT}"
     if tool_choice not in ("auto", "required") and tool_choice not in {s.name for s in specs}:
         raise ValueError(f"tool_choice must be 'auto', 'required', 'none' or a tool's name, got {tool_choice!r}")
     chosen = [s for s in specs if tool_choice in ("auto", "required") or s.name == tool_choice]
@@ -170,8 +173,11 @@ def call_grammar(specs: list[ToolSpec], tool_choice: str = "auto") -> str:
     for i, spec in enumerate(chosen):
         rules.append(f"c{i}: {json.dumps(spec.name + '(')} {_args_expr(spec)} \")\"")
     calls = f'{json.dumps(CALL_OPEN)} call ("\\n" call){{0,{MAX_CALLS - 1}}} {json.dumps(CALL_CLOSE)}'
-    start = f"start: calls | TEXT\nTEXT: /[^`\\s](.|\\n)*/" if tool_choice == "auto" else "start: calls"
+    start = f"start: calls | TEXT\n{_TEXT}" if tool_choice == "auto" else "start: calls"
     return "\n".join([start, f"calls: {calls}", *rules])
+
+
+_TEXT = r"TEXT: /[^`\s](.|\n)*/"  # a plain-text reply: anything that does not open a fence
 
 
 def _args_expr(spec: ToolSpec) -> str:
@@ -252,7 +258,7 @@ def _parse_block(body: str, positional: dict, bare: bool = False) -> list[ToolCa
             pass
     tree = _parse_python(body)
     if tree is None:
-        return [] if bare else _calls_from_json(_first_json(body))
+        return [] if bare else _calls_from_json(find_json(body))
     calls = []
     for stmt in tree.body:
         found = [_call_from_ast(n, body, positional) for n in _call_nodes(getattr(stmt, "value", None))]
@@ -343,8 +349,8 @@ def _calls_from_json(obj) -> list[ToolCall]:
     return [ToolCall(name, args)] if isinstance(args, dict) else []
 
 
-def _first_json(text: str):
-    """The first JSON object in `text`, or None."""
+def find_json(text: str):
+    """The first JSON object or array in `text`, or None."""
     dec = json.JSONDecoder()
     for m in re.finditer(r"[{\[]", text):
         try:

@@ -202,13 +202,16 @@ class Gemma3nText(nn.Module):
         self.norm = _norm(H, cfg)
         self.rope_local = RotaryEmbedding(cfg.head_dim, cfg.rope_local_base)
         self.rope_global = RotaryEmbedding(cfg.head_dim, cfg.rope_global_base)
+        # Set by the encoders (`gemma3n_fusion.attach_hard_tokens`): embeds vision/audio-vocabulary ids.
+        self.hard_tokens = None
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings times sqrt(hidden) (scale rounded to the weights' dtype). Ids from the
-        vision/audio vocabularies (>= vocab_size_per_layer_input) are embedded by the encoders'
-        embedders instead; the caller passes those as `embeds`."""
+        vision/audio vocabularies (>= vocab_size_per_layer_input) go through the encoders' embedders
+        when they are attached (`hard_tokens`), in the prompt and in decoded tokens alike."""
         x = self.embed(ids)
-        return x * torch.tensor(math.sqrt(self.config.hidden_size), dtype=x.dtype)
+        x = x * torch.tensor(math.sqrt(self.config.hidden_size), dtype=x.dtype)
+        return x if self.hard_tokens is None else self.hard_tokens(ids, x)
 
     def per_layer_inputs(self, ids: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         """(B, T, L, P): the projected embedding plus, when ids are known, the PLE rows."""

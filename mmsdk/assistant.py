@@ -22,8 +22,9 @@ _SAMPLING_KEYS = {"temperature", "top_k", "top_p", "min_p", "repetition_penalty"
 
 
 def load(path=None, *, quantize: str | None = None, offload: str | None = None, threads: int | None = None,
-         dtype: str | None = None, max_memory: int | None = None) -> "Assistant":
-    """Load a model: a HF checkpoint folder or a .gguf file; with no path, the bundled Gemma 3 270M."""
+         dtype: str | None = None, max_memory: int | None = None, mmproj=None) -> "Assistant":
+    """Load a model: a HF checkpoint folder or a .gguf file; with no path, the bundled Gemma 3 270M.
+    A .gguf model takes its vision tower from llama.cpp's `mmproj` file: `mmproj*.gguf` beside it, or `mmproj=`."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be None, 'float32' or 'bfloat16', got {dtype!r}")
     if quantize not in (None, "int8", "int4"):
@@ -34,6 +35,8 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
         from .bundled import bundled_gguf
 
         path = bundled_gguf()
+    if mmproj is not None and Path(path).is_dir():
+        raise ValueError("mmproj= goes with a .gguf model; a Hugging Face folder carries its own vision tower")
     t0 = time.perf_counter()
     loaded = load_text(Path(path), dtype, quantize=quantize, threads=threads)
     if offload:
@@ -41,15 +44,15 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
 
         apply_offload(loaded, offload, max_memory=max_memory)
     log.info("loaded %s in %.1f s", path, time.perf_counter() - t0)
-    return Assistant(loaded, path=str(path), dtype=_DTYPES[dtype])
+    return Assistant(loaded, path=str(path), dtype=_DTYPES[dtype], mmproj=mmproj)
 
 
 class Assistant:
-    def __init__(self, loaded, path: str = "", dtype: torch.dtype = torch.float32):
+    def __init__(self, loaded, path: str = "", dtype: torch.dtype = torch.float32, mmproj=None):
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.config = self.model.config
         self._loaded = loaded
-        self.encoders = media.load_encoders(loaded, path, dtype)
+        self.encoders = media.load_encoders(loaded, path, dtype, mmproj=mmproj)
         self.info = ModelInfo(
             name=loaded.name,
             family="gemma3n" if str(loaded.hf_config.get("model_type", "")).startswith("gemma3n") else "gemma3",

@@ -19,17 +19,28 @@ class Encoders:
 
     vision: object = None  # a Gemma 3 vision tower (SigLIP + projector)
     image_config: object = None
+    gemma3n: object = None  # a Gemma 3n checkpoint's towers (`encoders.gemma3n_fusion.Gemma3nEncoders`)
 
     @property
     def modalities(self) -> frozenset:
-        return frozenset({"text"} | ({"image"} if self.vision is not None else set()))
+        g = self.gemma3n
+        return frozenset({"text"} | ({"image"} if self.vision is not None or (g and g.vision is not None) else set())
+                         | ({"audio"} if g and g.audio is not None else set()))
 
 
-def load_encoders(loaded, path, dtype) -> Encoders:
-    """Vision encoders from the non-text tensors of a HF checkpoint, if it has them."""
+def load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
+    """Vision (and for Gemma 3n audio) encoders from the non-text tensors of a HF checkpoint, if it has them."""
     from .encoders.gemma3_vision import is_vision_key, load_gemma3_vision
 
+    if getattr(loaded, "source", "") == "gguf":
+        return _mmproj_encoders(loaded, path, dtype, mmproj)
     tensors = getattr(loaded, "extra_tensors", None) or {}
+    if tensors and getattr(loaded, "source", "") == "hf" and loaded.hf_config.get("model_type") == "gemma3n":
+        from .encoders.gemma3n_fusion import attach_hard_tokens, load_gemma3n_encoders
+
+        towers = load_gemma3n_encoders(tensors, loaded.hf_config, path, dtype)
+        attach_hard_tokens(loaded.model, towers)
+        return Encoders(gemma3n=towers)
     if not any(is_vision_key(k) for k in tensors) or getattr(loaded, "source", "") != "hf":
         return Encoders()
     if loaded.hf_config.get("model_type") != "gemma3":
@@ -42,6 +53,34 @@ def load_encoders(loaded, path, dtype) -> Encoders:
     pre = Path(path) / "preprocessor_config.json"
     pre_cfg = json.loads(pre.read_text()) if pre.is_file() else None
     return Encoders(vision=tower, image_config=image_config_for(tower, pre_cfg))
+
+
+def _mmproj_encoders(loaded, path, dtype, mmproj) -> Encoders:
+    """A GGUF's vision tower from llama.cpp's mmproj file: `mmproj` if given, else `mmproj*.gguf` beside it."""
+    from .decoder.errors import ModelLoadError
+    from .encoders.fusion import BOI, EOI, SOFT
+    from .encoders.gguf_mmproj import load_mmproj
+
+    if mmproj is None:
+        found = sorted(p for p in Path(path).parent.glob("mmproj*.gguf") if p.resolve() != Path(path).resolve())
+        if not found:
+            return Encoders()
+        if len(found) > 1:
+            log.warning("several mmproj files beside %s; using %s (pass mmproj= to choose)", path, found[0].name)
+        mmproj = found[0]
+    # The mmproj carries no token ids: llama.cpp, and we, take them from the text model's vocabulary.
+    ids = {k: loaded.tokenizer.token_id(t) for k, t in
+           (("boi_token_index", BOI), ("eoi_token_index", EOI), ("image_token_index", SOFT))}
+    if None in ids.values():
+        log.warning("%s has no %s token; loading text only", path, SOFT if ids["image_token_index"] is None else BOI)
+        return Encoders()
+    tower, image_config = load_mmproj(mmproj, dtype=dtype, **ids)
+    width = loaded.model.config.hidden_size
+    if tower.config.text_hidden_size != width:
+        raise ModelLoadError(mmproj, f"the projector outputs width {tower.config.text_hidden_size}, but {Path(path).name} "
+                                     f"has width {width}: this mmproj belongs to another model")
+    log.info("vision tower from %s", mmproj)
+    return Encoders(vision=tower, image_config=image_config)
 
 
 def check_modalities(name: str, encoders: Encoders, images, audio) -> None:
@@ -62,6 +101,8 @@ def encode_prompt(model, tokenizer, encoders: Encoders, text: str, images=(), au
                   add_bos: bool = True, prefix_ids=(), pan_and_scan: bool = True) -> Prompt:
     """Token ids for `text`; with images, also the embeddings with each image in place.
     `prefix_ids` are tokens already decided (a session's pending tokens) that go first."""
+    if encoders.gemma3n is not None:
+        return _encode_gemma3n(model, tokenizer, encoders.gemma3n, text, images, audio, add_bos, prefix_ids)
     if audio:
         raise UnsupportedModalityError("audio in prompts needs a Gemma 3n model with its audio tower")
     if (images or encoders.vision is not None) and text.count(IMAGE_MARKER) != len(images):
@@ -73,12 +114,29 @@ def encode_prompt(model, tokenizer, encoders: Encoders, text: str, images=(), au
 
     p = build_prompt(text, list(images), model=model, tokenizer=tokenizer, tower=encoders.vision,
                      image_config=encoders.image_config, pan_and_scan=pan_and_scan, add_bos=add_bos)
+    return _prepend(model, prefix_ids, Prompt(p.ids, p.embeds, p.groups))
+
+
+def _prepend(model, prefix_ids, p: Prompt) -> Prompt:
+    """`p` after the already decided `prefix_ids`, embedded by the text table."""
     if not prefix_ids:
-        return Prompt(p.ids, p.embeds, p.groups)
+        return p
     with torch.inference_mode():
         head = model.embed_tokens(torch.tensor([list(prefix_ids)]))
-    groups = torch.cat([torch.full((len(prefix_ids),), -1, dtype=p.groups.dtype), p.groups])
+    groups = None if p.groups is None else \
+        torch.cat([torch.full((len(prefix_ids),), -1, dtype=p.groups.dtype), p.groups])
     return Prompt([*prefix_ids, *p.ids], torch.cat([head, p.embeds], 1), groups)
+
+
+def _encode_gemma3n(model, tokenizer, towers, text, images, audio, add_bos, prefix_ids) -> Prompt:
+    """Gemma 3n: one view per image (no pan-and-scan), audio soft tokens; attention stays causal."""
+    from .encoders.gemma3n_fusion import build_prompt, expand_media_markers
+
+    if not images and not audio:
+        expand_media_markers(text, 0, 0, towers.config)  # stray markers are a count mismatch
+        return Prompt([*prefix_ids, *tokenizer.encode(text, add_bos=add_bos)])
+    p = build_prompt(text, images, audio, model=model, tokenizer=tokenizer, encoders=towers, add_bos=add_bos)
+    return _prepend(model, prefix_ids, Prompt(p.ids, p.embeds))
 
 
 def with_media_markers(text: str, images=(), audio=()) -> str:

@@ -1,0 +1,233 @@
+"""Gemma 3n fusion: a prompt with image and audio markers → token ids and input embeddings.
+
+As transformers' `Gemma3nProcessor` + `Gemma3nModel` do it:
+- each `<start_of_image>` marker becomes "\\n\\n<start_of_image>" + 256 × "<image_soft_token>" +
+  "<end_of_image>\\n\\n" (no pan-and-scan: Gemma 3n sees one 768 px view per image);
+- each `<start_of_audio>` marker becomes "\\n\\n<start_of_audio>" + 188 × "<audio_soft_token>" +
+  "<end_of_audio>\\n\\n" whatever the clip's length: the processor assumes 30 s clips, and the model fills
+  the soft tokens a shorter clip leaves empty (and its padded frames) with the audio padding embedding,
+  `embed_audio(vocab_size - 1)`;
+- the soft-token positions receive the encoders' outputs; "hard" multimodal ids (`<end_of_image>`,
+  `<end_of_audio>`, anything from the vision or audio vocabulary) are embedded by their modality's
+  embedder, not the text table, in the prompt and in every decoded token (`HardTokenEmbedder`).
+Attention stays causal over media tokens (Gemma 3n has no bidirectional image groups).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..decoder.errors import InputError
+from .audio_features import FeatureConfig, log_mel
+from .audio_gemma3n import AUDIO_PREFIXES, AudioConfig, Gemma3nAudio, load_hf_audio_state
+from .audio_io import load_audio
+from .fusion import check_marker_count
+from .gemma3n_vision import Gemma3nVisionTower, is_vision_key, load_gemma3n_vision
+from .hf_config import empty_module, hf_fields
+from .image_preprocess import GEMMA3N_IMAGE, ImageProcessorConfig, preprocess
+
+log = logging.getLogger(__name__)
+
+BOI, EOI, IMAGE_SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
+BOA, EOA, AUDIO_SOFT = "<start_of_audio>", "<end_of_audio>", "<audio_soft_token>"
+IMAGE_MARKER, AUDIO_MARKER = BOI, BOA  # what our chat format writes where a media part stands
+
+# Top-level Gemma3nConfig keys that belong to the sub-configs or the text decoder.
+_IGNORED_TOP_KEYS = frozenset({"text_config", "vision_config", "audio_config", "initializer_range"})
+
+
+@dataclass(frozen=True)
+class Gemma3nMediaConfig:
+    """The media token ids and counts of a Gemma 3n `config.json` (Hugging Face `Gemma3nConfig` names)."""
+
+    boi_token_id: int = 255_999
+    eoi_token_id: int = 262_144
+    image_token_id: int = 262_145
+    boa_token_id: int = 256_000
+    eoa_token_id: int = 262_272
+    audio_token_id: int = 262_273
+    vision_soft_tokens_per_image: int = 256
+    audio_soft_tokens_per_image: int = 188
+    vocab_size: int = 262_400  # text_config.vocab_size: the audio padding id is vocab_size - 1
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "Gemma3nMediaConfig":
+        kw = hf_fields(cls, {k: v for k, v in d.items() if k != "vocab_size"}, _IGNORED_TOP_KEYS)
+        vocab = (d.get("text_config") or {}).get("vocab_size")
+        return cls(**kw, **({"vocab_size": vocab} if vocab else {}))
+
+
+def media_sequence(open_: str, soft: str, n: int, close: str) -> str:
+    """The text one image or clip expands to (`Gemma3nProcessor.full_image_sequence` / `full_audio_sequence`)."""
+    return f"\n\n{open_}{soft * n}{close}\n\n"
+
+
+def check_audio_count(n_markers: int, n_clips: int) -> None:
+    if n_markers != n_clips:
+        raise InputError(f"the prompt has {n_markers} audio marker(s) ({AUDIO_MARKER}) but {n_clips} "
+                         f"audio clip(s) were given; put one marker where each clip goes")
+
+
+def expand_media_markers(text: str, n_images: int, n_audio: int, cfg: Gemma3nMediaConfig = Gemma3nMediaConfig()) -> str:
+    """Replace every image and audio marker by its soft-token sequence; the counts must match the media."""
+    check_marker_count(text.count(IMAGE_MARKER), n_images)
+    check_audio_count(text.count(AUDIO_MARKER), n_audio)
+    # split/join, not str.replace chains: each sequence contains its own marker.
+    image = media_sequence(BOI, IMAGE_SOFT, cfg.vision_soft_tokens_per_image, EOI)
+    audio = media_sequence(BOA, AUDIO_SOFT, cfg.audio_soft_tokens_per_image, EOA)
+    return audio.join(image.join(text.split(IMAGE_MARKER)).split(AUDIO_MARKER))
+
+
+class HardTokenEmbedder:
+    """Replaces the text-table embedding of multimodal-vocabulary ids by their embedder's output:
+    vision ids in [vision offset, audio offset), audio ids from the audio offset (transformers'
+    `Gemma3nModel.forward`). Not an `nn.Module`, so attaching it leaves the decoder's state dict as is."""
+
+    def __init__(self, vision_embedder=None, audio_embedder=None):
+        self.vision, self.audio = vision_embedder, audio_embedder
+
+    def __call__(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """ids (B, T), x (B, T, H) text embeddings → x with the multimodal ids re-embedded."""
+        ranges = []
+        audio_start = self.audio.vocab_offset if self.audio is not None else None
+        if self.vision is not None:
+            ranges.append((self.vision, self.vision.vocab_offset, audio_start))
+        if self.audio is not None:
+            ranges.append((self.audio, audio_start, None))
+        out = x
+        for embedder, lo, hi in ranges:
+            mask = (ids >= lo) & (ids < hi) if hi is not None else ids >= lo
+            if bool(mask.any()):
+                out = out.clone() if out is x else out
+                out[mask] = embedder.embed_ids(ids[mask]).to(x.dtype)
+        return out
+
+
+@dataclass
+class Gemma3nEncoders:
+    """What a Gemma 3n checkpoint carries beside its decoder (None where it lacks the modality)."""
+
+    config: Gemma3nMediaConfig
+    vision: Gemma3nVisionTower | None = None
+    image_config: ImageProcessorConfig = GEMMA3N_IMAGE
+    audio: Gemma3nAudio | None = None
+    features: FeatureConfig | None = None
+
+
+def split_preprocessor_config(d: dict) -> tuple[dict, dict]:
+    """Gemma 3n's preprocessor_config.json holds the image processor's and the feature extractor's
+    fields side by side: (image part, audio part)."""
+    audio_keys = {f.name for f in dataclasses.fields(FeatureConfig)} | {
+        "frame_length", "hop_length", "fft_length", "feature_extractor_type", "return_attention_mask", "padding_side"}
+    return ({k: v for k, v in d.items() if k not in audio_keys},
+            {k: v for k, v in d.items() if k in audio_keys})
+
+
+def load_gemma3n_encoders(tensors: dict, hf_config: dict, path, dtype: torch.dtype = torch.float32) -> Gemma3nEncoders:
+    """The vision tower and audio tower (each with its embedder) of a Gemma 3n checkpoint's non-text
+    tensors, with the image and feature settings of its preprocessor_config.json when there is one."""
+    cfg = Gemma3nMediaConfig.from_hf(hf_config)
+    pre = Path(path) / "preprocessor_config.json"
+    image_hf, audio_hf = split_preprocessor_config(json.loads(pre.read_text())) if pre.is_file() else ({}, {})
+    out = Gemma3nEncoders(cfg)
+    if any(is_vision_key(k) for k in tensors):
+        out.vision = load_gemma3n_vision(tensors, hf_config, path=path, dtype=dtype)
+        out.image_config = ImageProcessorConfig.from_hf({**dataclasses.asdict(GEMMA3N_IMAGE), **image_hf})
+    if any(k.startswith(AUDIO_PREFIXES) for k in tensors):
+        audio_cfg = AudioConfig.from_hf(hf_config.get("audio_config") or {})
+        text_hidden = (hf_config.get("text_config") or {}).get("hidden_size", 2048)
+        out.audio = empty_module(lambda c: Gemma3nAudio(c, text_hidden), audio_cfg)
+        load_hf_audio_state(out.audio, tensors, path, dtype)
+        out.audio.eval()
+        # Without a preprocessor_config.json the features are as wide as the tower's input.
+        out.features = FeatureConfig.from_hf({"feature_size": audio_cfg.input_feat_size, **audio_hf})
+    return out
+
+
+def attach_hard_tokens(model, encoders: Gemma3nEncoders) -> None:
+    """Make the decoder's `embed_tokens` embed multimodal ids through the encoders' embedders."""
+    model.hard_tokens = HardTokenEmbedder(encoders.vision.embedder if encoders.vision is not None else None,
+                                          encoders.audio.embedder if encoders.audio is not None else None)
+
+
+# ---- encoding ---------------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def encode_images(tower: Gemma3nVisionTower, images, image_config: ImageProcessorConfig) -> torch.Tensor:
+    """Images → (N, 256, text hidden), one view each."""
+    pixels = preprocess(images, image_config, pan_and_scan=False).pixel_values
+    return tower(pixels.to(next(tower.parameters()).dtype))
+
+
+@torch.inference_mode()
+def encode_audio(audio: Gemma3nAudio, clips, features: FeatureConfig, cfg: Gemma3nMediaConfig) -> torch.Tensor:
+    """Clips (anything `load_audio` reads) → (N, audio_soft_tokens_per_image, text hidden): the tower's
+    tokens, padding frames and the unused tail filled with the audio padding embedding."""
+    dtype = next(audio.parameters()).dtype
+    pad = audio.embedder.embed_ids(torch.tensor([cfg.vocab_size - 1]))  # (1, H)
+    n, out = cfg.audio_soft_tokens_per_image, []
+    for clip in clips:
+        samples = clip if isinstance(clip, np.ndarray) else load_audio(clip)
+        mel, mask = log_mel(samples, features)  # the features truncate to 30 s (188 tokens)
+        emb, valid = audio(torch.from_numpy(mel)[None].to(dtype), torch.from_numpy(mask)[None])
+        emb = torch.where(valid[0, :, None], emb[0], pad)  # (T', H)
+        if emb.shape[0] > n:
+            raise InputError(f"an audio clip gives {emb.shape[0]} tokens, more than the {n} the model takes")
+        out.append(torch.cat([emb, pad.expand(n - emb.shape[0], -1)]))
+    return torch.stack(out)
+
+
+def scatter(embeds: torch.Tensor, ids: torch.Tensor, features: torch.Tensor, token_id: int, what: str) -> torch.Tensor:
+    """Put (N, k, H) features, in order, at the `token_id` positions of (1, T, H) `embeds`."""
+    slots = ids == token_id
+    n_slots, n_feats = int(slots.sum()), features.shape[0] * features.shape[1]
+    if n_slots != n_feats:
+        raise InputError(f"the prompt has {n_slots} {what} soft-token positions but the {what} encoder gives "
+                         f"{n_feats} embeddings ({features.shape[0]} x {features.shape[1]})")
+    out = embeds.clone()
+    out[0, slots] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
+    return out
+
+
+@dataclass
+class Gemma3nPrompt:
+    """`ids` (with the soft-token placeholders, for PLE and the cache bookkeeping) and `embeds` (1, T, H)."""
+
+    ids: list[int]
+    embeds: torch.Tensor
+
+
+def check_tokenizer(tokenizer, cfg: Gemma3nMediaConfig, images: bool, audio: bool) -> None:
+    wanted = ([(IMAGE_SOFT, cfg.image_token_id), (BOI, cfg.boi_token_id), (EOI, cfg.eoi_token_id)] if images else []) + \
+             ([(AUDIO_SOFT, cfg.audio_token_id), (BOA, cfg.boa_token_id), (EOA, cfg.eoa_token_id)] if audio else [])
+    for token, want in wanted:
+        got = tokenizer.token_id(token)
+        if got != want:
+            raise InputError(f"the tokenizer maps {token} to {got}, the model expects {want}")
+
+
+@torch.inference_mode()
+def build_prompt(text: str, images=(), audio=(), *, model, tokenizer, encoders: Gemma3nEncoders,
+                 add_bos: bool = True) -> Gemma3nPrompt:
+    """Prompt text with one `<start_of_image>` per image and one `<start_of_audio>` per clip →
+    `Gemma3nPrompt` for the Gemma 3n decoder. Marker counts are checked before anything is encoded."""
+    images, audio = list(images), list(audio)
+    cfg = encoders.config
+    expanded = expand_media_markers(text, len(images), len(audio), cfg)
+    check_tokenizer(tokenizer, cfg, bool(images), bool(audio))
+    ids = tokenizer.encode(expanded, add_bos=add_bos)
+    ids_t = torch.tensor(ids, dtype=torch.long)
+    embeds = model.embed_tokens(ids_t[None])  # hard multimodal ids through their embedders
+    if images:
+        embeds = scatter(embeds, ids_t, encode_images(encoders.vision, images, encoders.image_config),
+                         cfg.image_token_id, "image")
+    if audio:
+        embeds = scatter(embeds, ids_t, encode_audio(encoders.audio, audio, encoders.features, cfg),
+                         cfg.audio_token_id, "audio")
+    return Gemma3nPrompt(ids, embeds)

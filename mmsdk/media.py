@@ -28,10 +28,12 @@ class Encoders:
                          | ({"audio"} if g and g.audio is not None else set()))
 
 
-def load_encoders(loaded, path, dtype) -> Encoders:
+def load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
     """Vision (and for Gemma 3n audio) encoders from the non-text tensors of a HF checkpoint, if it has them."""
     from .encoders.gemma3_vision import is_vision_key, load_gemma3_vision
 
+    if getattr(loaded, "source", "") == "gguf":
+        return _mmproj_encoders(loaded, path, dtype, mmproj)
     tensors = getattr(loaded, "extra_tensors", None) or {}
     if tensors and getattr(loaded, "source", "") == "hf" and loaded.hf_config.get("model_type") == "gemma3n":
         from .encoders.gemma3n_fusion import attach_hard_tokens, load_gemma3n_encoders
@@ -51,6 +53,34 @@ def load_encoders(loaded, path, dtype) -> Encoders:
     pre = Path(path) / "preprocessor_config.json"
     pre_cfg = json.loads(pre.read_text()) if pre.is_file() else None
     return Encoders(vision=tower, image_config=image_config_for(tower, pre_cfg))
+
+
+def _mmproj_encoders(loaded, path, dtype, mmproj) -> Encoders:
+    """A GGUF's vision tower from llama.cpp's mmproj file: `mmproj` if given, else `mmproj*.gguf` beside it."""
+    from .decoder.errors import ModelLoadError
+    from .encoders.fusion import BOI, EOI, SOFT
+    from .encoders.gguf_mmproj import load_mmproj
+
+    if mmproj is None:
+        found = sorted(p for p in Path(path).parent.glob("mmproj*.gguf") if p.resolve() != Path(path).resolve())
+        if not found:
+            return Encoders()
+        if len(found) > 1:
+            log.warning("several mmproj files beside %s; using %s (pass mmproj= to choose)", path, found[0].name)
+        mmproj = found[0]
+    # The mmproj carries no token ids: llama.cpp, and we, take them from the text model's vocabulary.
+    ids = {k: loaded.tokenizer.token_id(t) for k, t in
+           (("boi_token_index", BOI), ("eoi_token_index", EOI), ("image_token_index", SOFT))}
+    if None in ids.values():
+        log.warning("%s has no %s token; loading text only", path, SOFT if ids["image_token_index"] is None else BOI)
+        return Encoders()
+    tower, image_config = load_mmproj(mmproj, dtype=dtype, **ids)
+    width = loaded.model.config.hidden_size
+    if tower.config.text_hidden_size != width:
+        raise ModelLoadError(mmproj, f"the projector outputs width {tower.config.text_hidden_size}, but {Path(path).name} "
+                                     f"has width {width}: this mmproj belongs to another model")
+    log.info("vision tower from %s", mmproj)
+    return Encoders(vision=tower, image_config=image_config)
 
 
 def check_modalities(name: str, encoders: Encoders, images, audio) -> None:

@@ -57,10 +57,6 @@ def load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
 
 def _mmproj_encoders(loaded, path, dtype, mmproj) -> Encoders:
     """A GGUF's vision tower from llama.cpp's mmproj file: `mmproj` if given, else `mmproj*.gguf` beside it."""
-    from .decoder.errors import ModelLoadError
-    from .encoders.fusion import BOI, EOI, SOFT
-    from .encoders.gguf_mmproj import load_mmproj
-
     if mmproj is None:
         found = sorted(p for p in Path(path).parent.glob("mmproj*.gguf") if p.resolve() != Path(path).resolve())
         if not found:
@@ -68,6 +64,10 @@ def _mmproj_encoders(loaded, path, dtype, mmproj) -> Encoders:
         if len(found) > 1:
             log.warning("several mmproj files beside %s; using %s (pass mmproj= to choose)", path, found[0].name)
         mmproj = found[0]
+    from .decoder.errors import ModelLoadError
+    from .encoders.fusion import BOI, EOI, SOFT
+    from .encoders.gguf_mmproj import load_mmproj
+
     # The mmproj carries no token ids: llama.cpp, and we, take them from the text model's vocabulary.
     ids = {k: loaded.tokenizer.token_id(t) for k, t in
            (("boi_token_index", BOI), ("eoi_token_index", EOI), ("image_token_index", SOFT))}

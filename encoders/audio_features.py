@@ -46,11 +46,20 @@ class FeatureConfig:
 
     @classmethod
     def from_hf(cls, d: dict) -> "FeatureConfig":
+        d = dict(d)
+        rate = d.get("sampling_rate") or cls.sampling_rate
+        for key in ("frame_length", "hop_length"):  # transformers saves these in samples, not ms
+            if d.get(key) is not None:
+                d.setdefault(f"{key}_ms", d.pop(key) * 1000.0 / rate)
+        fft = d.pop("fft_length", None)
         kwargs = hf_fields(cls, d, _IGNORED_HF_KEYS)
         for key in ("per_bin_mean", "per_bin_stddev"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(float(x) for x in kwargs[key])
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
+        if fft is not None and fft != cfg.fft_length:  # derived from the frame length; a mismatch is a new extractor
+            raise ValueError(f"fft_length {fft} in the feature config, but frame length and fft_overdrive give {cfg.fft_length}")
+        return cfg
 
     @property
     def frame_length(self) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..decoder.errors import InputError
+from ..decoder.errors import InputError, ModelLoadError
 from .audio_features import FeatureConfig, log_mel
 from .audio_gemma3n import AUDIO_PREFIXES, AudioConfig, Gemma3nAudio, load_hf_audio_state
 from .audio_io import load_audio
@@ -146,7 +146,13 @@ def load_gemma3n_encoders(tensors: dict, hf_config: dict, path, dtype: torch.dty
         load_hf_audio_state(out.audio, tensors, path, dtype)
         out.audio.eval()
         # Without a preprocessor_config.json the features are as wide as the tower's input.
-        out.features = FeatureConfig.from_hf({"feature_size": audio_cfg.input_feat_size, **audio_hf})
+        try:
+            out.features = FeatureConfig.from_hf({"feature_size": audio_cfg.input_feat_size, **audio_hf})
+        except ValueError as e:
+            raise ModelLoadError(pre, str(e)) from e
+        if out.features.feature_size != audio_cfg.input_feat_size:
+            raise ModelLoadError(pre, f"feature_size {out.features.feature_size}, but the audio tower takes "
+                                      f"{audio_cfg.input_feat_size} mel bins")
     return out
 
 

@@ -57,7 +57,7 @@ class Gemma3nMediaConfig:
     vocab_size: int = 262_400  # text_config.vocab_size: the audio padding id is vocab_size - 1
 
     @classmethod
-    def from_hf(cls, d: dict) -> "Gemma3nMediaConfig":
+    def from_hf(cls, d: dict) -> Gemma3nMediaConfig:
         kw = hf_fields(cls, {k: v for k, v in d.items() if k != "vocab_size"}, _IGNORED_TOP_KEYS)
         vocab = (d.get("text_config") or {}).get("vocab_size")
         return cls(**kw, **({"vocab_size": vocab} if vocab else {}))

@@ -6,18 +6,26 @@ import json
 import numpy as np
 import pytest
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
-
-import mmsdk
-from mmsdk import chat_format, media
+from gemma3n_fixtures import AUDIO, TEXT, randomize
 from mmsdk.decoder.kv_cache import make_cache
 from mmsdk.encoders.audio_features import log_mel
 from mmsdk.encoders.audio_gemma3n import num_audio_tokens
-from mmsdk.encoders.gemma3n_fusion import (AUDIO_SOFT, BOA, BOI, EOA, EOI, IMAGE_SOFT, Gemma3nMediaConfig,
-                                           expand_media_markers)
+from mmsdk.encoders.gemma3n_fusion import (
+    AUDIO_SOFT,
+    BOA,
+    BOI,
+    EOA,
+    EOI,
+    IMAGE_SOFT,
+    Gemma3nMediaConfig,
+    expand_media_markers,
+)
 from mmsdk.encoders.image_preprocess import preprocess
-from gemma3n_fixtures import AUDIO, TEXT, randomize
+from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
 from vision_fixtures import SMALL_MNV5, noise_image
+
+import mmsdk
+from mmsdk import chat_format, media
 
 pytest.importorskip("transformers")
 pytest.importorskip("timm")

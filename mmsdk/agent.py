@@ -36,11 +36,12 @@ class AgentResult:
 
 def run_agent(asst, task: str, tools, *, max_steps: int = 5, approve: Callable[[ToolCall], bool] | None = None,
               system: str | None = None, messages: list[dict] | None = None, tool_choice: str = "auto",
-              **sampling) -> AgentResult:
+              call_once: bool = False, **sampling) -> AgentResult:
     """Run `task` with `tools` (callables or ToolSpecs with a function). Each of up to `max_steps`
     model turns may call tools (`tool_choice="required"`: must call one); `approve(call) -> bool`,
-    when given, is asked before each call. After `max_steps` tool turns the model is asked once
-    more, without tools, for its answer."""
+    when given, is asked before each call. With `call_once`, a tool that returned is not offered
+    again (a small model otherwise repeats its first call). After `max_steps` tool turns, or once
+    every tool was used, the model is asked for its answer without tools."""
     if max_steps < 0:
         raise ValueError(f"max_steps must be >= 0, got {max_steps}")
     specs = {s.name: s for s in (tool_spec(t) for t in tools)}
@@ -52,17 +53,27 @@ def run_agent(asst, task: str, tools, *, max_steps: int = 5, approve: Callable[[
         history.insert(0, {"role": "system", "content": system})
     history.append({"role": "user", "content": task})
     steps: list[AgentStep] = []
+    def offered() -> list[ToolSpec]:
+        used = {s.call.name for s in steps if s.error is None} if call_once else set()
+        return [s for name, s in specs.items() if name not in used]
+
     for _ in range(max_steps):
-        reply = asst.chat(history, tools=list(specs.values()), tool_choice=tool_choice, **sampling)
+        if not offered():
+            break
+        reply = asst.chat(history, tools=offered(), tool_choice=tool_choice, **sampling)
         if not reply.tool_calls:
             return AgentResult(reply.text, steps, "answer")
         history.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls})
         for call in reply.tool_calls:
-            step = execute(call, specs, approve)
+            done = next((s for s in steps if s.call == call and s.error is None), None)
+            # A small model loops on its last call: a repeat is answered from the first, not re-run.
+            step = execute(call, specs, approve) if done is None else AgentStep(
+                call, error=f"{call.name} was already called with these arguments and returned "
+                            f"{_feedback(done)}; call another tool or answer")
             steps.append(step)
             history.append({"role": "tool", "name": call.name, "content": _feedback(step)})
     reply = asst.chat(history, tools=list(specs.values()), tool_choice="none", **sampling)
-    return AgentResult(reply.text, steps, "max_steps")
+    return AgentResult(reply.text, steps, "max_steps" if offered() else "answer")
 
 
 def execute(call: ToolCall, specs: dict[str, ToolSpec], approve=None) -> AgentStep:

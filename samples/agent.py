@@ -77,9 +77,10 @@ def main(folder: str | None = None, threads: int = 1) -> int:
             print(f"  -> {call.name}({call.arguments})")
             return True  # a real app would ask the user here
 
-        # Two turns that must call a tool (the model picks which, and its arguments), then the answer.
-        result = asst.run_agent(task, [find_files, count_lines], max_steps=2, tool_choice="required",
-                                approve=approve, messages=EXAMPLE)
+        # Each turn must call a tool and each tool runs once: the model writes the arguments (the
+        # folder and pattern, then the paths it was given), then answers once both have run.
+        result = asst.run_agent(task, [find_files, count_lines], max_steps=3, tool_choice="required",
+                                call_once=True, approve=approve, messages=EXAMPLE)
         for step in result.steps:
             print(f"  <- {step.call.name}: {step.error or step.result}")
         print(f"answer ({result.finish_reason}): {result.text}")

@@ -124,3 +124,10 @@ def test_max_steps_ends_with_a_turn_without_tools():
 def test_tools_without_a_function_are_refused():
     with pytest.raises(ValueError, match="no function"):
         run_agent(ScriptedModel(), "x", [{"name": "remote", "parameters": {"type": "object"}}])
+
+
+def test_call_once_stops_offering_a_used_tool_and_repeats_are_not_rerun(tmp_path):
+    model = ScriptedModel([ToolCall("divide", {"a": 1, "b": 2}), ToolCall("divide", {"a": 1, "b": 2})])
+    res = run_agent(model, "x", [divide], call_once=True)
+    assert RAN == [("divide", 1.0, 2.0)] and "already called" in res.steps[1].error
+    assert res.finish_reason == "answer" and res.text == "final answer" and model.seen[-1][1] == "none"

@@ -10,6 +10,7 @@ from .errors import MMSDKError
 # Modules that define `register(subparsers)`; each subcommand sets `func(args) -> int`.
 _COMMAND_MODULES = [
     "mmsdk._cmd_text",
+    "mmsdk._cmd_bench",
     "mmsdk._cmd_docs",
     "mmsdk._cmd_media_audio",
     "mmsdk._cmd_media_image",

@@ -1,0 +1,157 @@
+"""`mmsdk bench` driver: every measurement in its own process, engines alternating round by round,
+medians and min-max over rounds, the memory bandwidth and the decode roofline it implies."""
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+log = logging.getLogger(__name__)
+
+SPEED_KEYS = ("prefill_tps", "decode_tps", "ttft_s", "load_s", "peak_rss_mb")
+
+
+def run_worker(spec: dict, env: dict | None = None, timeout: float = 1800) -> dict:
+    """Run one measurement in a fresh Python; its result, or {"error": ...}."""
+    cmd = [sys.executable, "-m", "mmsdk._bench_worker", json.dumps(spec)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in p.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            return json.loads(line[len("BENCH_RESULT "):])
+    tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"exit {p.returncode}: {tail[0][:300]}"}
+
+
+def memory_bandwidth_gbs(threads: int, mbytes: int = 512, repeats: int = 7) -> float:
+    """Read bandwidth with `threads` threads: the best of several sums over a buffer far larger
+    than the caches (a sum does one add per 4 bytes read, so memory is the limit)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        buf = torch.ones(mbytes * 2**20 // 4, dtype=torch.float32)
+        buf.sum()
+        best = min(_timed(buf.sum) for _ in range(repeats))
+        return buf.numel() * 4 / best / 1e9
+    finally:
+        torch.set_num_threads(old)
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def summarize(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def prepare_ids(model: str, threads: int, precision: str) -> list[int]:
+    """Corpus token ids from mmsdk's tokenizer (one process), shared by all engines."""
+    r = run_worker({"engine": "mmsdk", "task": "tokens", "model": model, "threads": threads, "precision": precision})
+    if "error" in r:
+        raise RuntimeError(f"could not tokenize the corpus: {r['error']}")
+    return r["ids"]
+
+
+def configs(precisions: list[str], peers: list[str]) -> list[tuple[str, str]]:
+    out = [("mmsdk", p) for p in precisions]
+    for peer in peers:
+        if peer == "llama.cpp":
+            out.append(("llama.cpp", "gguf"))
+        elif peer == "transformers":
+            out += [("transformers", "float"), ("transformers", "bfloat16")]
+        else:
+            raise ValueError(f"unknown peer {peer!r} (known: llama.cpp, transformers)")
+    return out
+
+
+def bench_speed(model: str, *, threads: int, prompt_tokens: int, gen_tokens: int, precisions: list[str],
+                peers: list[str], rounds: int, cold: bool, progress=None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mmsdk-bench-") as work:
+        corpus = prepare_ids(model, threads, precisions[0] if precisions else "int8")
+        ids = [2, *corpus[:prompt_tokens - 1]]  # BOS + text, the same ids for every engine
+        ids_path = os.path.join(work, "ids.json")
+        with open(ids_path, "w") as f:
+            json.dump(ids, f)
+        cfgs = configs(precisions, peers)
+        runs: dict[str, list[dict]] = {f"{e}:{p}": [] for e, p in cfgs}
+        cold_load: dict[str, dict] = {}
+        steps = rounds * len(cfgs) + (len(precisions) if cold else 0)
+        done = 0
+        if cold:  # first load of each precision: an empty cache folder, so the weight cache is built
+            for p in precisions:
+                with tempfile.TemporaryDirectory(prefix="mmsdk-cold-") as empty:
+                    r = run_worker({"engine": "mmsdk", "model": model, "threads": threads, "precision": p,
+                                    "ids": ids_path, "gen_tokens": 1}, env={"MMSDK_CACHE": empty})
+                cold_load[f"mmsdk:{p}"] = r
+                done += 1
+                progress and progress(done, steps)
+        else:  # make sure each precision's cache exists before timing cached loads
+            for p in precisions:
+                run_worker({"engine": "mmsdk", "model": model, "threads": threads, "precision": p,
+                            "ids": ids_path, "gen_tokens": 1})
+        for rnd in range(rounds):
+            order = cfgs[rnd % len(cfgs):] + cfgs[:rnd % len(cfgs)]  # rotate: no engine always goes first
+            for engine, prec in order:
+                r = run_worker({"engine": engine, "model": model, "threads": threads, "precision": prec,
+                                "ids": ids_path, "gen_tokens": gen_tokens})
+                if "error" in r:
+                    log.warning("%s %s: %s", engine, prec, r["error"])
+                runs[f"{engine}:{prec}"].append(r)
+                done += 1
+                progress and progress(done, steps)
+    bandwidth = memory_bandwidth_gbs(threads)
+    results = {}
+    for name, rs in runs.items():
+        ok = [r for r in rs if "error" not in r]
+        entry = {"runs": len(ok), "errors": [r["error"] for r in rs if "error" in r]}
+        if ok:
+            entry.update({k: summarize([r[k] for r in ok]) for k in SPEED_KEYS})
+            entry["bytes_per_token"] = ok[0]["bytes_per_token"]
+            entry["label"] = ok[0]["label"]
+            roof = bandwidth * 1e9 / ok[0]["bytes_per_token"]
+            entry["roofline_tps"] = roof
+            entry["roofline_share"] = entry["decode_tps"]["median"] / roof
+        if name in cold_load and "error" not in cold_load[name]:
+            entry["cold_load_s"] = cold_load[name]["load_s"]
+        results[name] = entry
+    return {"model": model, "threads": threads, "prompt_tokens": len(ids), "gen_tokens": gen_tokens,
+            "rounds": rounds, "bandwidth_gbs": bandwidth, "results": results}
+
+
+def bench_quality(model: str, *, threads: int, tokens: int, precisions: list[str], progress=None) -> dict:
+    """Perplexity on the CPython docs text and top-1 agreement with the float model."""
+    import math
+
+    with tempfile.TemporaryDirectory(prefix="mmsdk-bench-") as work:
+        ids = prepare_ids(model, threads, precisions[0])[:tokens]
+        ids_path = os.path.join(work, "ids.json")
+        with open(ids_path, "w") as f:
+            json.dump(ids, f)
+        out = {}
+        for i, p in enumerate(precisions):
+            out[p] = run_worker({"engine": "mmsdk", "task": "quality", "model": model, "threads": threads,
+                                 "precision": p, "ids": ids_path})
+            progress and progress(i + 1, len(precisions))
+    base = out.get("float")
+    res = {}
+    for p, r in out.items():
+        if "error" in r:
+            res[p] = {"error": r["error"]}
+            continue
+        entry = {"perplexity": math.exp(r["nll"] / r["tokens"]), "tokens": r["tokens"], "label": r["label"]}
+        if base and "error" not in base:
+            agree = sum(a == b for a, b in zip(r["top1"], base["top1"]))
+            entry["top1_agreement"] = agree / len(base["top1"])
+            entry["ppl_vs_float"] = entry["perplexity"] / math.exp(base["nll"] / base["tokens"]) - 1
+        res[p] = entry
+    return {"model": model, "corpus": "pydoc_data.topics", "tokens": len(ids), "results": res}

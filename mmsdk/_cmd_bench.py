@@ -1,0 +1,127 @@
+"""`mmsdk bench`: prefill and decode speed, load time and peak memory of mmsdk against llama.cpp
+and transformers on the same model and threads; with `--quality`, perplexity and top-1 agreement."""
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure speed, load time and memory (and quality with --quality)")
+    p.add_argument("--model", help="GGUF file or HF checkpoint folder (default: the bundled Gemma 3 270M)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--gen-tokens", type=int, default=128)
+    p.add_argument("--precisions", default="float,int8,int4",
+                   help="mmsdk precisions to measure, comma-separated: float, bfloat16, int8, int4, stored")
+    p.add_argument("--peers", default="", help="comma-separated peers: llama.cpp, transformers")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each runs every engine once, in rotating order")
+    p.add_argument("--cold", action="store_true", help="also time a first load with an empty cache folder")
+    p.add_argument("--quality", action="store_true",
+                   help="perplexity on the CPython docs text and top-1 agreement with float, instead of speed")
+    p.add_argument("--quality-tokens", type=int, default=4096)
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON (to FILE, or stdout)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from ._bench_run import bench_quality, bench_speed
+    from .errors import InputError
+
+    if args.model:
+        model = Path(args.model)
+        if not model.exists():
+            raise InputError(f"--model {args.model}: no such file or folder")
+    else:
+        from .bundled import bundled_gguf
+
+        model = bundled_gguf()
+    for name in ("threads", "prompt_tokens", "gen_tokens", "rounds", "quality_tokens"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    precisions = [p for p in args.precisions.split(",") if p]
+    bad = [p for p in precisions if p not in ("float", "bfloat16", "int8", "int4", "stored")]
+    if bad:
+        raise InputError(f"--precisions: unknown {bad[0]!r} (known: float, bfloat16, int8, int4, stored)")
+    peers = [p for p in args.peers.split(",") if p]
+    bad = [p for p in peers if p not in ("llama.cpp", "transformers")]
+    if bad:
+        raise InputError(f"--peers: unknown {bad[0]!r} (known: llama.cpp, transformers)")
+    if "llama.cpp" in peers:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError as e:
+            raise InputError("--peers llama.cpp needs llama-cpp-python (pip install 'mmsdk[bench]')") from e
+    progress = _progress_bar()
+    if args.quality:
+        if "float" not in precisions:
+            precisions = ["float", *precisions]
+        res = bench_quality(str(model), threads=args.threads, tokens=args.quality_tokens,
+                            precisions=precisions, progress=progress)
+        table = quality_table(res)
+    else:
+        res = bench_speed(str(model), threads=args.threads, prompt_tokens=args.prompt_tokens,
+                          gen_tokens=args.gen_tokens, precisions=precisions, peers=peers,
+                          rounds=args.rounds, cold=args.cold, progress=progress)
+        table = speed_table(res)
+    progress(None, None)
+    if args.json == "-":
+        print(json.dumps(res, indent=2))
+        return 0
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    print(table)
+    return 0
+
+
+def _progress_bar():
+    """A tqdm bar on stderr, advanced as measurements finish; called with None to close it."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done, total):
+        nonlocal bar
+        if done is None:
+            if bar is not None:
+                bar.close()
+            return
+        if bar is None:
+            bar = tqdm(total=total, desc="bench", unit="run", file=sys.stderr)
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return update
+
+
+def _mm(s: dict, fmt: str) -> str:
+    return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
+
+
+def speed_table(res: dict) -> str:
+    lines = [f"model {res['model']}  threads {res['threads']}  prompt {res['prompt_tokens']} tok  "
+             f"decode {res['gen_tokens']} tok  rounds {res['rounds']}  memory read {res['bandwidth_gbs']:.1f} GB/s",
+             "median (min-max) over rounds, each run in its own process",
+             f"{'engine':26} {'prefill tok/s':>20} {'decode tok/s':>18} {'TTFT s':>18} {'load s':>18} "
+             f"{'peak RSS MB':>18} {'MB/token':>9} {'roofline':>14}"]
+    for name, e in res["results"].items():
+        if not e["runs"]:
+            lines.append(f"{name:26} failed: {e['errors'][0] if e['errors'] else 'no runs'}")
+            continue
+        load = _mm(e["load_s"], ".2f") + (f" cold {e['cold_load_s']:.1f}" if "cold_load_s" in e else "")
+        lines.append(f"{name:26} {_mm(e['prefill_tps'], '.0f'):>20} {_mm(e['decode_tps'], '.1f'):>18} "
+                     f"{_mm(e['ttft_s'], '.2f'):>18} {load:>18} {_mm(e['peak_rss_mb'], '.0f'):>18} "
+                     f"{e['bytes_per_token'] / 1e6:>9.0f} {e['roofline_tps']:>6.0f} ({e['roofline_share']:.0%})")
+    return "\n".join(lines)
+
+
+def quality_table(res: dict) -> str:
+    lines = [f"model {res['model']}  corpus {res['corpus']}  {res['tokens']} tokens",
+             f"{'precision':10} {'perplexity':>11} {'vs float':>9} {'top-1 agreement':>16}"]
+    for p, e in res["results"].items():
+        if "error" in e:
+            lines.append(f"{p:10} failed: {e['error']}")
+            continue
+        vs = f"{e['ppl_vs_float']:+.2%}" if "ppl_vs_float" in e else ""
+        agree = f"{e['top1_agreement']:.2%}" if "top1_agreement" in e else ""
+        lines.append(f"{p:10} {e['perplexity']:>11.3f} {vs:>9} {agree:>16}")
+    return "\n".join(lines)

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # the token budget; they only narrow what the grammar allows, never what validation accepts.
 MAX_STRING_CHARS = 160
 MAX_ARRAY_ITEMS = 16
+MAX_MAGNITUDE = 10**15
 # Python's json.dumps spacing: the spelling the model has seen most, and no runaway whitespace.
 _JSON_STYLE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
 
@@ -49,8 +50,8 @@ def json_grammar(schema: dict) -> str:
 
 
 def bounded(node):
-    """A copy of a JSON schema where strings and arrays without an upper bound get one, and objects
-    with listed properties take no others."""
+    """A copy of a JSON schema where strings, arrays and numbers without bounds get them, and
+    objects with listed properties take no others."""
     if isinstance(node, list):
         return [bounded(x) for x in node]
     if not isinstance(node, dict):
@@ -61,6 +62,11 @@ def bounded(node):
         out["maxLength"] = max(MAX_STRING_CHARS, out.get("minLength", 0))
     if "array" in kinds and "maxItems" not in out:
         out["maxItems"] = max(MAX_ARRAY_ITEMS, out.get("minItems", 0))
+    if {"integer", "number"} & set(kinds):  # caps the digits before the point: "1000000000..." loops
+        if not {"minimum", "exclusiveMinimum"} & out.keys():
+            out["minimum"] = -MAX_MAGNITUDE
+        if not {"maximum", "exclusiveMaximum"} & out.keys():
+            out["maximum"] = MAX_MAGNITUDE
     if "properties" in out and "additionalProperties" not in out:
         out["additionalProperties"] = False  # pydantic ignores extra keys; a small model rambles in them
     return out

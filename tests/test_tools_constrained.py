@@ -32,6 +32,8 @@ def test_bounded_closes_objects_and_caps_strings_without_touching_set_bounds():
                                                   "b": {"type": "array", "items": {"type": "string", "enum": ["x"]}}}})
     assert s["additionalProperties"] is False and s["properties"]["a"]["maxLength"] == 5
     assert s["properties"]["b"]["maxItems"] == 16 and "maxLength" not in s["properties"]["b"]["items"]
+    n = bounded({"type": "integer", "minimum": 0})
+    assert n["minimum"] == 0 and n["maximum"] == 10**15
 
 
 @pytest.fixture(scope="module")

@@ -70,5 +70,7 @@ def read_tensors(reader, names: set[str] | None = None) -> dict[str, torch.Tenso
         arr = arr.reshape([int(d) for d in reversed(t.shape)])
         if t.name.endswith(_NORM_SUFFIX):
             arr = arr - 1.0
+        if not arr.flags.writeable:  # F32 tensors come back as views of the read-only file mapping
+            arr = arr.copy()
         out[t.name] = torch.from_numpy(np.ascontiguousarray(arr))
     return out

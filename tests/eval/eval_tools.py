@@ -258,6 +258,7 @@ def run(asst, n_tools: int, n_schemas: int, constrained: bool, max_tokens: int) 
         res["mask_ms_mean"] = 1e3 * statistics.fmean(masks)
         res["mask_ms_p50"] = 1e3 * statistics.median(masks)
         res["mask_ms_p99"] = 1e3 * sorted(masks)[int(0.99 * (len(masks) - 1))]
+    print(json.dumps({k: v for k, v in res.items() if k != "failures"}), file=sys.stderr, flush=True)
     return res
 
 

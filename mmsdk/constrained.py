@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 MAX_STRING_CHARS = 160
 MAX_ARRAY_ITEMS = 16
 MAX_MAGNITUDE = 10**15
+NUMBER_STEP = 1e-6
 # Python's json.dumps spacing: the spelling the model has seen most, and no runaway whitespace.
 _JSON_STYLE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
 
@@ -67,6 +68,10 @@ def bounded(node):
             out["minimum"] = -MAX_MAGNITUDE
         if not {"maximum", "exclusiveMaximum"} & out.keys():
             out["maximum"] = MAX_MAGNITUDE
+    if "number" in kinds and "multipleOf" not in out:  # and after it: "1.000000000..." loops too
+        out["multipleOf"] = NUMBER_STEP
+    if "object" in kinds and "properties" not in out and "maxProperties" not in out:
+        out["maxProperties"] = max(MAX_ARRAY_ITEMS, out.get("minProperties", 0))
     if "properties" in out and "additionalProperties" not in out:
         out["additionalProperties"] = False  # pydantic ignores extra keys; a small model rambles in them
     return out

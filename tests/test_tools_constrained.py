@@ -34,6 +34,8 @@ def test_bounded_closes_objects_and_caps_strings_without_touching_set_bounds():
     assert s["properties"]["b"]["maxItems"] == 16 and "maxLength" not in s["properties"]["b"]["items"]
     n = bounded({"type": "integer", "minimum": 0})
     assert n["minimum"] == 0 and n["maximum"] == 10**15
+    assert bounded({"type": "number"})["multipleOf"] == 1e-6
+    assert bounded({"type": "object", "additionalProperties": {"type": "integer"}})["maxProperties"] == 16
 
 
 @pytest.fixture(scope="module")

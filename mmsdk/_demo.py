@@ -56,7 +56,27 @@ def documents(asst) -> None:
             print("   sources: " + ", ".join(Path(h.source).name for h in result.citations))
 
 
-PARTS = [text, speech, documents]
+def tools(asst) -> None:
+    _title("tools (constrained decoding: every call parses)")
+
+    def get_weather(city: str, unit: str = "celsius") -> dict:
+        """Current weather for a city.
+
+        Args:
+            city: the city name, e.g. "Paris".
+            unit: "celsius" or "fahrenheit".
+        """
+        return {"city": city, "temperature": 18, "unit": unit}
+
+    question = "What is the weather in Paris right now?"
+    reply = asst.chat([{"role": "user", "content": question}], tools=[get_weather], tool_choice="required",
+                      max_tokens=48)
+    print(f"Q: {question}")
+    for call in reply.tool_calls:
+        print(f"  call: {call.name}({call.arguments}) -> {get_weather(**call.arguments)}")
+
+
+PARTS = [text, speech, documents, tools]
 
 
 def run(asst) -> int:

@@ -1,7 +1,6 @@
 """Quantized vs float on the bundled Gemma 3 270M, on real English text (the CPython docs)."""
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,26 +13,14 @@ pytestmark = pytest.mark.slow
 N_TOKENS = 256
 
 
-def _bundled() -> Path:
-    p = Path("/tmp/g270m/gemma-3-270m-q4_k_m.gguf")
-    if p.is_file():
-        return p
-    from mmsdk.bundled import bundled_gguf
-
-    return bundled_gguf()
-
-
 @pytest.fixture(scope="module")
-def float_run(tmp_path_factory):
-    import os
-
-    os.environ.setdefault("MMSDK_CACHE", str(tmp_path_factory.mktemp("cache")))
+def float_run(bundled_path):
     from pydoc_data.topics import topics
 
     from mmsdk.decoder.loader import load_text
 
     torch.set_num_threads(2)
-    loaded = load_text(_bundled(), "float32", cache=False)
+    loaded = load_text(bundled_path, "float32", cache=False)
     ids = loaded.tokenizer.encode(topics["assert"] + topics["if"] + topics["while"])[:N_TOKENS]
     return loaded.model, torch.tensor([ids]), _logits(loaded.model, torch.tensor([ids]))
 

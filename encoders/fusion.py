@@ -56,16 +56,16 @@ def image_groups(ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
     return torch.where(is_image, torch.cumsum(starts.long(), 0) - 1, -1)
 
 
-def scatter_image_embeddings(embeds: torch.Tensor, ids: torch.Tensor, image_embeds: torch.Tensor,
-                             image_token_id: int) -> torch.Tensor:
-    """Put the (N, k, H) view embeddings, in order, at the soft-token positions of (1, T, H) `embeds`."""
-    slots = ids == image_token_id
-    n_slots, n_feats = int(slots.sum()), image_embeds.shape[0] * image_embeds.shape[1]
+def scatter(embeds: torch.Tensor, ids: torch.Tensor, features: torch.Tensor, token_id: int,
+            what: str = "image") -> torch.Tensor:
+    """Put (N, k, H) encoder features, in order, at the `token_id` positions of (1, T, H) `embeds`."""
+    slots = ids == token_id
+    n_slots, n_feats = int(slots.sum()), features.shape[0] * features.shape[1]
     if n_slots != n_feats:
-        raise InputError(f"the prompt has {n_slots} image soft-token positions but the images give "
-                         f"{n_feats} embeddings ({image_embeds.shape[0]} views x {image_embeds.shape[1]})")
+        raise InputError(f"the prompt has {n_slots} {what} soft-token positions but the {what} encoder gives "
+                         f"{n_feats} embeddings ({features.shape[0]} x {features.shape[1]})")
     out = embeds.clone()
-    out[0, slots] = image_embeds.reshape(-1, image_embeds.shape[-1]).to(embeds.dtype)
+    out[0, slots] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
     return out
 
 
@@ -118,5 +118,5 @@ def build_prompt(text: str, images, *, model, tokenizer, tower: Gemma3VisionTowe
     ids = tokenizer.encode(expand_image_markers(text, batch.num_crops, cfg.mm_tokens_per_image), add_bos=add_bos)
     ids_t = torch.tensor(ids, dtype=torch.long)
     embeds = model.embed_tokens(ids_t[None])
-    embeds = scatter_image_embeddings(embeds, ids_t, image_embeds, cfg.image_token_index)
+    embeds = scatter(embeds, ids_t, image_embeds, cfg.image_token_index)
     return MultimodalPrompt(ids, embeds, image_groups(ids_t, cfg.image_token_index), batch.num_crops)

@@ -27,7 +27,7 @@ from ..decoder.errors import InputError, ModelLoadError
 from .audio_features import FeatureConfig, log_mel
 from .audio_gemma3n import AUDIO_PREFIXES, AudioConfig, Gemma3nAudio, load_hf_audio_state
 from .audio_io import load_audio
-from .fusion import check_marker_count
+from .fusion import check_marker_count, scatter
 from .gemma3n_vision import Gemma3nVisionTower, is_vision_key, load_gemma3n_vision
 from .hf_config import empty_module, hf_fields
 from .image_preprocess import GEMMA3N_IMAGE, ImageProcessorConfig, preprocess
@@ -187,18 +187,6 @@ def encode_audio(audio: Gemma3nAudio, clips, features: FeatureConfig, cfg: Gemma
             raise InputError(f"an audio clip gives {emb.shape[0]} tokens, more than the {n} the model takes")
         out.append(torch.cat([emb, pad.expand(n - emb.shape[0], -1)]))
     return torch.stack(out)
-
-
-def scatter(embeds: torch.Tensor, ids: torch.Tensor, features: torch.Tensor, token_id: int, what: str) -> torch.Tensor:
-    """Put (N, k, H) features, in order, at the `token_id` positions of (1, T, H) `embeds`."""
-    slots = ids == token_id
-    n_slots, n_feats = int(slots.sum()), features.shape[0] * features.shape[1]
-    if n_slots != n_feats:
-        raise InputError(f"the prompt has {n_slots} {what} soft-token positions but the {what} encoder gives "
-                         f"{n_feats} embeddings ({features.shape[0]} x {features.shape[1]})")
-    out = embeds.clone()
-    out[0, slots] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
-    return out
 
 
 @dataclass

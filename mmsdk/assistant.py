@@ -3,6 +3,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +15,9 @@ from .decoder.generate import generate_step
 from .decoder.tokenizer import StreamDecoder
 from .errors import ContextLengthError, InputError
 from .types import ModelInfo, Reply, Usage
+
+if TYPE_CHECKING:
+    from .agent import AgentResult
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import mmsdk
-from mmsdk.documents import DocumentIndex, answer
 
 
 def main(files: list[str]):
@@ -20,7 +19,7 @@ def main(files: list[str]):
             for name in ("with", "try", "raise"):
                 (Path(tmp) / f"{name}.txt").write_text(topics[name], encoding="utf-8")
                 files.append(str(Path(tmp) / f"{name}.txt"))
-        with DocumentIndex(Path(tmp) / "docs.db") as index:
+        with mmsdk.DocumentIndex(Path(tmp) / "docs.db") as index:
             for f in files:
                 print(f"indexed {f}: {index.add(f)} chunks")
 
@@ -28,7 +27,7 @@ def main(files: list[str]):
             for hit in index.search(question, k=3):
                 print(f"{hit.score:.4f}  {Path(hit.source).name} ({hit.location}): {hit.text[:70]!r}...")
 
-            result = answer(mmsdk.load(), question, index, k=3)
+            result = mmsdk.load().ask(question, index, k=3)
             print("\n" + result.text)
             for n, hit in enumerate(result.citations, start=1):
                 print(f"[{n}] {Path(hit.source).name} ({hit.location})")

@@ -15,7 +15,7 @@ import torch
 from .errors import ModelLoadError
 from .gemma3n import Gemma3nText
 from .gemma3n_config import Gemma3nTextConfig
-from .safetensors_folder import index_safetensors
+from .safetensors_folder import index_safetensors, split_text_tensors
 from .weights import assign_strict, expand
 
 GEMMA3N_ARCHITECTURES = {"gemma3n", "gemma3n_text"}
@@ -95,12 +95,7 @@ def load_gemma3n(folder, hf: dict | None = None, dtype: torch.dtype = torch.floa
         hf = json.loads((folder / "config.json").read_text())
     cfg = read_config(folder, hf)
     tensors = index_safetensors(folder)
-    prefix = next((p for p in _TEXT_PREFIXES if p + "embed_tokens.weight" in tensors), None)
-    if prefix is None:
-        raise ModelLoadError(folder, "missing tensor 'model.language_model.embed_tokens.weight' (no text embedding found)")
-    text = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    extra = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
-    extra.pop("lm_head.weight", None)  # tied to the embedding
+    text, extra = split_text_tensors(tensors, _TEXT_PREFIXES, folder, "model.language_model.embed_tokens.weight")
     stray = sorted(k for k in extra if hf.get("model_type") == "gemma3n_text" or not k.startswith(NON_TEXT_PREFIXES))
     if stray:
         raise ModelLoadError(folder, f"unexpected tensor {stray[0]!r}")
@@ -118,7 +113,7 @@ def load_gemma3n(folder, hf: dict | None = None, dtype: torch.dtype = torch.floa
         ple = text.pop(PLE_KEY)
         want = tuple(model.ple.weight.shape)
         if ple.shape != want:
-            raise ModelLoadError(folder, f"tensor {prefix + PLE_KEY!r} has shape {ple.shape}, the config implies {want}")
+            raise ModelLoadError(folder, f"tensor {ple.name!r} has shape {ple.shape}, the config implies {want}")
         del kmap[PLE_KEY]
     assign_strict(model, text, kmap, folder, dtype)
     n_params = sum(p.numel() for p in model.parameters())  # before the PLE table leaves the module

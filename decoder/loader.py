@@ -11,7 +11,7 @@ import torch
 
 from .config import TextConfig
 from .errors import ModelLoadError
-from .safetensors_folder import read_safetensors
+from .safetensors_folder import read_safetensors, split_text_tensors
 from .gemma3 import Gemma3Text
 from . import weight_cache
 from .cache import atomic_path
@@ -198,12 +198,7 @@ def _load_hf(folder: Path, dtype) -> LoadedText:
         except (TypeError, ValueError) as e:
             raise ModelLoadError(cfg_path, str(e)) from e
     tensors = read_safetensors(folder)
-    prefix = next((p for p in _TEXT_PREFIXES if p + "embed_tokens.weight" in tensors), None)
-    if prefix is None:
-        raise ModelLoadError(folder, "missing tensor 'model.embed_tokens.weight' (no text embedding found)")
-    text = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    extra = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
-    extra.pop("lm_head.weight", None)  # tied to the embedding; the copy is not used
+    text, extra = split_text_tensors(tensors, _TEXT_PREFIXES, folder, "model.embed_tokens.weight")
     if arch == "gemma3_text" and extra:
         raise ModelLoadError(folder, f"unexpected tensor {sorted(extra)[0]!r}")
     with torch.device("meta"):

@@ -50,3 +50,16 @@ def index_safetensors(folder: Path) -> dict[str, LazyTensor]:
 def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the folder, memory-mapped."""
     return {k: t.read() for k, t in index_safetensors(folder).items()}
+
+
+def split_text_tensors(tensors: dict, prefixes, folder, expected: str) -> tuple[dict, dict]:
+    """(the text model's tensors with their prefix stripped, the rest: encoder tensors by full name).
+    The prefix is whichever of `prefixes` holds the text embedding; a tied `lm_head.weight` copy is dropped."""
+    prefix = next((p for p in prefixes if p + "embed_tokens.weight" in tensors), None)
+    if prefix is None:
+        raise ModelLoadError(folder, f"missing tensor {expected!r} (no text embedding found)")
+    text = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    extra = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
+    extra.pop("lm_head.weight", None)  # tied to the embedding; the copy is not used
+    return text, extra
+

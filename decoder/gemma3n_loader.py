@@ -16,41 +16,28 @@ from .errors import ModelLoadError
 from .gemma3n import Gemma3nText
 from .gemma3n_config import Gemma3nTextConfig
 from .safetensors_folder import index_safetensors, split_text_tensors
-from .weights import assign_strict, expand
+from .weights import HF_TO_NATIVE, assign_strict, expand
 
 GEMMA3N_ARCHITECTURES = {"gemma3n", "gemma3n_text"}
 NON_TEXT_PREFIXES = ("model.audio_tower.", "model.vision_tower.", "model.embed_audio.", "model.embed_vision.")
 _TEXT_PREFIXES = ("model.language_model.", "model.")
 PLE_KEY = "embed_tokens_per_layer.weight"
 
-# Hugging Face Gemma3nTextModel names (relative to the text prefix) -> ours.
+# Hugging Face Gemma3nTextModel names (relative to the text prefix) -> ours: Gemma 3's names plus
+# the per-layer embeddings, AltUp and LAuReL.
 HF_TO_NATIVE_3N = {
-    "embed_tokens.weight": "embed.weight",
+    **HF_TO_NATIVE,
     PLE_KEY: "ple.weight",
     "per_layer_model_projection.weight": "ple_projection.weight",
     "per_layer_projection_norm.weight": "ple_projection_norm.weight",
-    "norm.weight": "norm.weight",
     "layers.{}.altup.correct_output_scale": "layers.{}.altup.correct_output_scale",
     "layers.{}.altup.correction_coefs.weight": "layers.{}.altup.correction_coefs.weight",
     "layers.{}.altup.prediction_coefs.weight": "layers.{}.altup.prediction_coefs.weight",
     "layers.{}.altup.modality_router.weight": "layers.{}.altup.modality_router.weight",
     "layers.{}.altup.router_norm.weight": "layers.{}.altup.router_norm.weight",
-    "layers.{}.input_layernorm.weight": "layers.{}.attn_norm.weight",
     "layers.{}.laurel.linear_left.weight": "layers.{}.laurel.linear_left.weight",
     "layers.{}.laurel.linear_right.weight": "layers.{}.laurel.linear_right.weight",
     "layers.{}.laurel.post_laurel_norm.weight": "layers.{}.laurel.norm.weight",
-    "layers.{}.self_attn.q_proj.weight": "layers.{}.attn.q_proj.weight",
-    "layers.{}.self_attn.q_norm.weight": "layers.{}.attn.q_norm.weight",
-    "layers.{}.self_attn.k_proj.weight": "layers.{}.attn.k_proj.weight",
-    "layers.{}.self_attn.v_proj.weight": "layers.{}.attn.v_proj.weight",
-    "layers.{}.self_attn.k_norm.weight": "layers.{}.attn.k_norm.weight",
-    "layers.{}.self_attn.o_proj.weight": "layers.{}.attn.o_proj.weight",
-    "layers.{}.post_attention_layernorm.weight": "layers.{}.post_attn_norm.weight",
-    "layers.{}.pre_feedforward_layernorm.weight": "layers.{}.mlp_norm.weight",
-    "layers.{}.mlp.gate_proj.weight": "layers.{}.mlp.gate_proj.weight",
-    "layers.{}.mlp.up_proj.weight": "layers.{}.mlp.up_proj.weight",
-    "layers.{}.mlp.down_proj.weight": "layers.{}.mlp.down_proj.weight",
-    "layers.{}.post_feedforward_layernorm.weight": "layers.{}.post_mlp_norm.weight",
     "layers.{}.per_layer_input_gate.weight": "layers.{}.ple_gate.weight",
     "layers.{}.per_layer_projection.weight": "layers.{}.ple_proj.weight",
     "layers.{}.post_per_layer_input_norm.weight": "layers.{}.ple_norm.weight",

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SLIDING, TextConfig
-from .layers import RMSNorm, RotaryEmbedding, apply_rope, attention_mask
+from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, attention_mask, rms_norm
 
 
 class Attention(nn.Module):
@@ -27,20 +27,36 @@ class Attention(nn.Module):
         self.scale = cfg.query_pre_attn_scalar ** -0.5
         self.window = cfg.sliding_window if layer_type == SLIDING else None
 
-    def forward(self, x, rope, cache, positions, groups=None):
+    def forward(self, x, rope, cache, positions, groups=None, masks=None):
         B, T, _ = x.shape
-        q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
-        q = q.reshape(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.reshape(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.reshape(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = rope
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k, v, k_pos = cache.update(k, v, positions)
-        mask = attention_mask(positions, k_pos, self.window, groups)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
-                                           enable_gqa=self.n_kv != self.n_heads)
+        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, D)
+        qk = rms_norm(qkv[:, :, :H + Hkv], self.qk_norm_scale(), self.q_norm.eps)  # QK-norm, both in one op
+        q, k = apply_rope(qk.transpose(1, 2), *rope).split((H, Hkv), dim=1)  # (B, H, T, D), (B, Hkv, T, D)
+        k, v, k_pos = cache.update(k, qkv[:, :, H + Hkv:].transpose(1, 2), positions)
+        mask = _mask(masks, positions, k_pos, self.window, groups)
+        y = attend(q, k, v, mask, self.scale)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def qk_norm_scale(self) -> torch.Tensor:
+        """The q_norm scale for each query head and the k_norm scale for each key head, (H + Hkv, D)."""
+        q, k = self.q_norm.scale(), self.k_norm.scale()
+        made_from = getattr(self, "_qk_from", (None, None))
+        if made_from[0] is not q or made_from[1] is not k:  # the norms give new tensors when their weights change
+            self._qk = torch.cat([q.expand(self.n_heads, -1), k.expand(self.n_kv, -1)])
+            self._qk_from = (q, k)
+        return self._qk
+
+
+def _mask(masks: dict | None, positions, k_pos, window, groups):
+    """The attention mask, built once per step for each (window, keys) shape: within one forward
+    every sliding layer holds the same positions, and so does every global layer."""
+    if masks is None:
+        return attention_mask(positions, k_pos, window, groups)
+    key = (window, k_pos.shape[0])
+    if key not in masks:
+        masks[key] = attention_mask(positions, k_pos, window, groups)
+    return masks[key]
 
 
 class MLP(nn.Module):
@@ -75,8 +91,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
         self.post_mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, rope, cache, positions, groups=None):
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, cache, positions, groups))
+    def forward(self, x, rope, cache, positions, groups=None, masks=None):
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, cache, positions, groups, masks))
         x = x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
         return x
 
@@ -102,8 +118,9 @@ class Gemma3Text(nn.Module):
         x = self.embed_tokens(ids) if embeds is None else embeds
         ropes = {SLIDING: self.rope_local(positions, x.dtype)}
         ropes["full_attention"] = self.rope_global(positions, x.dtype)
+        masks = {}
         for layer, cache in zip(self.layers, caches):
-            x = layer(x, ropes[layer.layer_type], cache, positions, groups)
+            x = layer(x, ropes[layer.layer_type], cache, positions, groups, masks)
         return self.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

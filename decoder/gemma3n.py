@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import SLIDING
 from .gemma3n_config import Gemma3nTextConfig
-from .layers import RMSNorm, RotaryEmbedding, apply_rope, attention_mask
+from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, attention_mask
 
 
 def _norm(dim: int, cfg: Gemma3nTextConfig, with_scale: bool = True) -> RMSNorm:
@@ -121,7 +121,7 @@ class Attention(nn.Module):
             if self.is_kv_source:
                 shared[self.idx] = k, v, k_pos
         mask = attention_mask(positions, k_pos, self.window)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=self.n_kv != self.n_heads)
+        y = attend(q, k, v, mask, 1.0)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

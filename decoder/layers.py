@@ -1,6 +1,17 @@
-"""Building blocks shared by the Gemma decoders: RMSNorm, rotary embeddings, the attention mask."""
+"""Building blocks shared by the Gemma decoders: RMSNorm, rotary embeddings, the attention mask,
+attention itself.
+
+Decoding runs these once per layer per token on one row, where each torch op costs a few
+microseconds whatever its size, so they are written in as few ops as the math allows.
+"""
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def rms_norm(x: torch.Tensor, scale: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """x / rms(x) * scale over the last dim, in float32, returned in x's dtype."""
+    return F.rms_norm(x.float(), x.shape[-1:], scale, eps).type_as(x)
 
 
 class RMSNorm(nn.Module):
@@ -12,17 +23,25 @@ class RMSNorm(nn.Module):
         self.eps, self.scale_offset = eps, scale_offset
         self.weight = nn.Parameter(torch.zeros(dim)) if with_scale else None
 
+    _scale = _scale_key = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            y = y * (self.scale_offset + self.weight.float())
-        return y.type_as(x)
+        return rms_norm(x, self.scale(), self.eps)
+
+    def scale(self) -> torch.Tensor | None:
+        """(offset + w) in float32, recomputed only when the weight's storage or values change."""
+        if self.weight is None:
+            return None
+        key = (self.weight.data_ptr(), self.weight._version)
+        if key != self._scale_key:
+            self._scale, self._scale_key = self.scale_offset + self.weight.detach().float(), key
+        return self._scale
 
 
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for given positions; `scaling` divides positions (linear RoPE scaling).
-    The frequencies are recomputed per call (D/2 numbers) so the module holds no state to load."""
+    The frequencies are recomputed per call (D/2 numbers) so the module holds no state to load.
+    The sin table's first half is negated, as `apply_rope` uses it."""
 
     def __init__(self, head_dim: int, base: float, scaling: float = 1.0):
         super().__init__()
@@ -33,14 +52,14 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (self.base ** exponent) / self.scaling
         freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        sin = emb.sin()
+        return emb.cos().to(dtype), torch.cat((-sin[:, :self.head_dim // 2], sin[:, self.head_dim // 2:]), -1).to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, D) by the half-split convention Gemma checkpoints use."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (..., T, D) by the half-split convention Gemma checkpoints use:
+    x * cos + (-x2, x1) * sin, where (-x2, x1) * sin == roll(x, D/2) * (-sin1, sin2)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
 def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None,
@@ -62,3 +81,16 @@ def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None,
     if window is not None:  # the window cuts image links too, as transformers' combined mask does
         mask &= (q - k) < window
     return mask
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of q (B, H, T, D) over k, v (B, Hkv, S, D), H a multiple of Hkv; mask (T, S) bool.
+
+    One query row (decoding) is two small matmuls: cheaper than the fused kernel's set-up."""
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    if T > 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=Hkv != H)
+    qg = q.reshape(B, Hkv, H // Hkv, D)  # the query heads that share each key head, as rows
+    scores = torch.matmul(qg * scale, k.transpose(-1, -2)).masked_fill_(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(-1), v).reshape(B, H, 1, v.shape[-1])

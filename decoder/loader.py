@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .gemma3 import Gemma3Text
 from . import weight_cache
 from .cache import atomic_path
 from .gguf_file import is_gguf, open_gguf, read_metadata, read_tensors
-from .quantize import Int8Embedding, quantize_
+from .quantize import Int8Embedding, prepack, quantize_
 from .tokenizer import GemmaTokenizer, load_tokenizer_json, tokenizer_from_gguf
 from .weights import FUSED, GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, expand
 
@@ -65,6 +66,7 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
         loaded = _load_hf(path, dtype)
         if quantize in ("int8", "int4"):
             _quantize(loaded.model, _plan(loaded.model, quantize), group_size, dtype)
+            prepack(loaded.model)
             loaded.quantization = quantize
         return loaded
     if path.suffix == ".gguf" or is_gguf(path):
@@ -128,6 +130,7 @@ def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
     plan = _plan(model, mode, stored) if mode else {}
     if mode:
         _quantize(model, plan, group_size, dtype)
+        prepack(model)
     stat = os.stat(path)
     tok = tokenizer_from_gguf(meta, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
     ftype = _GGUF_FTYPES.get(meta.get("general.file_type"), "gguf")
@@ -171,7 +174,10 @@ def _from_cache(hit, tok_path: Path, dtype, group_size: int) -> LoadedText:
         if isinstance(mod, Int8Embedding):
             mod.dtype = dtype
     tm = meta["tokenizer"]
-    tok = GemmaTokenizer.from_file(tok_path, bos_id=tm["bos"], eos_ids=tm["eos"])
+    with ThreadPoolExecutor(1) as pool:  # both release the GIL: parse the tokenizer while packing
+        tok = pool.submit(GemmaTokenizer.from_file, tok_path, bos_id=tm["bos"], eos_ids=tm["eos"])
+        prepack(model)
+        tok = tok.result()
     return LoadedText(model.eval(), tok, meta["name"], "gguf", meta["quantization"], parameters=meta["parameters"])
 
 

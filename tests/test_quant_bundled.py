@@ -35,9 +35,10 @@ def _nll(logits, x) -> float:
 
 
 @pytest.mark.parametrize("bits,max_ppl_rise,min_agree", [
-    # measured (mmsdk bench --quality, 2048 tokens): int8 ppl -0.6%, top-1 agreement 95.6%;
-    # int4 (clip search, 512 tokens) ppl +16.9%, agreement 78.5%. Bounds leave room for 256 tokens.
-    (8, 0.01, 0.90),
+    # measured (mmsdk bench --quality, 2048 tokens): int8 (8-bit inputs into q/k/v, gate/up and the
+    # head) ppl +0.25%, top-1 agreement 91.0%; int4 (clip search) ppl +14.9%, agreement 78.7%.
+    # On these 256 tokens int8 measures +1.4%; per-tensor input quantization would be +26%.
+    (8, 0.025, 0.85),
     (4, 0.30, 0.70),
 ])
 def test_quantized_close_to_float(float_run, bits, max_ppl_rise, min_agree):

@@ -57,9 +57,10 @@ class RingCache:
             self.pos.index_copy_(0, slot, positions)
             self.offset += 1
             return self.k, self.v, self.pos
-        k_all = torch.cat([self.k, k], 2)
-        v_all = torch.cat([self.v, v], 2)
-        pos_all = torch.cat([self.pos, positions])
+        if self.offset == 0:  # an empty ring adds nothing to attend: half the keys of a first chunk
+            k_all, v_all, pos_all = k, v, positions
+        else:
+            k_all, v_all, pos_all = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2), torch.cat([self.pos, positions])
         keep = min(k.shape[2], self.window)  # only the newest `window` tokens survive
         slots = positions[-keep:] % self.window
         self.k[:, :, slots] = k[:, :, -keep:]

@@ -10,8 +10,12 @@ from torch import nn
 
 
 def rms_norm(x: torch.Tensor, scale: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """x / rms(x) * scale over the last dim, in float32, returned in x's dtype."""
-    return F.rms_norm(x.float(), x.shape[-1:], scale, eps).type_as(x)
+    """x / rms(x) * scale over the last dim, in float32, returned in x's dtype. `scale` is one row,
+    or rows that broadcast over x's leading dims (one per head)."""
+    if scale is not None and scale.dim() == 1:
+        return F.rms_norm(x.float(), x.shape[-1:], scale, eps).type_as(x)
+    y = F.rms_norm(x.float(), x.shape[-1:], None, eps)
+    return (y if scale is None else y * scale).type_as(x)
 
 
 class RMSNorm(nn.Module):

@@ -9,7 +9,6 @@
 Files go to `cache_dir("offload")`, written atomically and named by a fingerprint of the weights,
 so a second load reuses them.
 """
-import ctypes
 import hashlib
 import json
 import logging
@@ -24,6 +23,7 @@ from torch import nn
 
 from .cache import atomic_path, cache_dir
 from .gemma3n import PerLayerEmbedding
+from .memory import release_free_memory
 
 log = logging.getLogger(__name__)
 OFFLOAD_MODES = ("ple", "layers")
@@ -52,15 +52,6 @@ def apply_offload(loaded, mode: str | None, max_memory: int | None = None) -> No
             raise ValueError("offload='layers' needs max_memory= (bytes the resident weights may use)")
         model.layer_streamer = LayerStreamer(model, int(max_memory))
     release_free_memory()
-
-
-def release_free_memory() -> None:
-    """Hand the heap's free pages back to the OS. glibc keeps freed blocks under its mmap threshold
-    (up to 32 MB, which a layer's tensors are) in the heap, so RSS would still count the offloaded weights."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 # ---- "ple": the per-layer embedding table, memory-mapped -------------------------------------

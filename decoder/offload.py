@@ -12,12 +12,12 @@ so a second load reuses them.
 import hashlib
 import json
 import logging
+import mmap
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -85,15 +85,19 @@ def offload_ple(model, source: tuple[Path, str] | None = None) -> None:
 
 
 def mapped_safetensor(path, name: str) -> torch.Tensor:
-    """Tensor `name` of a safetensors file as a read-only memory map (copy-on-write, never written)."""
+    """Tensor `name` of a safetensors file as a memory map (copy-on-write, never written). The map
+    is marked random-access: a row read faults in its own pages, not the kernel's readahead window
+    around them (which, row after random row, would fill RSS with rows nobody asked for)."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         info = json.loads(f.read(n))[name]
-    if info["dtype"] not in _ST_DTYPES:
-        raise ValueError(f"{path}: tensor {name!r} is {info['dtype']}; only float tensors can be mapped")
+        if info["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} is {info['dtype']}; only float tensors can be mapped")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    mm.madvise(mmap.MADV_RANDOM)
     begin, end = info["data_offsets"]
-    raw = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + n + begin, shape=(end - begin,))
-    return torch.from_numpy(raw).view(_ST_DTYPES[info["dtype"]]).view(info["shape"])
+    raw = torch.frombuffer(mm, dtype=torch.uint8, count=end - begin, offset=8 + n + begin)
+    return raw.view(_ST_DTYPES[info["dtype"]]).view(info["shape"])
 
 
 # ---- "layers": decoder layers streamed from a packed file ------------------------------------

@@ -1,0 +1,80 @@
+"""Where a decoded token's time goes, by ablation: the decode step timed as it is, and with one
+kind of work replaced by a single cheap op (the output is then wrong; only the time matters).
+A profiler would add microseconds to every one of the ~1,000 small ops and blur the answer.
+
+    python tests/eval/decode_profile.py [--precision stored|int8|int4] [--rounds 12]
+
+Variants alternate in one process so machine noise hits all alike; medians are reported.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--precision", default="stored", choices=["stored", "int8", "int4"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=12)
+    a = ap.parse_args()
+
+    from mmsdk.bundled import bundled_gguf
+    from mmsdk.decoder import gemma3, layers, quantize
+    from mmsdk.decoder.kv_cache import make_cache
+    from mmsdk.decoder.loader import load_text
+
+    model = load_text(bundled_gguf(), None, quantize=a.precision, threads=a.threads).model
+    linear_kinds = (quantize.Int8Linear, quantize.Int4Linear, torch.nn.Linear)
+    zeros = {}
+
+    def no_linear(self, x):  # a preallocated output of the right shape
+        key = (tuple(x.shape[:-1]), self.out_features)
+        return zeros.setdefault(key, torch.zeros(*key[0], self.out_features))
+
+    real = {"rms_norm": gemma3.rms_norm, "attend": gemma3.attend, "apply_rope": gemma3.apply_rope,
+            "RMSNorm": layers.RMSNorm.forward, "linear": {k: k.forward for k in linear_kinds}}
+    variants = {
+        "as is": {},
+        "norms": {"rms_norm": lambda x, s, e: x * 1e-3, "RMSNorm": lambda self, x: x * 1e-3},
+        "attention": {"attend": lambda q, k, v, m, s: q},
+        "RoPE": {"apply_rope": lambda x, c, s: x},
+        "layer matmuls": {"linear": {k: no_linear for k in linear_kinds}},
+    }
+
+    def use(v):
+        gemma3.rms_norm, gemma3.attend = v.get("rms_norm", real["rms_norm"]), v.get("attend", real["attend"])
+        gemma3.apply_rope = v.get("apply_rope", real["apply_rope"])
+        layers.RMSNorm.forward = v.get("RMSNorm", real["RMSNorm"])
+        for k, f in v.get("linear", real["linear"]).items():
+            k.forward = f
+
+    ids = torch.randint(0, model.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
+    caches, pos = make_cache(model.config), [16]
+    body, head = {k: [] for k in variants}, []
+    with torch.inference_mode():
+        h = model(ids[:, :16], caches, torch.arange(16))[:, -1:]
+        for _ in range(a.rounds):
+            for name, v in variants.items():
+                use(v)
+                t0 = time.perf_counter()
+                for _ in range(4):
+                    model(ids[:, 20:21], caches, torch.tensor([pos[0]]))
+                    pos[0] += 1
+                body[name].append((time.perf_counter() - t0) / 4 * 1e3)
+            use({})
+            t0 = time.perf_counter()
+            model.logits(h)
+            head.append((time.perf_counter() - t0) * 1e3)
+    base = statistics.median(body["as is"])
+    print(f"{a.precision}, {a.threads} threads: one decode step = layers {base:.1f} ms + LM head "
+          f"{statistics.median(head):.1f} ms (medians of {a.rounds})")
+    for name in list(variants)[1:]:
+        print(f"  {name:14s} {base - statistics.median(body[name]):5.1f} ms")
+    print(f"  {'the rest':14s} {statistics.median(body['layer matmuls']) - sum(base - statistics.median(body[n]) for n in list(variants)[1:4]):5.1f} ms"
+          "  (residual adds, casts, reshapes, KV writes, masks: op overhead)")
+
+
+if __name__ == "__main__":
+    main()

@@ -149,3 +149,30 @@ def test_callable_bits_choose_per_layer_and_none_keeps_float():
 def test_bad_bits_is_a_value_error():
     with pytest.raises(ValueError, match="bits must be 4 or 8"):
         quantize_(tiny_model(), 3, 32)
+
+
+def test_int8_inputs_are_quantized_per_row():
+    """fbgemm quantizes a whole input at once; rows scaled first keep about their own range, so a
+    small row beside a 1000x larger one is as exact as alone (per-tensor, it would lose everything)."""
+    lin = Int8Linear.from_float(torch.randn(128, 64) * 0.1, int8_inputs=True)
+    rows = torch.randn(3, 64)
+    rows[1] *= 1000.0
+    ref = rows @ dequantize_int8(lin.weight, lin.scales).t()
+    with torch.no_grad():
+        together = lin(rows)
+        alone = torch.cat([lin(rows[i:i + 1]) for i in range(3)])
+    for i in range(3):
+        assert rel_err(together[i], ref[i]) < 0.02
+    for i in range(3):
+        assert rel_err(alone[i], ref[i]) < 0.02
+
+
+def test_int8_modules_match_dequantized_weights_for_prompt_and_one_row():
+    w = torch.randn(128, 64) * 0.1
+    x = torch.randn(5, 64)
+    for int8_inputs in (True, False):
+        lin = Int8Linear.from_float(w, int8_inputs=int8_inputs)
+        ref = x @ dequantize_int8(lin.weight, lin.scales).t()
+        with torch.no_grad():
+            assert rel_err(lin(x), ref) < 0.02  # prompt rows
+            assert rel_err(lin(x[:1]), ref[:1]) < 0.02  # one decode row

@@ -6,7 +6,7 @@ import torch
 
 from .sampling import LogitsProcessor
 
-PREFILL_CHUNK = 512
+PREFILL_CHUNK = 256  # measured on 2 cores: 256 keeps prefill speed and peaks ~40 MB lower than 512
 
 
 @torch.inference_mode()

@@ -9,6 +9,15 @@ try:
 except OSError:  # not glibc: nothing to trim or advise
     _libc = None
 _MADV_DONTNEED = 4
+_M_MMAP_THRESHOLD = -3
+
+
+def map_large_allocations(threshold: int = 4 << 20) -> None:
+    """Serve allocations of `threshold` bytes and more from their own mappings, returned to the
+    OS when freed. glibc otherwise raises its threshold to 32 MB as large blocks are freed, and
+    freed weight copies and prompt activations stay in the heap as RSS nobody uses."""
+    if _libc is not None:
+        _libc.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
 def release_free_memory() -> None:

@@ -286,13 +286,20 @@ def packed_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, _Packed) and getattr(m, "int8_inputs", True)]
 
 
-def prepack(model: nn.Module, workers: int = 1) -> None:
+def prepack(model: nn.Module, workers: int = 1, done: Callable[[torch.Tensor], None] | None = None) -> None:
     """Pack every weight that takes 8-bit inputs for fbgemm now, not on its first call, on `workers`
-    threads (fbgemm's layout is its own and cannot be stored: ~2.6 s of one core for Gemma 3's head)."""
+    threads (fbgemm's layout is its own and cannot be stored: ~2.6 s of one core for Gemma 3's head).
+    `done(block)` is called with each block of int8 weight once fbgemm holds its copy."""
+    def pack(m, b):
+        packed = fbgemm_pack(m.weight[b], m.scales[b])
+        if done is not None:
+            done(m.weight[b])
+        return packed
+
     mods = packed_modules(model)
     jobs = [(m, b) for m in mods for b in m.pack_blocks()]
     with ThreadPoolExecutor(max(1, workers)) as pool:  # fbgemm releases the GIL while it packs
-        packs = iter(pool.map(lambda job: fbgemm_pack(job[0].weight[job[1]], job[0].scales[job[1]]), jobs))
+        packs = iter(pool.map(lambda job: pack(*job), jobs))
         for m in mods:
             m.set_packed([next(packs) for _ in m.pack_blocks()])
 

@@ -49,7 +49,8 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
     precision, "stored"), "int8", "int4" (int4 layers, int8 tied embedding / LM head) or "stored".
     `dtype="float32", quantize=None` computes what transformers' float32 reference computes.
     A GGUF's runtime layout is written to the weight cache once (`cache=False` skips it) and
-    memory-mapped on later loads. `threads` sets torch's intra-op threads.
+    memory-mapped on later loads. `threads` sets torch's intra-op threads. Allocations of 4 MB and
+    more are served from their own mappings from here on (`memory.map_large_allocations`).
     """
     if threads:
         torch.set_num_threads(int(threads))
@@ -176,8 +177,8 @@ def _from_cache(hit, tok_path: Path, dtype, group_size: int) -> LoadedText:
     for mod in model.modules():
         if isinstance(mod, Int8Embedding):
             mod.dtype = dtype
-    # The tokenizer first: its parse peaks ~280 MB above what it keeps, which is then handed back
-    # before packing adds fbgemm's copies (in parallel the two peaks stack: +300 MB peak RSS).
+    # The tokenizer first: its parse peaks ~280 MB above what it keeps, handed back before packing
+    # adds fbgemm's copies, so the two transient peaks never coincide.
     tok = _parse_tokenizer(tok_path, meta["tokenizer"])
     # each block's mapped pages leave RAM once fbgemm holds its copy, so they never add up
     prepack(model, torch.get_num_threads(), done=drop_resident)

@@ -94,7 +94,8 @@ def mapped_safetensor(path, name: str) -> torch.Tensor:
         if info["dtype"] not in _ST_DTYPES:
             raise ValueError(f"{path}: tensor {name!r} is {info['dtype']}; only float tensors can be mapped")
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    mm.madvise(mmap.MADV_RANDOM)
+    if hasattr(mmap, "MADV_RANDOM"):  # not on every platform
+        mm.madvise(mmap.MADV_RANDOM)
     begin, end = info["data_offsets"]
     raw = torch.frombuffer(mm, dtype=torch.uint8, count=end - begin, offset=8 + n + begin)
     return raw.view(_ST_DTYPES[info["dtype"]]).view(info["shape"])

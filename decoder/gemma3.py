@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SLIDING, TextConfig
-from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, attention_mask, rms_norm
+from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, attention_bias, attention_mask, normalize
 
 
 class Attention(nn.Module):
@@ -31,31 +31,32 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, D)
-        qk = rms_norm(qkv[:, :, :H + Hkv], self.qk_norm_scale(), self.q_norm.eps)  # QK-norm, both in one op
+        qk = normalize(qkv[:, :, :H + Hkv], self.qk_norm_gain(), self.q_norm.eps)  # QK-norm, both in one op
         q, k = apply_rope(qk.transpose(1, 2), *rope).split((H, Hkv), dim=1)  # (B, H, T, D), (B, Hkv, T, D)
         k, v, k_pos = cache.update(k, qkv[:, :, H + Hkv:].transpose(1, 2), positions)
-        mask = _mask(masks, positions, k_pos, self.window, groups)
-        y = attend(q, k, v, mask, self.scale)
+        bias = _mask(masks, positions, k_pos, self.window, groups)
+        y = attend(q, k, v, bias, 1.0)  # the 1/sqrt(d) scale is in q's norm gain
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
-    def qk_norm_scale(self) -> torch.Tensor:
-        """The q_norm scale for each query head and the k_norm scale for each key head, (H + Hkv, D)."""
-        q, k = self.q_norm.scale(), self.k_norm.scale()
+    def qk_norm_gain(self) -> torch.Tensor:
+        """The q_norm gain times the attention scale for each query head and the k_norm gain for
+        each key head, (H + Hkv, D): RoPE is linear, so scaling q before it is scaling the scores."""
+        q, k = self.q_norm.gain(), self.k_norm.gain()
         made_from = getattr(self, "_qk_from", (None, None))
         if made_from[0] is not q or made_from[1] is not k:  # the norms give new tensors when their weights change
-            self._qk = torch.cat([q.expand(self.n_heads, -1), k.expand(self.n_kv, -1)])
+            self._qk = torch.cat([(q * self.scale).expand(self.n_heads, -1), k.expand(self.n_kv, -1)])
             self._qk_from = (q, k)
         return self._qk
 
 
 def _mask(masks: dict | None, positions, k_pos, window, groups):
-    """The attention mask, built once per step for each (window, keys) shape: within one forward
-    every sliding layer holds the same positions, and so does every global layer."""
+    """The additive attention mask, built once per step for each (window, keys) shape: within one
+    forward every sliding layer holds the same positions, and so does every global layer."""
     if masks is None:
-        return attention_mask(positions, k_pos, window, groups)
+        return attention_bias(attention_mask(positions, k_pos, window, groups))
     key = (window, k_pos.shape[0])
     if key not in masks:
-        masks[key] = attention_mask(positions, k_pos, window, groups)
+        masks[key] = attention_bias(attention_mask(positions, k_pos, window, groups))
     return masks[key]
 
 

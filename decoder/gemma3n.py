@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import SLIDING
 from .gemma3n_config import Gemma3nTextConfig
-from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, attention_mask
+from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, attention_bias, attention_mask
 
 
 def _norm(dim: int, cfg: Gemma3nTextConfig, with_scale: bool = True) -> RMSNorm:
@@ -120,8 +120,7 @@ class Attention(nn.Module):
             k, v, k_pos = cache.update(apply_rope(k, cos, sin), v, positions)
             if self.is_kv_source:
                 shared[self.idx] = k, v, k_pos
-        mask = attention_mask(positions, k_pos, self.window)
-        y = attend(q, k, v, mask, 1.0)
+        y = attend(q, k, v, attention_bias(attention_mask(positions, k_pos, self.window)), 1.0)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -4,18 +4,27 @@ attention itself.
 Decoding runs these once per layer per token on one row, where each torch op costs a few
 microseconds whatever its size, so they are written in as few ops as the math allows.
 """
+import functools
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def rms_norm(x: torch.Tensor, scale: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """x / rms(x) * scale over the last dim, in float32, returned in x's dtype. `scale` is one row,
-    or rows that broadcast over x's leading dims (one per head)."""
-    if scale is not None and scale.dim() == 1:
-        return F.rms_norm(x.float(), x.shape[-1:], scale, eps).type_as(x)
-    y = F.rms_norm(x.float(), x.shape[-1:], None, eps)
-    return (y if scale is None else y * scale).type_as(x)
+def normalize(x: torch.Tensor, gain: torch.Tensor | float, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, in float32, returned in x's dtype: x / sqrt(mean(x^2) + eps) * scale,
+    computed as x * gain / sqrt(|x|^2 + D * eps) with gain = scale * sqrt(D) made once (one row, or
+    rows that broadcast over x's leading dims). Four ops, half the time of F.rms_norm on a decoded row."""
+    xf = x if x.dtype == torch.float32 else x.float()
+    y = xf * gain / torch.hypot(torch.linalg.vector_norm(xf, dim=-1, keepdim=True), _eps_term(x.shape[-1], eps))
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+@functools.cache
+def _eps_term(dim: int, eps: float) -> torch.Tensor:
+    with torch.inference_mode(False):  # a normal tensor, usable outside inference mode too
+        return torch.tensor(math.sqrt(dim * eps))
 
 
 class RMSNorm(nn.Module):
@@ -24,21 +33,29 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6, with_scale: bool = True, scale_offset: float = 1.0):
         super().__init__()
-        self.eps, self.scale_offset = eps, scale_offset
+        self.dim, self.eps, self.scale_offset = dim, eps, scale_offset
         self.weight = nn.Parameter(torch.zeros(dim)) if with_scale else None
 
     _scale = _scale_key = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.scale(), self.eps)
+        return normalize(x, self.gain(), self.eps)
 
     def scale(self) -> torch.Tensor | None:
         """(offset + w) in float32, recomputed only when the weight's storage or values change."""
+        return self._cached()[0]
+
+    def gain(self) -> torch.Tensor | float:
+        """scale * sqrt(dim), what `normalize` takes."""
+        return self._cached()[1]
+
+    def _cached(self):
         if self.weight is None:
-            return None
+            return None, math.sqrt(self.dim)
         key = (self.weight.data_ptr(), self.weight._version)
         if key != self._scale_key:
-            self._scale, self._scale_key = self.scale_offset + self.weight.detach().float(), key
+            scale = self.scale_offset + self.weight.detach().float()
+            self._scale, self._scale_key = (scale, scale * math.sqrt(self.dim)), key
         return self._scale
 
 
@@ -87,14 +104,20 @@ def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None,
     return mask
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """Attention of q (B, H, T, D) over k, v (B, Hkv, S, D), H a multiple of Hkv; mask (T, S) bool.
+def attention_bias(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean mask as the additive one attention takes: 0 where allowed, -inf elsewhere."""
+    return torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
 
-    One query row (decoding) is two small matmuls: cheaper than the fused kernel's set-up."""
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of q (B, H, T, D) over k, v (B, Hkv, S, D), H a multiple of Hkv; `bias` (T, S)
+    is the additive mask (`attention_bias`).
+
+    One query row (decoding) is two small matmuls: cheaper than the fused kernel's set-up. The
+    query heads that share a key head are the rows of one product."""
     B, H, T, D = q.shape
-    Hkv = k.shape[1]
+    Hkv, S = k.shape[1], k.shape[2]
     if T > 1:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=Hkv != H)
-    qg = q.reshape(B, Hkv, H // Hkv, D)  # the query heads that share each key head, as rows
-    scores = torch.matmul(qg * scale, k.transpose(-1, -2)).masked_fill_(~mask, float("-inf"))
-    return torch.matmul(scores.softmax(-1), v).reshape(B, H, 1, v.shape[-1])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=Hkv != H)
+    scores = torch.baddbmm(bias, q.reshape(B * Hkv, H // Hkv, D), k.reshape(B * Hkv, S, D).transpose(1, 2), alpha=scale)
+    return torch.bmm(scores.softmax(-1), v.reshape(B * Hkv, S, -1)).reshape(B, H, 1, v.shape[-1])

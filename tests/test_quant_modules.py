@@ -8,8 +8,9 @@ from torch import nn
 from mmsdk.decoder.config import TextConfig
 from mmsdk.decoder.gemma3 import Gemma3Text
 from mmsdk.decoder.kv_cache import make_cache
-from mmsdk.decoder.quantize import (Int4Linear, Int8Embedding, Int8Linear, dequantize_int4, dequantize_int8,
-                                    quantize_, quantize_int4, quantize_int8, quantized_bits)
+from mmsdk.decoder.quantize import (HADAMARD_BLOCK, Int4Linear, Int8Embedding, Int8Linear, dequantize_int4,
+                                    dequantize_int8, hadamard, input_kind, quantize_, quantize_int4, quantize_int8,
+                                    quantized_bits, rotate)
 
 
 def tiny_config(**kw) -> TextConfig:
@@ -176,3 +177,39 @@ def test_int8_modules_match_dequantized_weights_for_prompt_and_one_row():
         with torch.no_grad():
             assert rel_err(lin(x), ref) < 0.02  # prompt rows
             assert rel_err(lin(x[:1]), ref[:1]) < 0.02  # one decode row
+
+
+def test_hadamard_is_orthonormal_and_rotation_keeps_the_product():
+    h = hadamard(256)
+    torch.testing.assert_close(h @ h, torch.eye(256), atol=1e-5, rtol=0)
+    w, x = torch.randn(32, 512), torch.randn(4, 512)
+    torch.testing.assert_close(rotate(x, 256) @ rotate(w, 256).t(), x @ w.t(), atol=1e-3, rtol=1e-4)
+
+
+def test_rotation_keeps_8_bit_inputs_exact_despite_outlier_channels():
+    """A GeGLU output with a few channels 100x the rest: 8-bit rows round the others to nothing;
+    rotated first, each outlier is spread over 256 channels and the product stays close."""
+    torch.manual_seed(0)
+    w = torch.randn(64, 1024) * 0.03
+    x = torch.randn(6, 1024)
+    x[:, [3, 700]] *= 100.0
+    ref = x @ w.t()
+    plain = Int8Linear.from_float(w, int8_inputs=True)
+    rotated = Int8Linear.from_float(w, int8_inputs=True, rotation=256)
+    with torch.no_grad():
+        err_plain, err_rot = rel_err(plain(x), ref), rel_err(rotated(x), ref)
+        err_row = rel_err(rotated(x[:1]), ref[:1])  # one decode row takes the same path
+    assert err_rot < 0.02 and err_row < 0.02
+    assert err_plain > 3 * err_rot
+
+
+def test_swap_rotates_the_inputs_of_o_and_down_projections():
+    m = quantize_(tiny_model(), 8, embedding_bits=None)
+    block = m.layers[0]
+    assert (block.attn.o_proj.rotation, block.mlp.down_proj.rotation) == (64, 128)  # the tiny widths
+    assert block.attn.qkv_proj.rotation is None and block.attn.qkv_proj.int8_inputs
+    assert input_kind("down_proj", 6912) == (True, HADAMARD_BLOCK)
+    assert input_kind("o_proj", 1024) == (True, HADAMARD_BLOCK)
+    assert input_kind("qkv_proj", 640) == (True, None)
+    assert input_kind("per_layer_projection", 2048) == (False, None)
+    assert input_kind("down_proj", 96) == (False, None)  # no power-of-two block of 64 or more

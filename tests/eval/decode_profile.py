@@ -35,18 +35,18 @@ def main():
         key = (tuple(x.shape[:-1]), self.out_features)
         return zeros.setdefault(key, torch.zeros(*key[0], self.out_features))
 
-    real = {"rms_norm": gemma3.rms_norm, "attend": gemma3.attend, "apply_rope": gemma3.apply_rope,
+    real = {"normalize": gemma3.normalize, "attend": gemma3.attend, "apply_rope": gemma3.apply_rope,
             "RMSNorm": layers.RMSNorm.forward, "linear": {k: k.forward for k in linear_kinds}}
     variants = {
         "as is": {},
-        "norms": {"rms_norm": lambda x, s, e: x * 1e-3, "RMSNorm": lambda self, x: x * 1e-3},
+        "norms": {"normalize": lambda x, s, e: x * 1e-3, "RMSNorm": lambda self, x: x * 1e-3},
         "attention": {"attend": lambda q, k, v, m, s: q},
         "RoPE": {"apply_rope": lambda x, c, s: x},
         "layer matmuls": {"linear": {k: no_linear for k in linear_kinds}},
     }
 
     def use(v):
-        gemma3.rms_norm, gemma3.attend = v.get("rms_norm", real["rms_norm"]), v.get("attend", real["attend"])
+        gemma3.normalize, gemma3.attend = v.get("normalize", real["normalize"]), v.get("attend", real["attend"])
         gemma3.apply_rope = v.get("apply_rope", real["apply_rope"])
         layers.RMSNorm.forward = v.get("RMSNorm", real["RMSNorm"])
         for k, f in v.get("linear", real["linear"]).items():

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SLIDING, TextConfig
-from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, attention_bias, attention_mask, normalize
+from .layers import (RMSNorm, RotaryEmbedding, apply_rope, attend, attention_bias, attention_mask, empty_embedding,
+                     normalize)
 
 
 class Attention(nn.Module):
@@ -102,7 +103,7 @@ class Gemma3Text(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.config = cfg
-        self.embed = TiedEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed = empty_embedding(cfg.vocab_size, cfg.hidden_size, TiedEmbedding)
         self.layers = nn.ModuleList(Block(cfg, t) for t in cfg.layer_types)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rope_local = RotaryEmbedding(cfg.head_dim, cfg.rope_local_base)

@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import SLIDING
 from .gemma3n_config import Gemma3nTextConfig
-from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, attention_bias, attention_mask
+from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, attention_bias, attention_mask, empty_embedding
 
 
 def _norm(dim: int, cfg: Gemma3nTextConfig, with_scale: bool = True) -> RMSNorm:
@@ -191,7 +191,7 @@ class Gemma3nText(nn.Module):
         super().__init__()
         self.config = cfg
         L, P, H = cfg.num_hidden_layers, cfg.hidden_size_per_layer_input, cfg.hidden_size
-        self.embed = nn.Embedding(cfg.vocab_size, H)
+        self.embed = empty_embedding(cfg.vocab_size, H)
         self.ple = PerLayerEmbedding(cfg)
         self.ple_projection = nn.Linear(H, L * P, bias=False)
         self.ple_projection_norm = _norm(P, cfg)

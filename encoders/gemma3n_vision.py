@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..decoder.errors import ModelLoadError
+from ..decoder.layers import empty_embedding
 from ..decoder.weights import assign_strict
 from .hf_config import empty_module, hf_fields
 
@@ -84,7 +85,7 @@ class MultimodalEmbedder(nn.Module):
     def __init__(self, cfg: Gemma3nVisionConfig, text_hidden_size: int):
         super().__init__()
         self.vocab_offset = cfg.vocab_offset
-        self.embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embedding = empty_embedding(cfg.vocab_size, cfg.hidden_size)
         self.hard_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.soft_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.proj = nn.Linear(cfg.hidden_size, text_hidden_size, bias=False)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..decoder.layers import empty_embedding
 from .hf_config import hf_fields
 
 # Keys of a siglip_vision_model config that do not change the encoder's math at inference.
@@ -106,7 +107,7 @@ class SiglipVisionEncoder(nn.Module):
         super().__init__()
         self.config = cfg
         self.patch_embed = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, stride=cfg.patch_size)
-        self.pos_embed = nn.Embedding(cfg.patches_per_side**2, cfg.hidden_size)
+        self.pos_embed = empty_embedding(cfg.patches_per_side**2, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.post_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 

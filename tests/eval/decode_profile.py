@@ -55,6 +55,9 @@ def main():
     ids = torch.randint(0, model.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
     caches, pos = make_cache(model.config), [16]
     body, head, prompt = {k: [] for k in variants}, [], {k: [] for k in variants}
+    # every layer matmul of a step called back to back on one row: what the layers cost with no other op
+    rows = [(mod, torch.randn(1, 1, mod.in_features)) for mod in model.modules() if isinstance(mod, linear_kinds)]
+    floor = []
     prompt_ids = torch.randint(0, model.config.vocab_size, (a.prompt,), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         h = model(ids[:, :16], caches, torch.arange(16))[:, -1:]
@@ -73,12 +76,17 @@ def main():
             t0 = time.perf_counter()
             model.logits(h)
             head.append((time.perf_counter() - t0) * 1e3)
+            t0 = time.perf_counter()
+            for mod, x in rows:
+                mod(x)
+            floor.append((time.perf_counter() - t0) * 1e3)
     base = statistics.median(body["as is"])
     print(f"{a.precision}, {a.threads} threads: one decode step = layers {base:.1f} ms + LM head "
           f"{statistics.median(head):.1f} ms (medians of {a.rounds})")
     for name in list(variants)[1:]:
         print(f"  {name:14s} {base - statistics.median(body[name]):5.1f} ms")
     print("  (time saved by taking each part out; the savings overlap, as each part also evicts cache for the next)")
+    print(f"  the {len(rows)} layer matmuls alone, back to back: {statistics.median(floor):.1f} ms")
     first = statistics.median(prompt["as is"])
     print(f"prefill of {a.prompt} tokens: {first:.3f} s ({a.prompt / first:.0f} tok/s)")
     for name in list(variants)[1:]:

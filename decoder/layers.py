@@ -126,5 +126,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     Hkv, S = k.shape[1], k.shape[2]
     if T > 1:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=Hkv != H)
+    bias = bias if bias.dtype == q.dtype else bias.to(q.dtype)
     scores = torch.baddbmm(bias, q.reshape(B * Hkv, H // Hkv, D), k.reshape(B * Hkv, S, D).transpose(1, 2), alpha=scale)
     return torch.bmm(scores.softmax(-1), v.reshape(B * Hkv, S, -1)).reshape(B, H, 1, v.shape[-1])

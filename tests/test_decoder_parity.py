@@ -74,3 +74,21 @@ def test_ring_cache_memory_is_flat(tiny):
     full = [c for c, t in zip(caches, model.config.layer_types) if t == "full_attention"]
     assert all(c.k.shape[2] == model.config.sliding_window for c in ring)
     assert all(c.k.shape[2] >= 100 for c in full)
+
+
+
+def test_bfloat16_decodes_one_token_at_a_time_like_a_whole_prompt(tmp_path):
+    """bfloat16 weights and caches: a decoded row takes the two-matmul attention path, whose mask
+    follows the model's dtype; its logits match the same position run as part of a prompt."""
+    write_tiny_gemma3(tmp_path)
+    model = load_text(tmp_path, dtype=torch.bfloat16).model
+    ids = [2, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150]  # past the window of 8
+    caches = make_cache(model.config, dtype=torch.bfloat16)
+    with torch.no_grad():
+        whole = model.logits(model(torch.tensor([ids]), make_cache(model.config, dtype=torch.bfloat16),
+                                   torch.arange(len(ids))))[0]
+        model(torch.tensor([ids[:-1]]), caches, torch.arange(len(ids) - 1))
+        last = model.logits(model(torch.tensor([ids[-1:]]), caches, torch.tensor([len(ids) - 1])))[0, -1]
+    assert last.dtype == torch.bfloat16
+    assert (last.float() - whole[-1].float()).abs().max() < 0.05 * whole[-1].float().abs().max()
+    assert last.argmax() == whole[-1].argmax()

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SLIDING, TextConfig
-from .layers import (RMSNorm, RotaryEmbedding, apply_rope, attend, attention_bias, attention_mask, empty_embedding,
-                     normalize)
+from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, empty_embedding, normalize, step_mask
 
 
 class Attention(nn.Module):
@@ -35,7 +34,7 @@ class Attention(nn.Module):
         qk = normalize(qkv[:, :, :H + Hkv], self.qk_norm_gain(), self.q_norm.eps)  # QK-norm, both in one op
         q, k = apply_rope(qk.transpose(1, 2), *rope).split((H, Hkv), dim=1)  # (B, H, T, D), (B, Hkv, T, D)
         k, v, k_pos = cache.update(k, qkv[:, :, H + Hkv:].transpose(1, 2), positions)
-        bias = _mask(masks, positions, k_pos, self.window, groups)
+        bias = step_mask(masks, positions, k_pos, self.window, groups)
         y = attend(q, k, v, bias, 1.0)  # the 1/sqrt(d) scale is in q's norm gain
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -48,17 +47,6 @@ class Attention(nn.Module):
             self._qk = torch.cat([(q * self.scale).expand(self.n_heads, -1), k.expand(self.n_kv, -1)])
             self._qk_from = (q, k)
         return self._qk
-
-
-def _mask(masks: dict | None, positions, k_pos, window, groups):
-    """The additive attention mask, built once per step for each (window, keys) shape: within one
-    forward every sliding layer holds the same positions, and so does every global layer."""
-    if masks is None:
-        return attention_bias(attention_mask(positions, k_pos, window, groups))
-    key = (window, k_pos.shape[0])
-    if key not in masks:
-        masks[key] = attention_bias(attention_mask(positions, k_pos, window, groups))
-    return masks[key]
 
 
 class MLP(nn.Module):

@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import SLIDING
 from .gemma3n_config import Gemma3nTextConfig
-from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, attention_bias, attention_mask, empty_embedding
+from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, empty_embedding, step_mask
 
 
 def _norm(dim: int, cfg: Gemma3nTextConfig, with_scale: bool = True) -> RMSNorm:
@@ -120,7 +120,7 @@ class Attention(nn.Module):
             k, v, k_pos = cache.update(apply_rope(k, cos, sin), v, positions)
             if self.is_kv_source:
                 shared[self.idx] = k, v, k_pos
-        y = attend(q, k, v, attention_bias(attention_mask(positions, k_pos, self.window)), 1.0)
+        y = attend(q, k, v, step_mask(shared, positions, k_pos, self.window), 1.0)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -236,7 +236,7 @@ class Gemma3nText(nn.Module):
         target = torch.mean(x ** 2, dim=-1, keepdim=True) ** 0.5
         streams = torch.stack([x, *(_match_magnitude(p(x), target) for p in self.altup_in)])  # (K, B, T, H)
         ropes = {SLIDING: self.rope_local(positions, x.dtype), "full_attention": self.rope_global(positions, x.dtype)}
-        shared: dict = {}  # kv source layer -> (k, v, k_pos) of this step
+        shared: dict = {}  # this step's: kv source layer -> (k, v, k_pos); (window, keys) -> mask
         for i, (layer, cache) in enumerate(zip(self.layers, caches)):
             streams = layer(streams, ropes[layer.layer_type], cache, positions, per_layer[:, :, i], shared)
         target = torch.mean(streams[0] ** 2, dim=-1, keepdim=True) ** 0.5

@@ -116,6 +116,17 @@ def attention_bias(mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
 
 
+def step_mask(masks: dict | None, positions, k_pos, window, groups=None) -> torch.Tensor:
+    """The additive attention mask, built once per step for each (window, keys) shape in `masks`:
+    within one forward every sliding layer holds the same positions, and so does every global layer."""
+    if masks is None:
+        return attention_bias(attention_mask(positions, k_pos, window, groups))
+    key = (window, k_pos.shape[0])
+    if key not in masks:
+        masks[key] = attention_bias(attention_mask(positions, k_pos, window, groups))
+    return masks[key]
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention of q (B, H, T, D) over k, v (B, Hkv, S, D), H a multiple of Hkv; `bias` (T, S)
     is the additive mask (`attention_bias`).

@@ -17,7 +17,8 @@ from . import weight_cache
 from .cache import atomic_path
 from .gguf_file import is_gguf, open_gguf, read_metadata, read_tensors
 from .memory import drop_resident, map_large_allocations, release_free_memory
-from .quantize import Int8Embedding, prepack, quantize_
+from .gptq import gptq_quantize_
+from .quantize import Int8Embedding, int4_supported, prepack, quantize_
 from .tokenizer import GemmaTokenizer, load_tokenizer_json, tokenizer_from_gguf
 from .weights import FUSED, GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, expand
 
@@ -46,7 +47,8 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
     `dtype`: the float compute precision (a torch dtype, "float32", "bfloat16"), or None for the
     runtime's fastest faithful choice: float32 activations, weights as the file stores them.
     `quantize`: None (float weights; with `dtype=None` a quantized GGUF keeps about its stored
-    precision, "stored"), "int8", "int4" (int4 layers, int8 tied embedding / LM head) or "stored".
+    precision, "stored"), "int8", "int4" (int4 layers rounded by GPTQ on a calibration text, ~1 min
+    on a first load; int8 tied embedding / LM head) or "stored".
     `dtype="float32", quantize=None` computes what transformers' float32 reference computes.
     A GGUF's runtime layout is written to the weight cache once (`cache=False` skips it) and
     memory-mapped on later loads. `threads` sets torch's intra-op threads. Allocations of 4 MB and
@@ -67,7 +69,8 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
     if path.is_dir():
         loaded = _load_hf(path, dtype)
         if quantize in ("int8", "int4"):
-            _quantize(loaded.model, _plan(loaded.model, quantize), group_size, dtype)
+            _quantize(loaded.model, _plan(loaded.model, quantize), group_size, dtype,
+                      tokenizer=loaded.tokenizer if quantize == "int4" else None)
             prepack(loaded.model, torch.get_num_threads())
             loaded.quantization = quantize
     elif path.suffix == ".gguf" or is_gguf(path):
@@ -132,11 +135,11 @@ def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
         kinds = [stored.pop(p) for p in parts]
         stored[dst] = next((k for k in kinds if k not in _GGUF_4BIT), kinds[0])
     plan = _plan(model, mode, stored) if mode else {}
-    if mode:
-        _quantize(model, plan, group_size, dtype)
-        prepack(model, torch.get_num_threads())
     stat = os.stat(path)
     tok = tokenizer_from_gguf(meta, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    if mode:
+        _quantize(model, plan, group_size, dtype, tokenizer=tok if mode == "int4" else None)
+        prepack(model, torch.get_num_threads())
     ftype = _GGUF_FTYPES.get(meta.get("general.file_type"), "gguf")
     label = ftype if mode in (None, "stored") else mode
     loaded = LoadedText(model.eval(), tok, meta.get("general.name", path.stem), "gguf", label, parameters=n_params)
@@ -156,7 +159,11 @@ def _plan(model, mode: str, stored: dict | None = None) -> dict[str, int | None]
     return plan
 
 
-def _quantize(model, plan: dict, group_size: int, dtype, empty: bool = False) -> None:
+def _quantize(model, plan: dict, group_size: int, dtype, empty: bool = False, tokenizer=None) -> None:
+    """Quantize by `plan`; with a `tokenizer`, the int4 layers are GPTQ-rounded on a calibration text."""
+    if tokenizer is not None:
+        int4 = [n for n, b in plan.items() if b == 4 and int4_supported(*model.get_submodule(n).weight.shape, group_size)]
+        gptq_quantize_(model, int4, tokenizer, group_size)
     quantize_(model, lambda name, m: plan.get(name), group_size, empty=empty)
     for mod in model.modules():  # float leftovers (norms) in the compute dtype
         for name, p in mod.named_parameters(recurse=False):

@@ -15,8 +15,9 @@ Kernels, one set of weights for prefill (many rows, compute-bound) and decode (o
   over 256 channels; then they take 8-bit inputs too (-0.1%, as the plain int8 weights).
 - int8, other inputs (Gemma 3n's extra projections): weights only. One row goes through torch's
   `_weight_int8pack_mm` in bfloat16; a prompt dequantizes the weight and runs one float32 matmul.
-- int4: torch's packed `_weight_int4pack_mm_for_cpu`, dequantizing inside a bfloat16 product (float32
-  inputs take a path ~30x slower), for one row and for a prompt.
+- int4: rounded here to nearest (best clip per group), or by GPTQ where a calibration text can be
+  run (`gptq.py`, as the loader does). torch's packed `_weight_int4pack_mm_for_cpu`, dequantizing
+  inside a bfloat16 product (float32 inputs take a path ~30x slower), for one row and for a prompt.
 """
 import functools
 import logging
@@ -220,10 +221,14 @@ class Int4Linear(nn.Module):
 
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int) -> "Int4Linear":
-        m = cls(w.shape[1], w.shape[0], group_size)
-        q, s, z = quantize_int4(w, group_size)
+        return cls.from_codes(*quantize_int4(w, group_size), group_size)
+
+    @classmethod
+    def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> "Int4Linear":
+        """From codes (N, K) in 0..15 and a scale and zero per group, (N, K/g), as `quantize_int4` gives."""
+        m = cls(q.shape[1], q.shape[0], group_size)
         m.weight = pack_int4(q)
-        m.scales_and_zeros = torch.stack([s, z], -1).transpose(0, 1).contiguous().to(ACT_DTYPE)
+        m.scales_and_zeros = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(ACT_DTYPE)
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,119 @@
+"""GPTQ for int4 weights (Frantar et al., "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers", 2022).
+
+Rounding each weight to its nearest 4-bit level ignores that a layer's inputs are correlated. GPTQ
+rounds the columns of W one at a time and spreads each column's rounding error over the columns
+not yet rounded, weighted by the inverse of H = X^T X, the Gram matrix of the layer's inputs over a
+calibration text; so the layer's outputs on such inputs, not its weights, stay close. Groups of
+`group_size` columns get their scale and zero from the weights before any correction.
+
+On Gemma 3 270M (stored as Q5_0/Q6_K/Q4_K), int4 group 32: perplexity +15.2% with rounding to
+nearest (best clip per group), +6.7% with GPTQ over 4096 calibration tokens.
+"""
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .quantize import Int4Linear, quantize_int4
+
+# Modules whose docstrings make the calibration text: real English prose about code that every
+# Python install carries, and not the CPython topics `mmsdk bench --quality` measures on.
+_CALIBRATION_MODULES = ("json", "csv", "argparse", "logging", "pathlib", "collections", "itertools", "functools",
+                        "re", "datetime", "subprocess", "threading", "asyncio", "unittest", "email", "http.client",
+                        "urllib.request", "sqlite3", "zipfile", "tarfile")
+DAMPING = 0.01  # added to H's diagonal, as a share of its mean: keeps the inverse well conditioned
+BLOCK = 128  # columns whose error updates are applied together (the paper's lazy batch)
+
+
+def calibration_text() -> str:
+    """The docstrings (over 200 characters) of the classes and functions of common stdlib modules."""
+    docs = []
+    for name in _CALIBRATION_MODULES:
+        mod = importlib.import_module(name)
+        for _, obj in inspect.getmembers(mod, lambda o: inspect.isfunction(o) or inspect.isclass(o)):
+            doc = inspect.getdoc(obj)
+            if doc and len(doc) > 200:
+                docs.append(doc)
+    return "\n\n".join(docs)
+
+
+@torch.inference_mode()
+def input_grams(model: nn.Module, windows: Iterable[Callable[[], None]], names: set[str]) -> dict[str, torch.Tensor]:
+    """X^T X of the inputs of the `nn.Linear` layers called `names`, summed over every forward pass
+    that the calls in `windows` make."""
+    grams: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def add(_mod, inputs, _out):
+            x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
+            grams[name] = grams[name].addmm_(x.t(), x) if name in grams else x.t() @ x
+        return add
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n in names]
+    try:
+        for run in windows:
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return grams
+
+
+def gptq_int4(w: torch.Tensor, gram: torch.Tensor, group_size: int) -> Int4Linear:
+    """`w` (N, K) as an `Int4Linear`, rounded column by column with GPTQ's error feedback."""
+    w = w.float().clone()
+    N, K = w.shape
+    h = gram.clone()
+    dead = torch.diag(h) == 0  # inputs never seen: their columns cannot matter
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h.diagonal().add_(DAMPING * h.diagonal().mean())
+    # upper Cholesky factor of H^-1: row i holds how column i's error moves the columns after it
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    codes = torch.zeros(N, K, dtype=torch.uint8)
+    # each group's range from the weights as they are (the reference's `static_groups`): one clip
+    # search for the whole matrix instead of one per group as the corrections arrive
+    _, scales, zeros = quantize_int4(w, group_size)
+    for b0 in range(0, K, BLOCK):
+        b1 = min(b0 + BLOCK, K)
+        block, errs = w[:, b0:b1].clone(), torch.zeros(N, b1 - b0)
+        for i in range(b1 - b0):
+            col = b0 + i
+            g = col // group_size
+            q = torch.round((block[:, i] - zeros[:, g]) / scales[:, g] + 8.0).clamp_(0, 15)
+            codes[:, col] = q.to(torch.uint8)
+            err = (block[:, i] - ((q - 8.0) * scales[:, g] + zeros[:, g])) / hinv[col, col]
+            block[:, i:] -= err[:, None] * hinv[col, col:b1][None, :]
+            errs[:, i] = err
+        w[:, b1:] -= errs @ hinv[b0:b1, b1:]
+    return Int4Linear.from_codes(codes, scales, zeros, group_size)
+
+
+CALIBRATION_TOKENS = 4096  # 8 windows of 512; X^T X needs many more rows than the widest input (2048)
+_WINDOW = 512
+
+
+def gptq_quantize_(model: nn.Module, names: Iterable[str], tokenizer, group_size: int,
+                   tokens: int = CALIBRATION_TOKENS) -> None:
+    """Replace the float `nn.Linear` layers called `names` in `model` (a decoder called as
+    `model(ids, caches, positions)`) by GPTQ-rounded `Int4Linear`s, calibrated on `calibration_text()`."""
+    from tqdm import tqdm
+
+    from .kv_cache import make_cache
+
+    names = sorted(names)
+    ids = tokenizer.encode(calibration_text(), add_bos=False)[:tokens]
+    step = _WINDOW - 1
+
+    def window(s):
+        part = torch.tensor([[tokenizer.bos_id, *ids[s:s + step]]])
+        return lambda: model(part, make_cache(model.config), torch.arange(part.shape[1]))
+
+    grams = input_grams(model, [window(s) for s in range(0, len(ids), step)], set(names))
+    for name in tqdm(names, desc="int4 (GPTQ)", unit="layer", leave=False, disable=None):
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        setattr(owner, child, gptq_int4(getattr(owner, child).weight.detach(), grams.pop(name), group_size))

@@ -1,0 +1,41 @@
+"""GPTQ on one layer: with correlated inputs it keeps the layer's outputs closer than rounding each
+weight to nearest, which is its whole point."""
+import torch
+
+from mmsdk.decoder.gptq import calibration_text, gptq_int4, input_grams
+from mmsdk.decoder.quantize import Int4Linear
+
+
+def test_gptq_output_error_is_below_rounding_to_nearest_on_correlated_inputs():
+    torch.manual_seed(0)
+    n_in, n_out = 256, 128
+    basis = torch.randn(32, n_in)
+
+    def inputs(n):  # near a 32-dimensional subspace, as a layer's inputs mostly are
+        return torch.randn(n, 32) @ basis + 0.1 * torch.randn(n, n_in)
+
+    calib, held_out = inputs(2048), inputs(512)
+    w = torch.randn(n_out, n_in) / n_in ** 0.5
+    layer = torch.nn.Linear(n_in, n_out, bias=False)
+    layer.weight.data.copy_(w)
+    grams = input_grams(layer, [lambda: layer(calib)], {""})
+    ref = held_out @ w.t()
+    with torch.inference_mode():
+        err_rtn = float((Int4Linear.from_float(w, 32)(held_out) - ref).norm() / ref.norm())
+        err_gptq = float((gptq_int4(w, grams[""], 32)(held_out) - ref).norm() / ref.norm())
+    assert err_gptq < 0.5 * err_rtn, (err_gptq, err_rtn)  # measured 0.024 vs 0.072
+
+
+def test_gram_of_inputs_sums_over_calls():
+    layer = torch.nn.Linear(8, 4, bias=False)
+    a, b = torch.randn(5, 8), torch.randn(3, 8)
+    grams = input_grams(layer, [lambda: layer(a), lambda: layer(b)], {""})
+    torch.testing.assert_close(grams[""], a.t() @ a + b.t() @ b)
+
+
+def test_calibration_text_is_prose_from_the_installed_stdlib():
+    from pydoc_data.topics import topics
+
+    text = calibration_text()
+    assert len(text) > 50_000
+    assert topics["assert"][:200] not in text  # not the corpus perplexity is measured on

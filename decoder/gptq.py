@@ -12,12 +12,15 @@ nearest (best clip per group), +6.7% with GPTQ over 4096 calibration tokens.
 """
 import importlib
 import inspect
+import logging
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from .quantize import Int4Linear, quantize_int4
+
+log = logging.getLogger(__name__)
 
 # Modules whose docstrings make the calibration text: real English prose about code that every
 # Python install carries, and not the CPython topics `mmsdk bench --quality` measures on.
@@ -64,15 +67,19 @@ def input_grams(model: nn.Module, windows: Iterable[Callable[[], None]], names: 
 
 def gptq_int4(w: torch.Tensor, gram: torch.Tensor, group_size: int) -> Int4Linear:
     """`w` (N, K) as an `Int4Linear`, rounded column by column with GPTQ's error feedback."""
-    w = w.float().clone()
+    original, w = w, w.float().clone()
     N, K = w.shape
     h = gram.clone()
     dead = torch.diag(h) == 0  # inputs never seen: their columns cannot matter
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h.diagonal().add_(DAMPING * h.diagonal().mean())
+    chol, info = torch.linalg.cholesky_ex(h)
+    if info or not torch.isfinite(h).all():  # non-finite activations, or H not positive definite
+        log.warning("GPTQ: input Gram matrix of a %s layer is unusable; rounding to nearest", tuple(w.shape))
+        return Int4Linear.from_float(original, group_size)
     # upper Cholesky factor of H^-1: row i holds how column i's error moves the columns after it
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
     codes = torch.zeros(N, K, dtype=torch.uint8)
     # each group's range from the weights as they are (the reference's `static_groups`): one clip
     # search for the whole matrix instead of one per group as the corrections arrive

@@ -39,3 +39,13 @@ def test_calibration_text_is_prose_from_the_installed_stdlib():
     text = calibration_text()
     assert len(text) > 50_000
     assert topics["assert"][:200] not in text  # not the corpus perplexity is measured on
+
+
+def test_a_gram_matrix_cholesky_cannot_take_falls_back_to_rounding_to_nearest(caplog):
+    w = torch.randn(64, 64)
+    gram = torch.eye(64)
+    gram[3, 5] = float("nan")  # what non-finite activations leave behind
+    with caplog.at_level("WARNING"):
+        got = gptq_int4(w, gram, 32)
+    assert "rounding to nearest" in caplog.text
+    assert torch.equal(got.weight, Int4Linear.from_float(w, 32).weight)

@@ -102,3 +102,36 @@ def test_bfloat16_runs(full_pair, tmp_path):
     with torch.no_grad():
         logits = model.logits(model(_ids(6, 6), make_cache(model.config, dtype=torch.bfloat16), torch.arange(6)))
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+
+def test_quantized_loads_stay_close_to_float(full_pair, tmp_path):
+    """On English text the calibration did not see: int8 (rotated 8-bit inputs into o/down) keeps
+    float's top token; int4 through the loader (GPTQ, calibrated by running Gemma 3n itself) is
+    far closer to float than rounding to nearest."""
+    import copy
+
+    from mmsdk.decoder.gptq import CALIBRATION_TOKENS, calibration_text
+    from mmsdk.decoder.quantize import Int4Linear, quantize_
+
+    ref, loaded = full_pair
+    folder = save(ref, tmp_path)
+    held_out = loaded.tokenizer.encode(calibration_text(), add_bos=False)[CALIBRATION_TOKENS:][:32]
+    ids = torch.tensor([[loaded.tokenizer.bos_id, *held_out]])
+
+    def logits(model):
+        with torch.inference_mode():
+            return model.logits(model(ids, make_cache(model.config), torch.arange(ids.shape[1])))[0].float()
+
+    def err(out):
+        return float((out - base).norm() / base.norm())
+
+    base = logits(loaded.model)
+    int8 = logits(load_text(folder, quantize="int8").model)
+    assert float((int8.argmax(-1) == base.argmax(-1)).float().mean()) >= 0.9
+    gptq_model = load_text(folder, quantize="int4").model
+    assert any(isinstance(m, Int4Linear) for m in gptq_model.modules())
+    rtn = logits(quantize_(copy.deepcopy(loaded.model), 4, 32))
+    gptq = logits(gptq_model)
+    assert torch.isfinite(gptq).all()
+    assert err(gptq) < 0.5 * err(rtn), (err(gptq), err(rtn))

@@ -49,3 +49,12 @@ def test_a_gram_matrix_cholesky_cannot_take_falls_back_to_rounding_to_nearest(ca
         got = gptq_int4(w, gram, 32)
     assert "rounding to nearest" in caplog.text
     assert torch.equal(got.weight, Int4Linear.from_float(w, 32).weight)
+
+
+def test_layers_whose_gram_matrices_exceed_the_budget_take_more_passes(monkeypatch):
+    from mmsdk.decoder import gptq
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 128), torch.nn.Linear(128, 64))
+    assert gptq._passes(model, ["0", "1", "2"]) == [["0", "1", "2"]]
+    monkeypatch.setattr(gptq, "GRAM_BUDGET", 4 * 64 * 64 * 2)  # two 64-wide inputs, not the 128-wide one
+    assert gptq._passes(model, ["2", "1", "0"]) == [["0", "1"], ["2"]]

@@ -5,10 +5,12 @@ Rounding each weight to its nearest 4-bit level ignores that a layer's inputs ar
 rounds the columns of W one at a time and spreads each column's rounding error over the columns
 not yet rounded, weighted by the inverse of H = X^T X, the Gram matrix of the layer's inputs over a
 calibration text; so the layer's outputs on such inputs, not its weights, stay close. Groups of
-`group_size` columns get their scale and zero from the weights before any correction.
+`group_size` columns get their scale and zero from the weights before any correction, and columns
+go in order of decreasing input energy (the reference implementation's `static_groups` and `act_order`).
 
 On Gemma 3 270M (stored as Q5_0/Q6_K/Q4_K), int4 group 32: perplexity +15.2% with rounding to
-nearest (best clip per group), +5.8% with GPTQ over 4096 calibration tokens.
+nearest (best clip per group); GPTQ over 4096 calibration tokens +5.8% in column order, +3.9% in
+input-energy order, +3.5% over 8192 tokens.
 """
 import importlib
 import inspect
@@ -74,24 +76,26 @@ def gptq_int4(w: torch.Tensor, gram: torch.Tensor, group_size: int) -> Int4Linea
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h.diagonal().add_(DAMPING * h.diagonal().mean())
+    # columns with the largest inputs first: their errors are then spread over the most columns
+    order = torch.argsort(torch.diag(h), descending=True)
+    h = h[order][:, order]
     chol, info = torch.linalg.cholesky_ex(h)
     if info or not torch.isfinite(h).all():  # non-finite activations, or H not positive definite
         log.warning("GPTQ: input Gram matrix of a %s layer is unusable; rounding to nearest", tuple(w.shape))
         return Int4Linear.from_float(original, group_size)
     # upper Cholesky factor of H^-1: row i holds how column i's error moves the columns after it
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
-    codes = torch.zeros(N, K, dtype=torch.uint8)
-    # each group's range from the weights as they are (the reference's `static_groups`): one clip
-    # search for the whole matrix instead of one per group as the corrections arrive
+    # each group's range from the weights as they are: one clip search for the whole matrix
     _, scales, zeros = quantize_int4(w, group_size)
+    codes = torch.zeros(N, K, dtype=torch.uint8)
+    w, group_of = w[:, order], (order // group_size).tolist()
     for b0 in range(0, K, BLOCK):
         b1 = min(b0 + BLOCK, K)
         block, errs = w[:, b0:b1].clone(), torch.zeros(N, b1 - b0)
         for i in range(b1 - b0):
-            col = b0 + i
-            g = col // group_size
+            col, g = b0 + i, group_of[b0 + i]
             q = torch.round((block[:, i] - zeros[:, g]) / scales[:, g] + 8.0).clamp_(0, 15)
-            codes[:, col] = q.to(torch.uint8)
+            codes[:, order[col]] = q.to(torch.uint8)
             err = (block[:, i] - ((q - 8.0) * scales[:, g] + zeros[:, g])) / hinv[col, col]
             block[:, i:] -= err[:, None] * hinv[col, col:b1][None, :]
             errs[:, i] = err
@@ -99,7 +103,7 @@ def gptq_int4(w: torch.Tensor, gram: torch.Tensor, group_size: int) -> Int4Linea
     return Int4Linear.from_codes(codes, scales, zeros, group_size)
 
 
-CALIBRATION_TOKENS = 4096  # 8 windows of 512; X^T X needs many more rows than the widest input (2048)
+CALIBRATION_TOKENS = 8192  # 16 windows of 512; measured 4096 / 8192 / 16384: +3.9% / +3.5% / +4.5% perplexity
 _WINDOW = 512
 GRAM_BUDGET = 1 << 30  # bytes of Gram matrices held at once; more layers than fit take more passes
 

@@ -23,7 +23,7 @@ def test_gptq_output_error_is_below_rounding_to_nearest_on_correlated_inputs():
     with torch.inference_mode():
         err_rtn = float((Int4Linear.from_float(w, 32)(held_out) - ref).norm() / ref.norm())
         err_gptq = float((gptq_int4(w, grams[""], 32)(held_out) - ref).norm() / ref.norm())
-    assert err_gptq < 0.5 * err_rtn, (err_gptq, err_rtn)  # measured 0.024 vs 0.072
+    assert err_gptq < 0.5 * err_rtn, (err_gptq, err_rtn)  # measured 0.018 vs 0.072
 
 
 def test_gram_of_inputs_sums_over_calls():

@@ -43,27 +43,21 @@ class RMSNorm(nn.Module):
         self.dim, self.eps, self.scale_offset = dim, eps, scale_offset
         self.weight = nn.Parameter(torch.zeros(dim)) if with_scale else None
 
-    _scale = _scale_key = None
+    _gain = _gain_key = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self.gain(), self.eps)
 
-    def scale(self) -> torch.Tensor | None:
-        """(offset + w) in float32, recomputed only when the weight's storage or values change."""
-        return self._cached()[0]
-
     def gain(self) -> torch.Tensor | float:
-        """scale * sqrt(dim), what `normalize` takes."""
-        return self._cached()[1]
-
-    def _cached(self):
+        """(offset + w) * sqrt(dim) in float32, what `normalize` takes; recomputed only when the
+        weight's storage or values change."""
         if self.weight is None:
-            return None, math.sqrt(self.dim)
+            return math.sqrt(self.dim)
         key = (self.weight.data_ptr(), self.weight._version)
-        if key != self._scale_key:
-            scale = self.scale_offset + self.weight.detach().float()
-            self._scale, self._scale_key = (scale, scale * math.sqrt(self.dim)), key
-        return self._scale
+        if key != self._gain_key:
+            self._gain = (self.scale_offset + self.weight.detach().float()) * math.sqrt(self.dim)
+            self._gain_key = key
+        return self._gain
 
 
 class RotaryEmbedding(nn.Module):

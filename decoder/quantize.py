@@ -161,9 +161,12 @@ class _Packed:
         step = self.pack_rows or n
         return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
+    def pack_block(self, rows: slice):
+        return fbgemm_pack(self.weight[rows], self.scales[rows])
+
     def packed(self) -> list:
         if self._packed_from is not self.weight:
-            self.set_packed([fbgemm_pack(self.weight[b], self.scales[b]) for b in self.pack_blocks()])
+            self.set_packed([self.pack_block(b) for b in self.pack_blocks()])
         return self._packed
 
     def set_packed(self, packs: list) -> None:
@@ -341,7 +344,7 @@ def prepack(model: nn.Module, workers: int = 1, done: Callable[[torch.Tensor], N
     threads (fbgemm's layout is its own and cannot be stored: ~2.6 s of one core for Gemma 3's head).
     `done(block)` is called with each block of int8 weight once fbgemm holds its copy."""
     def pack(m, b):
-        packed = fbgemm_pack(m.weight[b], m.scales[b])
+        packed = m.pack_block(b)
         if done is not None:
             done(m.weight[b])
         return packed

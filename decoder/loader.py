@@ -19,7 +19,7 @@ from .gguf_file import is_gguf, open_gguf, read_metadata, read_tensors
 from .memory import drop_resident, map_large_allocations, release_free_memory
 from .gptq import gptq_quantize_
 from .quantize import Int8Embedding, int4_supported, prepack, quantize_
-from .tokenizer import GemmaTokenizer, load_tokenizer_json, tokenizer_from_gguf
+from .tokenizer import GemmaTokenizer, gguf_tokenizer_meta, load_sentencepiece, load_tokenizer_json, tokenizer_from_gguf
 from .weights import FUSED, GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, expand
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
         loaded = _load_gguf(path, dtype, mode, group_size, cache)
     else:
         raise ModelLoadError(path, "expected a Hugging Face checkpoint folder (config.json + *.safetensors) or a .gguf file")
-    release_free_memory()  # what parsing and conversion freed (~280 MB from the tokenizer's merges alone)
+    release_free_memory()  # what parsing and conversion freed (a tokenizer.json's merges alone: ~280 MB)
     return loaded
 
 
@@ -94,16 +94,15 @@ def _load_gguf(path: Path, dtype, mode: str | None, group_size: int, use_cache: 
     key = weight_cache.cache_key([path], options)
     wpath = weight_cache.cache_path(path.stem, key)
     hit = weight_cache.load(wpath) if use_cache else None
+    tok_path = wpath.with_suffix(".tokenizer.model")
     if hit is not None:
-        tok_path = wpath.with_suffix(".tokenizer.json")
         if tok_path.is_file():
             return _from_cache(hit, tok_path, dtype, group_size)
     loaded, plan, tok_meta = _load_gguf_source(path, dtype, mode, group_size)
     if use_cache:
         try:
-            tok_path = wpath.with_suffix(".tokenizer.json")
             with atomic_path(tok_path) as tmp:  # before the weights: a weights file implies a tokenizer
-                loaded.tokenizer.tok.save(str(tmp))
+                tmp.write_bytes(loaded.tokenizer.sp.serialized_model_proto())
             cfg = loaded.model.config
             meta = {"config": dataclasses.asdict(cfg), "name": loaded.name, "quantization": loaded.quantization,
                     "plan": plan, "tokenizer": tok_meta, "parameters": loaded.parameters}
@@ -143,7 +142,7 @@ def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
     ftype = _GGUF_FTYPES.get(meta.get("general.file_type"), "gguf")
     label = ftype if mode in (None, "stored") else mode
     loaded = LoadedText(model.eval(), tok, meta.get("general.name", path.stem), "gguf", label, parameters=n_params)
-    return loaded, plan, {"bos": tok.bos_id, "eos": list(tok.eos_ids)}
+    return loaded, plan, gguf_tokenizer_meta(meta)
 
 
 def _plan(model, mode: str, stored: dict | None = None) -> dict[str, int | None]:
@@ -184,18 +183,10 @@ def _from_cache(hit, tok_path: Path, dtype, group_size: int) -> LoadedText:
     for mod in model.modules():
         if isinstance(mod, Int8Embedding):
             mod.dtype = dtype
-    # The tokenizer first: its parse peaks ~280 MB above what it keeps, handed back before packing
-    # adds fbgemm's copies, so the two transient peaks never coincide.
-    tok = _parse_tokenizer(tok_path, meta["tokenizer"])
+    tok = load_sentencepiece(tok_path, meta["tokenizer"])
     # each block's mapped pages leave RAM once fbgemm holds its copy, so they never add up
     prepack(model, torch.get_num_threads(), done=drop_resident)
     return LoadedText(model.eval(), tok, meta["name"], "gguf", meta["quantization"], parameters=meta["parameters"])
-
-
-def _parse_tokenizer(path: Path, meta: dict) -> GemmaTokenizer:
-    tok = GemmaTokenizer.from_file(path, bos_id=meta["bos"], eos_ids=meta["eos"])
-    release_free_memory()  # the parse leaves ~280 MB of freed heap behind; return it before packing peaks
-    return tok
 
 
 def _load_hf(folder: Path, dtype) -> LoadedText:

@@ -28,12 +28,27 @@ _JSON_STYLE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexib
 
 @functools.lru_cache(maxsize=4)
 def llg_tokenizer(tokenizer) -> llguidance.LLTokenizer:
-    """llguidance's view of a `GemmaTokenizer` (built once per tokenizer: ~10 s for 262k tokens)."""
+    """llguidance's view of a `GemmaTokenizer`: each token's bytes and our own encoder (built once
+    per tokenizer)."""
     t0 = time.perf_counter()
-    tok = llguidance.LLTokenizer(tokenizer.tok.to_str(), n_vocab=tokenizer.vocab_size,
+    tok = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Vocabulary(tokenizer)), n_vocab=tokenizer.vocab_size,
                                  eos_token=list(tokenizer.eos_ids))
     log.info("grammar tokenizer built in %.1f s", time.perf_counter() - t0)
     return tok
+
+
+class _Vocabulary:
+    """What `llguidance.TokenizerWrapper` reads from a tokenizer."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.tokens = tokenizer, tokenizer.token_bytes()
+        self.eos_token_id, self.bos_token_id = tokenizer.eos_ids[0], tokenizer.bos_id
+        self.special_token_ids = sorted(tokenizer.special_ids)
+
+    def __call__(self, text: str) -> list[int]:
+        if not isinstance(text, str):  # tells the wrapper to hand us text, not bytes
+            raise TypeError("text expected")
+        return self.tokenizer.encode(text, add_bos=False)
 
 
 def json_value_grammar(schema: dict, defs: dict | None = None) -> str:

@@ -52,6 +52,23 @@ def test_tokenizer_matches_transformers(float_asst, bundled_path):
         assert float_asst.tokenizer.encode(text) == ref(text).input_ids
 
 
+def test_tokenizer_matches_transformers_on_a_corpus(float_asst, bundled_path):
+    """The GGUF's vocabulary as a SentencePiece model (the tokenizer Gemma was trained with) against
+    transformers' BPE conversion of it, over the CPython docs: the same ids wherever a text has no
+    run of more than 31 spaces. Past the longest space piece the two split a run differently (33
+    spaces: SentencePiece and llama.cpp 31 + 2, transformers 16 + 17)."""
+    import pydoc_data.topics as topics
+    from transformers import AutoTokenizer
+
+    ref = AutoTokenizer.from_pretrained(bundled_path.parent, gguf_file=bundled_path.name)
+    texts = [t for t in topics.topics.values() if " " * 32 not in t]
+    assert len(texts) > 70
+    for text in texts:
+        assert float_asst.tokenizer.encode(text, add_bos=False) == ref(text, add_special_tokens=False).input_ids
+    tok = float_asst.tokenizer
+    assert tok.encode(" " * 33, add_bos=False) == [tok.token_id("\u2581" * 31), tok.token_id("\u2581" * 2)]
+
+
 def test_generates_paris(float_asst):
     out = float_asst.generate("The capital of France is the city of", max_tokens=8)
     assert "Paris" in out

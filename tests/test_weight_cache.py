@@ -121,7 +121,7 @@ def test_bundled_model_cached_load_matches_first_load(tmp_path, bundled_path, mo
     gguf = bundled_path
     first = load_text(gguf, None, quantize="int4")
     files = list((tmp_path / "cache" / "weights").glob("*.safetensors"))
-    assert len(files) == 1 and files[0].with_suffix(".tokenizer.json").is_file()
+    assert len(files) == 1 and files[0].with_suffix(".tokenizer.model").is_file()
     def no_parse(*a, **k):
         raise AssertionError("a cached load must not parse the GGUF")
 

@@ -5,16 +5,17 @@ channel) or `Int4Linear` (asymmetric, per group of `group_size` inputs) and the 
 LM head with `Int8Embedding`. The float modules stay as they are: no `if quant:` anywhere.
 
 Kernels, one set of weights for prefill (many rows, compute-bound) and decode (one row, memory-bound):
-- int8, input straight out of an RMSNorm (q/k/v, gate/up): fbgemm's dynamic quantization
+- int8, the layers' matmuls (q/k/v, o, gate/up, down): fbgemm's dynamic quantization
   (`quantized::linear_dynamic`) quantizes each input row to 8 bits and runs an int8 GEMM (AVX-512
   VNNI): ~640 GFLOP/s on 2 cores at 512 rows (5x a bfloat16 matmul here). The weight is packed for
   fbgemm once per load.
 - int8, the tied LM head: the same product through oneDNN (`onednn::qlinear_pointwise`), the
   168 MB matrix at memory speed for one row; oneDNN packs it twice as fast as fbgemm, in less memory.
-- int8, o_proj and down_proj: attention and GeGLU outputs carry outlier channels that 8-bit rows
-  lose (+2.1% perplexity on Gemma 3 270M). A block Hadamard rotation of the input (QuaRot,
-  Ashkboos et al. 2024), undone by storing the weight rotated the same way, spreads each outlier
-  over 256 channels; then they take 8-bit inputs too (-0.1%, as the plain int8 weights).
+- Every 8-bit input is rotated first. Each has outlier channels that 8-bit rows lose: the RMSNorm
+  gains make some (a head input row's peak is 12x its RMS), attention and the GeGLU others. A block
+  Hadamard rotation of the input (QuaRot, Ashkboos et al. 2024), undone by storing the weight
+  rotated the same way, spreads each outlier over its block. On Gemma 3 270M over 16k tokens:
+  int8 perplexity +1.9% with the norm outputs unrotated, +0.2% with every input rotated.
 - int8, other inputs (Gemma 3n's extra projections): weights only. One row goes through torch's
   `_weight_int8pack_mm` in bfloat16; a prompt dequantizes the weight and runs one float32 matmul.
 - int4: rounded here to nearest (best clip per group), or by GPTQ where a calibration text can be
@@ -37,11 +38,11 @@ log = logging.getLogger(__name__)
 ACT_DTYPE = torch.bfloat16  # the packed kernels' fast path
 INT4_BLOCK_N = 64  # the CPU int4 packing interleaves output rows in blocks of 64
 INT4_GROUP_SIZES = (32, 64, 128, 256)
-# Linear layers whose input is an RMSNorm's output, free of outlier channels: these take 8-bit inputs.
-NORMED_INPUTS = frozenset({"qkv_proj", "q_proj", "k_proj", "v_proj", "gate_up_proj", "gate_proj", "up_proj"})
-# Linear layers whose input (attention or GeGLU output) takes 8-bit inputs after a block rotation.
-ROTATED_INPUTS = frozenset({"o_proj", "down_proj"})
-HADAMARD_BLOCK = 256  # 64 leaves +0.6% perplexity on Gemma 3 270M, 256 none
+# Linear layers that take 8-bit inputs, after a block rotation: an RMSNorm's output (q/k/v, gate/up),
+# attention's output (o_proj), the GeGLU's (down_proj). Others (Gemma 3n's extras) keep float inputs.
+ROTATED_INPUTS = frozenset({"qkv_proj", "q_proj", "k_proj", "v_proj", "gate_up_proj", "gate_proj", "up_proj",
+                            "o_proj", "down_proj"})
+HADAMARD_BLOCK = 256  # the widest block; Gemma 3 270M's 640-wide inputs take 128
 _CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # shrink factors tried for each group's min and max
 
 
@@ -114,7 +115,7 @@ def hadamard(n: int) -> torch.Tensor:
 def rotate(x: torch.Tensor, block: int) -> torch.Tensor:
     """x's last dim times a block-diagonal Hadamard matrix. Rotating both x and W's rows keeps
     x W^T, as the rotation is orthonormal."""
-    return (x.reshape(*x.shape[:-1], -1, block) @ hadamard(block)).reshape(x.shape)
+    return (x.reshape(*x.shape[:-1], -1, block) @ hadamard(block).to(x.dtype)).reshape(x.shape)
 
 
 # -- modules -------------------------------------------------------------------------------------
@@ -256,25 +257,32 @@ class Int4Linear(nn.Module):
 
 class Int8Embedding(_Packed, nn.Module):
     """A tied embedding / LM head stored int8 per row: rows are looked up and dequantized; the LM
-    head is the int8 matrix-vector product. Per-row scales serve both uses."""
+    head is the int8 matrix-vector product, its input rounded to 8 bits. Per-row scales serve both.
+
+    The head's input (the final norm's output) has outlier channels: on Gemma 3 270M a row's peak
+    is 12x its RMS, and 8-bit inputs cost +0.45% perplexity. As for o_proj, the rows are stored
+    rotated by a block Hadamard matrix (`rotation`) and the input rotated to match (peak 3.3x RMS,
+    logit error 3.6x smaller); a looked-up row is rotated back."""
 
     _zeros = None  # the weight's zero points (all 0), as oneDNN takes them
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.float32,
+                 rotation: int | None = None):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.dtype = num_embeddings, embedding_dim, dtype
+        self.rotation = rotation
         self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
         self.register_buffer("scales", torch.ones(num_embeddings))
 
     @classmethod
-    def from_float(cls, w: torch.Tensor) -> "Int8Embedding":
-        m = cls(w.shape[0], w.shape[1], w.dtype)
-        m.weight, m.scales = quantize_int8(w)
+    def from_float(cls, w: torch.Tensor, rotation: int | None = None) -> "Int8Embedding":
+        m = cls(w.shape[0], w.shape[1], w.dtype, rotation)
+        m.weight, m.scales = quantize_int8(rotate(w.float(), rotation) if rotation else w)
         return m
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = F.embedding(ids, self.weight).to(self.dtype)
-        return rows * F.embedding(ids, self.scales[:, None]).to(self.dtype)
+        rows = F.embedding(ids, self.weight).to(self.dtype) * F.embedding(ids, self.scales[:, None]).to(self.dtype)
+        return rotate(rows, self.rotation) if self.rotation else rows  # H H = I
 
     def pack(self):
         # oneDNN, not fbgemm: its head GEMV is ~3% slower (9.45 vs 9.18 ms) but it packs twice as fast
@@ -284,22 +292,29 @@ class Int8Embedding(_Packed, nn.Module):
     def as_linear(self, h: torch.Tensor) -> torch.Tensor:
         if self._zeros is None or len(self._zeros) != self.num_embeddings:
             self._zeros = torch.zeros(self.num_embeddings, dtype=torch.long)
+        if self.rotation:
+            h = rotate(h, self.rotation)
         return onednn_int8_linear(h, self.packed(), self.scales, self._zeros)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        return f"{self.num_embeddings}, {self.embedding_dim}, rotation={self.rotation}"
 
 
 # -- the swap --------------------------------------------------------------------------------------
 
 def input_kind(name: str, in_features: int) -> tuple[bool, int | None]:
     """(int8_inputs, rotation) for an int8 linear layer called `name` (see the module notes)."""
-    if name in NORMED_INPUTS:
-        return True, None
-    block = math.gcd(in_features, HADAMARD_BLOCK)  # a smaller block where the width needs one
-    if name in ROTATED_INPUTS and block >= 64:
+    block = rotation_block(in_features)
+    if name in ROTATED_INPUTS and block:
         return True, block
-    return False, None
+    return False, None  # too narrow to rotate: 8-bit inputs would lose the outliers
+
+
+def rotation_block(width: int) -> int | None:
+    """The Hadamard block for inputs `width` wide: HADAMARD_BLOCK, or a smaller power of two the
+    width needs; None under 64, too narrow to spread an outlier."""
+    block = math.gcd(width, HADAMARD_BLOCK)
+    return block if block >= 64 else None
 
 
 def quantized_linear(w: torch.Tensor, bits: int, group_size: int, name: str = "") -> nn.Module:
@@ -326,7 +341,7 @@ def quantize_(model: nn.Module, bits: int | Callable[[str, nn.Module], int | Non
     `bits` may be a function `(name, module) -> 8 | 4 | None` choosing per layer (None keeps it
     float), e.g. to follow a GGUF file's stored types. Embeddings with an `as_linear` LM head become
     `Int8Embedding` unless `embedding_bits` is None (int8 keeps the tied head as good as Q8_0).
-    Layers named in `NORMED_INPUTS` and `ROTATED_INPUTS` quantize their inputs to 8 bits as well
+    Layers named in `ROTATED_INPUTS` quantize their (rotated) inputs to 8 bits as well
     (see the module notes).
     `empty=True` builds the quantized modules without quantizing anything, to be filled by
     `load_state_dict(..., assign=True)` from a weight cache.
@@ -348,7 +363,9 @@ def quantize_(model: nn.Module, bits: int | Callable[[str, nn.Module], int | Non
                         else quantized_linear(w, b, group_size, child_name))
             elif isinstance(child, nn.Embedding) and hasattr(child, "as_linear") and embedding_bits:
                 w = child.weight.detach()
-                setattr(mod, child_name, Int8Embedding(*w.shape, dtype=w.dtype) if empty else Int8Embedding.from_float(w))
+                block = rotation_block(w.shape[1])
+                setattr(mod, child_name, Int8Embedding(*w.shape, w.dtype, block) if empty
+                        else Int8Embedding.from_float(w, block))
     return model
 
 

@@ -77,17 +77,26 @@ def test_int4_falls_back_to_int8_for_shapes_the_kernel_cannot_take():
     assert isinstance(holder[0], Int8Linear)
 
 
-def test_int8_embedding_lookup_and_head():
+@pytest.mark.parametrize("rotation", [None, 64])
+def test_int8_embedding_lookup_and_head(rotation):
     w = torch.randn(256, 64)
-    e = Int8Embedding.from_float(w)
+    e = Int8Embedding.from_float(w, rotation)
     ids = torch.tensor([[3, 200, 7]])
-    deq = dequantize_int8(*quantize_int8(w))
-    assert rel_err(e(ids), deq[ids]) < 1e-2  # bf16 scales
+    assert rel_err(e(ids), w[ids]) < 1e-2
     h = torch.randn(1, 3, 64) * torch.tensor([1.0, 1e-3, 30.0])[:, None]  # each row keeps its own range
     for rows in (h, h[:, 1:2]):  # a prompt, one decoded row
         out = e.as_linear(rows)
         for i in range(rows.shape[1]):
-            assert rel_err(out[:, i], rows[:, i] @ deq.T) < 1e-2
+            assert rel_err(out[:, i], rows[:, i] @ w.T) < 1e-2
+
+
+def test_rotated_head_keeps_an_outlier_channel_apart():
+    """The final norm's output has outlier channels; rotated, 8-bit inputs lose much less."""
+    w = torch.randn(4096, 256)
+    h = torch.randn(8, 256)
+    h[:, 5] *= 40.0
+    errs = [rel_err(Int8Embedding.from_float(w, r).as_linear(h), h @ w.T) for r in (None, 256)]
+    assert errs[1] < errs[0] / 3
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -206,13 +215,16 @@ def test_rotation_keeps_8_bit_inputs_exact_despite_outlier_channels():
     assert err_plain > 3 * err_rot
 
 
-def test_swap_rotates_the_inputs_of_o_and_down_projections():
+def test_swap_rotates_every_8_bit_input():
     m = quantize_(tiny_model(), 8, embedding_bits=None)
     block = m.layers[0]
     assert (block.attn.o_proj.rotation, block.mlp.down_proj.rotation) == (64, 128)  # the tiny widths
-    assert block.attn.qkv_proj.rotation is None and block.attn.qkv_proj.int8_inputs
+    assert (block.attn.qkv_proj.rotation, block.mlp.gate_up_proj.rotation) == (64, 64)
+    assert all(mod.int8_inputs for mod in (block.attn.qkv_proj, block.attn.o_proj, block.mlp.gate_up_proj))
     assert input_kind("down_proj", 6912) == (True, HADAMARD_BLOCK)
     assert input_kind("o_proj", 1024) == (True, HADAMARD_BLOCK)
-    assert input_kind("qkv_proj", 640) == (True, None)
+    assert input_kind("qkv_proj", 640) == (True, 128)
+    assert input_kind("qkv_proj", 96) == (False, None)  # too narrow to rotate: float inputs
+    assert input_kind("per_layer_input_gate", 640) == (False, None)
     assert input_kind("per_layer_projection", 2048) == (False, None)
     assert input_kind("down_proj", 96) == (False, None)  # no power-of-two block of 64 or more

@@ -112,6 +112,7 @@ def test_quantized_loads_stay_close_to_float(full_pair, tmp_path):
     import copy
 
     from mmsdk.decoder.gptq import CALIBRATION_TOKENS, calibration_text
+    from mmsdk.decoder.loader import int4_bits
     from mmsdk.decoder.quantize import Int4Linear, quantize_
 
     ref, loaded = full_pair
@@ -131,7 +132,8 @@ def test_quantized_loads_stay_close_to_float(full_pair, tmp_path):
     assert float((int8.argmax(-1) == base.argmax(-1)).float().mean()) >= 0.9
     gptq_model = load_text(folder, quantize="int4").model
     assert any(isinstance(m, Int4Linear) for m in gptq_model.modules())
-    rtn = logits(quantize_(copy.deepcopy(loaded.model), 4, 32))
+    n_layers = loaded.model.config.num_hidden_layers
+    rtn = logits(quantize_(copy.deepcopy(loaded.model), lambda name, m: int4_bits(name, n_layers), 32))  # the same mix
     gptq = logits(gptq_model)
     assert torch.isfinite(gptq).all()
     assert err(gptq) < 0.5 * err(rtn), (err(gptq), err(rtn))

@@ -228,3 +228,13 @@ def test_swap_rotates_every_8_bit_input():
     assert input_kind("per_layer_input_gate", 640) == (False, None)
     assert input_kind("per_layer_projection", 2048) == (False, None)
     assert input_kind("down_proj", 96) == (False, None)  # no power-of-two block of 64 or more
+
+
+def test_int4_keeps_q4_k_m_mix_at_8_bits():
+    """llama.cpp's Q4_K_M: q/k/v and the down_proj of `use_more_bits` layers keep more bits."""
+    from mmsdk.decoder.loader import int4_bits
+
+    n = 18
+    assert [i for i in range(n) if int4_bits(f"layers.{i}.mlp.down_proj", n) == 8] == [0, 1, 4, 7, 10, 13, 15, 16, 17]
+    assert int4_bits("layers.5.attn.qkv_proj", n) == int4_bits("layers.5.attn.v_proj", n) == 8
+    assert int4_bits("layers.5.mlp.gate_up_proj", n) == int4_bits("layers.5.attn.o_proj", n) == 4

@@ -116,7 +116,7 @@ def test_killed_writer_leaves_no_cache(tmp_path):
 def test_bundled_model_cached_load_matches_first_load(tmp_path, bundled_path, monkeypatch):
     from mmsdk.decoder.kv_cache import make_cache
     from mmsdk.decoder.loader import load_text
-    from mmsdk.decoder.quantize import Int4Linear
+    from mmsdk.decoder.quantize import Int4Linear, Int8Linear
 
     gguf = bundled_path
     first = load_text(gguf, None, quantize="int4")
@@ -128,6 +128,7 @@ def test_bundled_model_cached_load_matches_first_load(tmp_path, bundled_path, mo
     monkeypatch.setattr("mmsdk.decoder.loader.open_gguf", no_parse)
     again = load_text(gguf, None, quantize="int4")
     assert isinstance(again.model.layers[0].attn.o_proj, Int4Linear)
+    assert isinstance(again.model.layers[0].attn.qkv_proj, Int8Linear)  # Q4_K_M's mix
     assert again.quantization == first.quantization == "int4" and again.parameters == first.parameters
     ids = first.tokenizer.encode("The capital of France is")
     assert again.tokenizer.encode("The capital of France is") == ids

@@ -203,7 +203,7 @@ def _from_cache(hit, tok_path: Path, dtype, group_size: int) -> LoadedText:
         if isinstance(mod, Int8Embedding):
             mod.dtype = dtype
     tok = load_sentencepiece(tok_path, meta["tokenizer"])
-    # each block's mapped pages leave RAM once fbgemm holds its copy, so they never add up
+    # each weight's mapped pages leave RAM once its kernel holds a packed copy, so the two never add up
     prepack(model, torch.get_num_threads(), done=drop_resident)
     return LoadedText(model.eval(), tok, meta["name"], "gguf", meta["quantization"], parameters=meta["parameters"])
 

@@ -95,7 +95,7 @@ class Assistant:
         `reply.parsed` is the validated object. Both are decoded under a grammar, so they parse
         (`constrained=False` leaves it to the model). `processors`: extra `fn(logits, ids) -> logits`."""
         plan = structured.plan(self.tokenizer, messages, tools=tools, schema=schema, tool_choice=tool_choice,
-                               constrained=constrained)
+                               constrained=constrained, max_tokens=max_tokens)
         prompt, images, audio = chat_format.render_messages(plan.messages)
         self._check_media(images, audio)
         p = media.encode_prompt(self.model, self.tokenizer, self.encoders, prompt, images, audio,

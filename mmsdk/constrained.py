@@ -22,8 +22,19 @@ MAX_STRING_CHARS = 160
 MAX_ARRAY_ITEMS = 16
 MAX_MAGNITUDE = 10**15
 NUMBER_STEP = 1e-6
+# The last tokens of the budget prefer tokens that close what is open (a string, an array, an object,
+# a call): bounds alone let a sampled list of long strings run past max_tokens, unparsed.
+CLOSING_TOKENS = 24
+_CLOSERS = frozenset(b'"]})')
 # Python's json.dumps spacing: the spelling the model has seen most, and no runaway whitespace.
 _JSON_STYLE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+
+
+@functools.lru_cache(maxsize=4)
+def closing_tokens(tokenizer) -> np.ndarray:
+    """Which ids spell only closing brackets and quotes, with optional spaces around them."""
+    return np.array([bool(t) and not t.startswith(b"\xff") and bool(set(t) & _CLOSERS)
+                     and set(t) <= _CLOSERS | {32} for t in tokenizer.token_bytes()])
 
 
 @functools.lru_cache(maxsize=4)
@@ -94,13 +105,16 @@ def bounded(node):
 
 class GrammarConstraint:
     """A logits processor `(logits (V,), generated ids) -> logits` that lets through only tokens the
-    grammar allows next (end-of-turn only once the output is complete). One per generation."""
+    grammar allows next (end-of-turn only once the output is complete). One per generation.
+    With a `budget` (max_tokens), its last CLOSING_TOKENS tokens take only closing tokens where
+    the grammar allows one, so the output completes before the budget runs out."""
 
-    def __init__(self, tokenizer, grammar: str):
+    def __init__(self, tokenizer, grammar: str, budget: int | None = None):
         self.matcher = llguidance.LLMatcher(llg_tokenizer(tokenizer), grammar, log_level=0)
         if self.matcher.is_error():
             raise ValueError(f"invalid grammar: {self.matcher.get_error()}")
-        self.vocab = tokenizer.vocab_size
+        self.vocab, self.budget = tokenizer.vocab_size, budget
+        self.closers = closing_tokens(tokenizer) if budget is not None else None
         self.bitmask = np.full((self.vocab + 31) // 32, -1, dtype=np.int32)
         self.consumed = 0
         self.mask_seconds, self.mask_calls = 0.0, 0  # cost of computing and applying masks
@@ -112,7 +126,11 @@ class GrammarConstraint:
                 raise RuntimeError(f"grammar rejected token {token}: {self.matcher.get_error()}")
         self.consumed = len(generated)
         self.matcher.unsafe_compute_mask_ptr(self.bitmask.ctypes.data, self.bitmask.nbytes)
-        allowed = np.unpackbits(self.bitmask.view(np.uint8), bitorder="little").view(bool)
+        allowed = np.unpackbits(self.bitmask.view(np.uint8), bitorder="little").view(bool)[:self.vocab]
+        if self.closers is not None and len(generated) >= self.budget - CLOSING_TOKENS:
+            closing = allowed & self.closers
+            if closing.any():
+                allowed = closing
         # numpy, not torch: torch's thread pool makes this 262k-element select ~50x slower on a busy CPU
         values = logits.detach().float().cpu().numpy()
         n = min(len(values), self.vocab)

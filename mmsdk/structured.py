@@ -47,9 +47,10 @@ class Plan:
 
 
 def plan(tokenizer, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto",
-         constrained: bool = True) -> Plan:
+         constrained: bool = True, max_tokens: int | None = None) -> Plan:
     """Messages ready for the chat template, and the constraint to decode them with (none when
-    `constrained` is False: the reply is parsed as the model wrote it)."""
+    `constrained` is False: the reply is parsed as the model wrote it), closing the output within
+    `max_tokens`."""
     specs = [tool_spec(t) for t in tools or ()]
     if specs and schema is not None:
         raise ValueError("chat takes tools= or schema=, not both")
@@ -58,11 +59,11 @@ def plan(tokenizer, messages: list[dict], *, tools=None, schema=None, tool_choic
     if schema is not None:
         json_schema, validator = output_schema(schema)
         msgs = fmt.prepare_messages(messages, [], fmt.render_schema_instruction(json_schema))
-        grammar = [GrammarConstraint(tokenizer, json_grammar(json_schema))] if constrained else []
+        grammar = [GrammarConstraint(tokenizer, json_grammar(json_schema), max_tokens)] if constrained else []
         return Plan(msgs, grammar, validator=validator)
     msgs = fmt.prepare_messages(messages, specs)
     if not specs:
         return Plan(msgs)
-    grammar = [GrammarConstraint(tokenizer, fmt.call_grammar(specs, tool_choice))] if constrained else []
+    grammar = [GrammarConstraint(tokenizer, fmt.call_grammar(specs, tool_choice), max_tokens)] if constrained else []
     # With tool_choice "none" the tools stay in the prompt (earlier turns call them) but none is parsed.
     return Plan(msgs, grammar, specs if tool_choice != "none" else [])

@@ -83,3 +83,13 @@ def test_sampled_constrained_outputs_all_validate(asst):
         reply = asst.chat([{"role": "user", "content": "A person as JSON."}], schema=Person, temperature=1.0,
                           seed=seed)
         assert isinstance(reply.parsed, Person), reply.text
+
+
+@pytest.mark.slow
+def test_sampled_output_closes_within_a_small_budget(asst):
+    """The budget's last tokens take closing quotes and brackets: a sampled reply still parses."""
+    for seed in range(4):
+        reply = asst.chat([{"role": "user", "content": "A person as JSON."}], schema=Person, temperature=1.0,
+                          seed=seed, max_tokens=40)
+        assert isinstance(reply.parsed, Person), reply.text
+        assert reply.usage.completion_tokens <= 40

@@ -29,6 +29,7 @@ class GemmaTokenizer:
     eos_ids: tuple[int, ...]
     special_ids: frozenset[int]  # control tokens
     vocab_size: int
+    _token_bytes: list[bytes] | None = None
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         ids = self._encode(text)
@@ -46,7 +47,13 @@ class GemmaTokenizer:
         raise NotImplementedError
 
     def token_bytes(self) -> list[bytes]:
-        """Each id's bytes, control tokens marked with a leading 0xFF (as llguidance takes them)."""
+        """Each id's bytes, control tokens marked with a leading 0xFF (as llguidance takes them);
+        built once (~0.4 s for 262k tokens)."""
+        if self._token_bytes is None:
+            self._token_bytes = self._spell_tokens()
+        return self._token_bytes
+
+    def _spell_tokens(self) -> list[bytes]:
         out = []
         for i in range(self.vocab_size):
             p = self.piece(i)

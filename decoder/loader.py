@@ -20,7 +20,7 @@ from .gguf_file import is_gguf, open_gguf, read_metadata, read_tensors
 from .memory import drop_resident, map_large_allocations, release_free_memory
 from .gptq import gptq_quantize_
 from .quantize import Int8Embedding, int4_supported, prepack, quantize_
-from .tokenizer import GemmaTokenizer, gguf_tokenizer_meta, load_sentencepiece, load_tokenizer_json, tokenizer_from_gguf
+from .tokenizer import GemmaTokenizer, load_sentencepiece, load_tokenizer_json, tokenizer_from_gguf
 from .weights import FUSED, GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, expand
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
     ftype = _GGUF_FTYPES.get(meta.get("general.file_type"), "gguf")
     label = ftype if mode in (None, "stored") else mode
     loaded = LoadedText(model.eval(), tok, meta.get("general.name", path.stem), "gguf", label, parameters=n_params)
-    return loaded, plan, gguf_tokenizer_meta(meta)
+    return loaded, plan, {"bos": tok.bos_id, "eos": list(tok.eos_ids), "special": sorted(tok.special_ids)}
 
 
 def _plan(model, mode: str, stored: dict | None = None) -> dict[str, int | None]:

@@ -132,7 +132,7 @@ class StreamDecoder:
         return piece
 
 
-def gguf_tokenizer_meta(meta: dict) -> dict:
+def _gguf_tokenizer_meta(meta: dict) -> dict:
     """BOS, EOS (with `<end_of_turn>`) and control ids of a Gemma GGUF, as `tokenizer_from_gguf` takes them."""
     tokens, types = meta["tokenizer.ggml.tokens"], meta.get("tokenizer.ggml.token_type") or []
     eos = [int(meta.get("tokenizer.ggml.eos_token_id", 1))]
@@ -151,7 +151,7 @@ def tokenizer_from_gguf(meta: dict, source_id: str) -> SentencePieceTokenizer:
                                     int(meta.get("tokenizer.ggml.unknown_token_id", 3)))
         with atomic_path(cached) as tmp:
             tmp.write_bytes(proto)
-    return load_sentencepiece(cached, gguf_tokenizer_meta(meta))
+    return load_sentencepiece(cached, _gguf_tokenizer_meta(meta))
 
 
 def load_sentencepiece(path: Path, meta: dict) -> SentencePieceTokenizer:

@@ -1,0 +1,89 @@
+"""Our int8 kernels (decoder/int8_vnni.c), compiled here with the system C compiler, against torch:
+the blocked layout, the product for every tile shape, the fused rotation, and the fallback to
+torch's kernels where they cannot be built."""
+import pytest
+import torch
+
+from mmsdk.decoder import native
+from mmsdk.decoder.quantize import Int8Embedding, Int8Linear, dynamic_int8_linear, fbgemm_pack, quantize_int8, rotate
+
+needs_native = pytest.mark.skipif(not native.available(), reason="no AVX-512 VNNI CPU or no C compiler here")
+
+
+def rel_err(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@needs_native
+def test_blocks_hold_16_channels_4_inputs_at_a_time():
+    q = torch.randint(-127, 128, (48, 64), dtype=torch.int8)
+    w = native.pack(q, torch.ones(48))
+    assert w.blocks.shape == (3, 16, 16, 4)
+    assert torch.equal(w.blocks[1, 5, 7], q[16 + 7, 20:24])  # block 1, inputs 20..23, channel 16+7
+    assert torch.equal(w.comp, 128 * q.sum(1, dtype=torch.int32))
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 5, 6, 13])  # one row, and tiles of 6 rows with and without a rest
+@pytest.mark.parametrize("out", [16, 48, 80, 640])  # panels of 64 channels, and the 1-3 block rests
+def test_product_matches_dequantized_weights(rows, out):
+    torch.manual_seed(rows * out)
+    w, x = torch.randn(out, 256), torch.randn(rows, 256)
+    q, s = quantize_int8(w)
+    y = native.linear(x, native.pack(q, s))
+    ref = x @ (q.float() * s[:, None]).T
+    assert y.shape == (rows, out)
+    assert rel_err(y, ref) < 0.01  # 8-bit input rows: ~0.5% each
+    qx_ref = dynamic_int8_linear(x, fbgemm_pack(q, s))
+    assert rel_err(y, qx_ref) < 0.02  # two roundings of the same rows
+
+
+@needs_native
+@pytest.mark.parametrize("block", [16, 64, 128, 256])
+def test_fused_rotation_equals_torch_rotation(block):
+    torch.manual_seed(block)
+    x = torch.randn(7, 512)
+    x[:, 3] *= 40  # an outlier channel, what the rotation is for
+    w = torch.randn(64, 512)
+    q, s = quantize_int8(rotate(w, block))
+    packed = native.pack(q, s)
+    y = native.linear(x, packed, block)
+    assert rel_err(y, native.linear(rotate(x, block), packed)) < 1e-3  # float rounding moves a few codes
+    unrotated = native.linear(x, native.pack(*quantize_int8(w)))
+    assert rel_err(y, x @ w.T) < rel_err(unrotated, x @ w.T) / 2
+
+
+@needs_native
+def test_modules_use_the_blocks_and_match_torch_kernels(monkeypatch):
+    torch.manual_seed(0)
+    lin = Int8Linear.from_float(torch.randn(96, 128), int8_inputs=True, rotation=64)
+    head = Int8Embedding.from_float(torch.randn(512, 128), rotation=64)
+    x = torch.randn(3, 128)
+    assert isinstance(lin.packed(), native.Int8Blocks) and isinstance(head.packed(), native.Int8Blocks)
+    ours = lin(x), head.as_linear(x)
+    monkeypatch.setenv("MMSDK_NATIVE", "0")
+    native.library.cache_clear()
+    try:
+        lin2, head2 = Int8Linear(128, 96, int8_inputs=True, rotation=64), Int8Embedding(512, 128, rotation=64)
+        lin2.load_state_dict(lin.state_dict()), head2.load_state_dict(head.state_dict())
+        assert not isinstance(lin2.packed(), native.Int8Blocks)
+        theirs = lin2(x), head2.as_linear(x)
+    finally:
+        native.library.cache_clear()
+    for a, b in zip(ours, theirs):
+        assert rel_err(a, b) < 0.01
+
+
+def test_a_compiler_that_fails_leaves_torch_kernels(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("MMSDK_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # exits 1, like a compiler that cannot build the source
+    native.library.cache_clear()
+    try:
+        assert native.library() is None
+        lin = Int8Linear.from_float(torch.randn(32, 64), int8_inputs=True)
+        assert not isinstance(lin.packed(), native.Int8Blocks)
+        x = torch.randn(2, 64)
+        assert rel_err(lin(x), x @ (lin.weight.float() * lin.scales[:, None]).T) < 0.02
+        assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-built left under the real name
+    finally:
+        native.library.cache_clear()

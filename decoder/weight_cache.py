@@ -10,6 +10,7 @@ packing is the kernel's), and the load options. Writes go through `atomic_path`:
 leaves no file under the real name.
 """
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -56,6 +57,7 @@ def cache_path(stem: str, key: str) -> Path:
 def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write `tensors` and JSON-able `meta` to `path` atomically."""
     _remove_stale_parts(path)
+    _remove_old_formats(path)
     header, offset, order = {"__metadata__": {"mmsdk": json.dumps(meta), "format": str(FORMAT_VERSION)}}, 0, []
     for name, t in tensors.items():
         if offset % _ALIGN:  # packed CPU kernels use aligned loads: pad with a filler tensor
@@ -131,3 +133,23 @@ def _remove_stale_parts(path: Path) -> None:
         with contextlib.suppress(OSError):
             if now - p.stat().st_mtime > _STALE_PART_S:
                 p.unlink()
+
+
+def _remove_old_formats(path: Path) -> None:
+    """Caches of the same model in an older format (never read again, up to ~1 GB each), found
+    when a new one is written. Other options or sources of the current format stay."""
+    stem = path.name.rsplit("-", 1)[0]
+    for p in path.parent.glob(f"{glob.escape(stem)}-*.safetensors"):
+        if p != path and _format_of(p) not in (None, str(FORMAT_VERSION)):
+            log.info("removing weight cache %s of an older format", p)
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _format_of(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            return str(json.loads(f.read(n)).get("__metadata__", {}).get("format"))
+    except (OSError, ValueError, AttributeError):
+        return None

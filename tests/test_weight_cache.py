@@ -59,6 +59,19 @@ def test_other_format_version_is_not_read(tmp_path, monkeypatch):
     assert weight_cache.load(path) is None
 
 
+def test_writing_a_cache_removes_the_same_models_older_formats(tmp_path, monkeypatch):
+    old, other_model = tmp_path / "gemma-aaaa.safetensors", tmp_path / "phi-cccc.safetensors"
+    weight_cache.save(old, sample_tensors(), {})
+    weight_cache.save(other_model, sample_tensors(), {})
+    monkeypatch.setattr(weight_cache, "FORMAT_VERSION", weight_cache.FORMAT_VERSION + 1)
+    new, other_options = tmp_path / "gemma-dddd.safetensors", tmp_path / "gemma-bbbb.safetensors"
+    weight_cache.save(new, sample_tensors(), {})
+    assert not old.exists() and other_model.exists()  # another model's cache is left to that model
+    weight_cache.save(other_options, sample_tensors(), {})
+    assert new.exists() and other_options.exists()  # the current format stays, whatever its options
+    assert weight_cache.load(new) is not None
+
+
 def test_key_changes_with_version_source_and_options(tmp_path):
     src = tmp_path / "m.gguf"
     src.write_bytes(b"GGUF" + bytes(10))

@@ -90,8 +90,9 @@ def available() -> bool:
     return library() is not None
 
 
-def fits(out_features: int, in_features: int, rotation: int | None = None) -> bool:
-    return out_features % BLOCK == 0 and in_features % 16 == 0 and (rotation is None or rotation >= 16)
+def fits(out_features: int, in_features: int) -> bool:
+    """Whether the kernels take this weight shape (rotations are 64 wide or more, as they need)."""
+    return out_features % BLOCK == 0 and in_features % 16 == 0
 
 
 def pack(q: torch.Tensor, scales: torch.Tensor) -> Int8Blocks:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .config import SLIDING, TextConfig
 from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, empty_embedding, normalize, step_mask
 
@@ -82,6 +83,8 @@ class Block(nn.Module):
         self.post_mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x, rope, cache, positions, groups=None, masks=None):
+        if groups is None and (layer := fused.plan(self, x, cache)) is not None:  # one decoded token: one C call
+            return fused.step(layer, x, rope, cache, positions, masks, self.attn.window)
         x = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, cache, positions, groups, masks))
         x = x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
         return x

@@ -9,6 +9,8 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <omp.h>
+#include <string.h>
 #include <stdlib.h>
 
 #define AI static inline __attribute__((always_inline))
@@ -153,4 +155,191 @@ void int8_linear(const float *x, long M, long K, long block, const int8_t *w, co
     int8_matmul(q, qs, M, K, w, ws, comp, y, N);
     free(q);
     free(qs);
+}
+
+/* ---- one decoded token through one Gemma 3 layer, in one call --------------------------------
+   The same computation as gemma3.Block for one row (B = T = 1), float32 activations, every
+   projection an int8 product above: what costs the Python step is not arithmetic but ~55 small
+   torch ops a layer (~2-4 us of dispatch each), so the whole layer is one call here. */
+
+typedef struct {
+    const int8_t *blocks;
+    const float *scales;
+    const int32_t *comp;
+    long rotation, in, out;
+} Linear;
+
+typedef struct {
+    long hidden, heads, kv_heads, head_dim, inter;
+    float eps, head_eps;  /* sqrt(width * eps) of the hidden-size norms and of QK-norm */
+    const float *attn_norm, *qk_norm, *post_attn_norm, *mlp_norm, *post_mlp_norm;  /* gains */
+    Linear qkv, o, gate_up, down;
+} Layer;
+
+AI __m512 exp16(__m512 x) {  /* e^x: 2^n by scalef times a degree-6 polynomial for 2^f, |f| <= 0.5 */
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.f)), _mm512_set1_ps(-88.f));
+    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* y = x * gain / sqrt(|x|^2 + eps_term^2), as layers.normalize; y may be x. n a multiple of 16. */
+AI float dot_row(const float *a, const float *b, long D) {  /* four sums hide the adds' latency */
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    long d = 0;
+    for (; d + 64 <= D; d += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d + 16), _mm512_loadu_ps(b + d + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d + 32), _mm512_loadu_ps(b + d + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d + 48), _mm512_loadu_ps(b + d + 48), s3);
+    }
+    for (; d < D; d += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), s0);
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+static void rms_norm(float *y, const float *x, const float *gain, long n, float eps_term) {
+    __m512 s = _mm512_setzero_ps();
+    for (long i = 0; i < n; i += 16) { __m512 v = _mm512_loadu_ps(x + i); s = _mm512_fmadd_ps(v, v, s); }
+    const __m512 r = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(s) + eps_term * eps_term));
+    for (long i = 0; i < n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(gain + i)), r));
+}
+
+static void linear1(const Linear *w, const float *x, float *y) {
+    int8_linear(x, 1, w->in, w->rotation, w->blocks, w->scales, w->comp, y, w->out);
+}
+
+/* x (D) rotated as layers.apply_rope: x * cos + roll(x, D/2) * signed_sin */
+static void rope(float *x, const float *cos, const float *sin, long D, float *tmp) {
+    const long h = D / 2;
+    for (long i = 0; i < D; i++) tmp[i] = x[i] * cos[i] + x[i < h ? i + h : i - h] * sin[i];
+    for (long i = 0; i < D; i++) x[i] = tmp[i];
+}
+
+/* o (D) = sum over keys s of w[s] * v[s], 128 outputs at a time in registers; zero weights skipped. */
+static void weigh_values(float *o, const float *w, const float *v, long n, long D) {
+    long d0 = 0;
+    for (; d0 + 128 <= D; d0 += 128) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        for (long s = 0; s < n; s++) {
+            if (w[s] == 0.f) continue;
+            const __m512 ws = _mm512_set1_ps(w[s]);
+            const float *r = v + s * D + d0;
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r), ws, a0), a1 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 16), ws, a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 32), ws, a2), a3 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 48), ws, a3);
+            a4 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 64), ws, a4), a5 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 80), ws, a5);
+            a6 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 96), ws, a6), a7 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 112), ws, a7);
+        }
+        float *out = o + d0;
+        _mm512_storeu_ps(out, a0), _mm512_storeu_ps(out + 16, a1), _mm512_storeu_ps(out + 32, a2);
+        _mm512_storeu_ps(out + 48, a3), _mm512_storeu_ps(out + 64, a4), _mm512_storeu_ps(out + 80, a5);
+        _mm512_storeu_ps(out + 96, a6), _mm512_storeu_ps(out + 112, a7);
+    }
+    for (; d0 < D; d0 += 16) {
+        __m512 a = _mm512_setzero_ps();
+        for (long s = 0; s < n; s++)
+            if (w[s] != 0.f) a = _mm512_fmadd_ps(_mm512_loadu_ps(v + s * D + d0), _mm512_set1_ps(w[s]), a);
+        _mm512_storeu_ps(o + d0, a);
+    }
+}
+
+/* out (G, D) = softmax(q k^T + bias) v for G query rows sharing one key head; keys (S, D). The
+   threads split the keys, each keeping its part's max, sum and weighted values per row; the parts
+   merge at the end, weighed by exp(their max - the max). Masked keys (-inf) are not read. */
+static void attend_group(const float *q, long G, const float *k, const float *v, const float *bias, long S, long D,
+                         float *out) {
+    const int T = omp_get_max_threads();
+    const long part = D + 2;  /* weighted values, max, sum */
+    float *parts = malloc(sizeof(float) * T * G * part), *w = malloc(sizeof(float) * S * G);
+    for (long i = 0; i < T * G; i++) parts[i * part + D] = -INFINITY, parts[i * part + D + 1] = 0.f;
+    #pragma omp parallel num_threads(T)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const long s0 = S * t / nt, n = S * (t + 1) / nt - s0;
+        for (long j = 0; j < G; j++) {
+            float *wj = w + j * S + s0, *p = parts + ((long)t * G + j) * part, m = -INFINITY, l = 0.f;
+            for (long s = 0; s < n; s++) {
+                wj[s] = bias[s0 + s] == -INFINITY ? -INFINITY : dot_row(q + j * D, k + (s0 + s) * D, D) + bias[s0 + s];
+                m = fmaxf(m, wj[s]);
+            }
+            if (m == -INFINITY) continue;  /* every key of this part masked */
+            long s = 0;
+            for (; s + 16 <= n; s += 16) {
+                const __m512 x = _mm512_loadu_ps(wj + s);
+                const __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ),
+                                                     exp16(_mm512_sub_ps(x, _mm512_set1_ps(m))));
+                _mm512_storeu_ps(wj + s, e);
+                l += _mm512_reduce_add_ps(e);
+            }
+            for (; s < n; s++) l += (wj[s] = wj[s] == -INFINITY ? 0.f : expf(wj[s] - m));
+            weigh_values(p, wj, v + s0 * D, n, D);
+            p[D] = m, p[D + 1] = l;
+        }
+    }
+    for (long j = 0; j < G; j++) {
+        float m = -INFINITY, l = 0.f, *o = out + j * D;
+        for (int t = 0; t < T; t++) m = fmaxf(m, parts[((long)t * G + j) * part + D]);
+        for (long d = 0; d < D; d++) o[d] = 0.f;
+        for (int t = 0; t < T; t++) {
+            const float *p = parts + ((long)t * G + j) * part;
+            if (p[D] == -INFINITY) continue;
+            const float c = expf(p[D] - m);
+            l += p[D + 1] * c;
+            for (long d = 0; d < D; d++) o[d] += c * p[d];
+        }
+        for (long d = 0; d < D; d++) o[d] /= l;
+    }
+    free(parts), free(w);
+}
+
+/* One token: x (hidden) is updated in place. The new key and value go to slot `slot` of the
+   caches (kv_heads planes of `plane` floats each), then attention runs over their first `keys`
+   slots with the additive mask `bias` (keys). cos and sin: this position's RoPE tables (D). */
+void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *sin, float *k_cache, float *v_cache,
+                       long plane, long slot, long keys, const float *bias) {
+    const long H = L->heads, Hkv = L->kv_heads, D = L->head_dim, E = L->hidden;
+    float *h = malloc(sizeof(float) * E), *qkv = malloc(sizeof(float) * (H + 2 * Hkv) * D);
+    float *att = malloc(sizeof(float) * H * D), *o = malloc(sizeof(float) * E);
+    float *gu = malloc(sizeof(float) * 2 * L->inter), *w = malloc(sizeof(float) * D);
+
+    rms_norm(h, x, L->attn_norm, E, L->eps);
+    linear1(&L->qkv, h, qkv);
+    for (long i = 0; i < H + Hkv; i++) {  /* QK-norm (q's gain holds the attention scale), then RoPE */
+        rms_norm(qkv + i * D, qkv + i * D, L->qk_norm + i * D, D, L->head_eps);
+        rope(qkv + i * D, cos, sin, D, w);
+    }
+    for (long g = 0; g < Hkv; g++) {
+        memcpy(k_cache + g * plane + slot * D, qkv + (H + g) * D, sizeof(float) * D);
+        memcpy(v_cache + g * plane + slot * D, qkv + (H + Hkv + g) * D, sizeof(float) * D);
+    }
+    for (long g = 0; g < Hkv; g++)
+        attend_group(qkv + g * (H / Hkv) * D, H / Hkv, k_cache + g * plane, v_cache + g * plane, bias, keys, D,
+                     att + g * (H / Hkv) * D);
+    linear1(&L->o, att, o);
+    rms_norm(o, o, L->post_attn_norm, E, L->eps);
+    for (long i = 0; i < E; i++) x[i] += o[i];
+
+    rms_norm(h, x, L->mlp_norm, E, L->eps);
+    linear1(&L->gate_up, h, gu);
+    const long I = L->inter;
+    for (long i = 0; i < I; i += 16) {  /* GeGLU: gelu_tanh(gate) * up, tanh(u) = 1 - 2 / (e^2u + 1) */
+        const __m512 g = _mm512_loadu_ps(gu + i);
+        const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                                       _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), g), _mm512_mul_ps(g, g), g));
+        const __m512 th = _mm512_sub_ps(_mm512_set1_ps(1.f), _mm512_div_ps(_mm512_set1_ps(2.f),
+                                        _mm512_add_ps(exp16(_mm512_add_ps(u, u)), _mm512_set1_ps(1.f))));
+        const __m512 gelu = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), g), _mm512_add_ps(_mm512_set1_ps(1.f), th));
+        _mm512_storeu_ps(gu + i, _mm512_mul_ps(gelu, _mm512_loadu_ps(gu + I + i)));
+    }
+    linear1(&L->down, gu, o);
+    rms_norm(o, o, L->post_mlp_norm, E, L->eps);
+    for (long i = 0; i < E; i++) x[i] += o[i];
+    free(h), free(qkv), free(att), free(o), free(gu), free(w);
 }

@@ -20,14 +20,28 @@ class FullCache:
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
         T = k.shape[2]
         end = self.offset + T
-        if end > self.k.shape[2]:
-            grow = ((end - self.k.shape[2] + self.step - 1) // self.step) * self.step
-            pad = self.k.new_zeros(*self.k.shape[:2], grow, self.k.shape[3])
-            self.k, self.v = torch.cat([self.k, pad], 2), torch.cat([self.v, pad], 2)
+        self._hold(end)
         self.k[:, :, self.offset:end] = k
         self.v[:, :, self.offset:end] = v
         self.offset = end
         return self.k[:, :, :end], self.v[:, :, :end], torch.arange(end)
+
+    def reserve(self, position: int) -> tuple[int, int]:
+        """Room for one decoded token's key and value, which the caller writes: (their slot, how
+        many slots attention reads). Keys are positions 0.. in order."""
+        slot = self.offset
+        self._hold(slot + 1)
+        self.offset = slot + 1
+        return slot, slot + 1
+
+    def key_positions(self) -> torch.Tensor:
+        return torch.arange(self.offset)
+
+    def _hold(self, end: int) -> None:
+        if end > self.k.shape[2]:
+            grow = ((end - self.k.shape[2] + self.step - 1) // self.step) * self.step
+            pad = self.k.new_zeros(*self.k.shape[:2], grow, self.k.shape[3])
+            self.k, self.v = torch.cat([self.k, pad], 2), torch.cat([self.v, pad], 2)
 
     def clone(self) -> "FullCache":
         c = object.__new__(FullCache)
@@ -68,6 +82,17 @@ class RingCache:
         self.pos[slots] = positions[-keep:]
         self.offset += k.shape[2]
         return k_all, v_all, pos_all
+
+    def reserve(self, position: int) -> tuple[int, int]:
+        """As `FullCache.reserve`: the slot of `position`, and the whole ring to read (masked by
+        `key_positions`)."""
+        slot = position % self.window
+        self.pos[slot] = position
+        self.offset += 1
+        return slot, self.window
+
+    def key_positions(self) -> torch.Tensor:
+        return self.pos
 
     def clone(self) -> "RingCache":
         c = object.__new__(RingCache)

@@ -83,6 +83,7 @@ def library() -> ctypes.CDLL | None:
     lib.quantize_rows.argtypes = [ptr, n, n, n, ptr, ptr]
     lib.int8_matmul.argtypes = [ptr, ptr, n, n, ptr, ptr, ptr, ptr, n]
     lib.int8_linear.argtypes = [ptr, n, n, n, ptr, ptr, ptr, ptr, n]
+    lib.gemma3_layer_step.argtypes = [ctypes.c_void_p, ptr, ptr, ptr, ptr, ptr, n, n, n, ptr]
     return lib
 
 

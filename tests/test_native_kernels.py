@@ -87,3 +87,33 @@ def test_a_compiler_that_fails_leaves_torch_kernels(monkeypatch, tmp_path, caplo
         assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-built left under the real name
     finally:
         native.library.cache_clear()
+
+
+@needs_native
+def test_fused_decode_step_matches_the_python_layers(monkeypatch):
+    """Each decoded token through `fused.step` (one C call a layer) against the Python layers from
+    the same caches: past the rings' wrap (window 8) and the full caches' growth at 256 slots."""
+    from mmsdk.decoder import fused
+    from mmsdk.decoder.kv_cache import make_cache
+    from mmsdk.decoder.quantize import quantize_
+    from test_quant_modules import tiny_model
+
+    model = quantize_(tiny_model(), 8)
+    calls = []
+    step = fused.step
+    monkeypatch.setattr(fused, "step", lambda *a: calls.append(1) or step(*a))
+    ids = torch.randint(0, model.config.vocab_size, (1, 262), generator=torch.Generator().manual_seed(0))
+    caches = make_cache(model.config)
+    with torch.inference_mode():
+        model(ids[:, :250], caches, torch.arange(250))
+        for pos in range(250, 262):
+            ref_caches = [c.clone() for c in caches]
+            out = model(ids[:, pos:pos + 1], caches, torch.tensor([pos]))
+            with monkeypatch.context() as m:
+                m.setattr(fused, "plan", lambda *a: None)
+                ref = model(ids[:, pos:pos + 1], ref_caches, torch.tensor([pos]))
+            assert rel_err(out, ref) < 5e-3, pos  # same math; float sums in another order may move an 8-bit code
+            for c, r in zip(caches, ref_caches):
+                assert c.offset == r.offset and rel_err(c.k, r.k) < 5e-3 and rel_err(c.v, r.v) < 5e-3
+            caches = ref_caches  # go on from one state, so moved codes do not compound
+    assert len(calls) == 12 * len(model.layers)

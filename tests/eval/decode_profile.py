@@ -1,5 +1,6 @@
-"""Where a decoded token's time goes, and a prompt's, by ablation: the step timed as it is, and
-with one kind of work replaced by a single cheap op (the output is then wrong; only the time
+"""Where a decoded token's time goes, and a prompt's, by ablation: the step timed as it is (one
+C call a layer where `decoder/fused.py` applies), in the Python layers, and in those with one kind
+of work replaced by a single cheap op (the output is then wrong; only the time
 matters). A profiler would add microseconds to every one of the ~1,000 small ops and blur the answer.
 
     python tests/eval/decode_profile.py [--precision stored|int8|int4] [--rounds 12] [--prompt 512]
@@ -22,7 +23,7 @@ def main():
     a = ap.parse_args()
 
     from mmsdk.bundled import bundled_gguf
-    from mmsdk.decoder import gemma3, layers, quantize
+    from mmsdk.decoder import fused, gemma3, layers, quantize
     from mmsdk.decoder.generate import prefill
     from mmsdk.decoder.kv_cache import make_cache
     from mmsdk.decoder.loader import load_text
@@ -36,13 +37,15 @@ def main():
         return zeros.setdefault(key, torch.zeros(*key[0], self.out_features))
 
     real = {"normalize": gemma3.normalize, "attend": gemma3.attend, "apply_rope": gemma3.apply_rope,
-            "RMSNorm": layers.RMSNorm.forward, "linear": {k: k.forward for k in linear_kinds}}
+            "RMSNorm": layers.RMSNorm.forward, "linear": {k: k.forward for k in linear_kinds}, "plan": fused.plan}
+    python = {"plan": lambda *a: None}  # the Python layers, which the parts below are taken out of
     variants = {
         "as is": {},
-        "norms": {"normalize": lambda x, s, e: x * 1e-3, "RMSNorm": lambda self, x: x * 1e-3},
-        "attention": {"attend": lambda q, k, v, m, s: q},
-        "RoPE": {"apply_rope": lambda x, c, s: x},
-        "layer matmuls": {"linear": {k: no_linear for k in linear_kinds}},
+        "Python layers": python,
+        "norms": {**python, "normalize": lambda x, s, e: x * 1e-3, "RMSNorm": lambda self, x: x * 1e-3},
+        "attention": {**python, "attend": lambda q, k, v, m, s: q},
+        "RoPE": {**python, "apply_rope": lambda x, c, s: x},
+        "layer matmuls": {**python, "linear": {k: no_linear for k in linear_kinds}},
     }
 
     def use(v):
@@ -51,6 +54,7 @@ def main():
         layers.RMSNorm.forward = v.get("RMSNorm", real["RMSNorm"])
         for k, f in v.get("linear", real["linear"]).items():
             k.forward = f
+        fused.plan = v.get("plan", real["plan"])
 
     ids = torch.randint(0, model.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
     caches, pos = make_cache(model.config), [16]
@@ -83,13 +87,15 @@ def main():
     base = statistics.median(body["as is"])
     print(f"{a.precision}, {a.threads} threads: one decode step = layers {base:.1f} ms + LM head "
           f"{statistics.median(head):.1f} ms (medians of {a.rounds})")
-    for name in list(variants)[1:]:
-        print(f"  {name:14s} {base - statistics.median(body[name]):5.1f} ms")
+    py = statistics.median(body["Python layers"])
+    print(f"  the same layers in Python (torch ops a layer, not one C call): {py:.1f} ms; taken out of those:")
+    for name in list(variants)[2:]:
+        print(f"  {name:14s} {py - statistics.median(body[name]):5.1f} ms")
     print("  (time saved by taking each part out; the savings overlap, as each part also evicts cache for the next)")
     print(f"  the {len(rows)} layer matmuls alone, back to back: {statistics.median(floor):.1f} ms")
     first = statistics.median(prompt["as is"])
     print(f"prefill of {a.prompt} tokens: {first:.3f} s ({a.prompt / first:.0f} tok/s)")
-    for name in list(variants)[1:]:
+    for name in list(variants)[2:]:  # a prompt always runs the Python layers
         print(f"  {name:14s} {first - statistics.median(prompt[name]):6.3f} s")
 
 

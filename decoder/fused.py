@@ -1,0 +1,83 @@
+"""A decoded token through a Gemma 3 layer in one call of our C kernels (`int8_vnni.c`,
+`gemma3_layer_step`): the same computation as `gemma3.Block` for one row, where every projection
+is an int8 product of ours. In Python the step is ~55 small torch ops a layer, each ~2-4 us of
+dispatch around very little arithmetic; the call does them back to back.
+
+`Block.forward` takes this path where `plan` gives a description of the block (one row, float32,
+int8 projections); the Python layer stays the reference (tests/test_native_kernels.py compares them).
+"""
+import ctypes
+import math
+
+import torch
+
+from . import native
+from .kv_cache import FullCache, RingCache
+from .layers import attention_bias, attention_mask
+from .quantize import Int8Linear
+
+_ptr, _long = ctypes.c_void_p, ctypes.c_long
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [("blocks", _ptr), ("scales", _ptr), ("comp", _ptr), ("rotation", _long), ("inputs", _long),
+                ("outputs", _long)]
+
+
+class _Layer(ctypes.Structure):  # mirrors `Layer` in int8_vnni.c
+    _fields_ = [("hidden", _long), ("heads", _long), ("kv_heads", _long), ("head_dim", _long), ("inter", _long),
+                ("eps", ctypes.c_float), ("head_eps", ctypes.c_float),
+                ("attn_norm", _ptr), ("qk_norm", _ptr), ("post_attn_norm", _ptr), ("mlp_norm", _ptr),
+                ("post_mlp_norm", _ptr), ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear), ("down", _Linear)]
+
+
+def _linear(m: Int8Linear, packed: native.Int8Blocks) -> _Linear:
+    return _Linear(packed.blocks.data_ptr(), packed.scales.data_ptr(), packed.comp.data_ptr(), m.rotation or 0,
+                   m.in_features, m.out_features)
+
+
+def plan(block, x: torch.Tensor, cache) -> _Layer | None:
+    """The C description of `block` for decoding the one row `x` into `cache`, made again when a
+    weight or a norm gain changes; None where the call does not fit (more than one row, not
+    float32, a projection without 8-bit inputs, our kernels unavailable)."""
+    attn, mlp = block.attn, block.mlp
+    linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+    if (x.shape[:2] != (1, 1) or x.dtype != torch.float32 or not isinstance(cache, (RingCache, FullCache))
+            or cache.k.dtype != torch.float32 or cache.k.shape[0] != 1 or not native.available()
+            or not all(isinstance(m, Int8Linear) and m.int8_inputs for m in linears)):
+        return None
+    packed = [m.packed() for m in linears]
+    norms = (block.attn_norm, attn.q_norm, attn.k_norm, block.post_attn_norm, block.mlp_norm, block.post_mlp_norm)
+    key = tuple(map(id, packed)) + tuple((n.weight.data_ptr(), n.weight._version) for n in norms)
+    cached = getattr(block, "_fused", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if not all(isinstance(p, native.Int8Blocks) for p in packed):
+        return None
+    gains = [n.gain() for n in (block.attn_norm, block.post_attn_norm, block.mlp_norm, block.post_mlp_norm)]
+    gains.append(attn.qk_norm_gain().contiguous())
+    E, D = gains[0].shape[0], attn.head_dim
+    layer = _Layer(E, attn.n_heads, attn.n_kv, D, mlp.down_proj.in_features,
+                   math.sqrt(E * block.attn_norm.eps), math.sqrt(D * attn.q_norm.eps),
+                   gains[0].data_ptr(), gains[4].data_ptr(), gains[1].data_ptr(), gains[2].data_ptr(),
+                   gains[3].data_ptr(), *map(_linear, linears, packed))
+    layer.keep = (gains, packed)  # what the pointers point into (and what `key`'s ids name)
+    block._fused = (key, layer)
+    return layer
+
+
+def step(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor, masks: dict | None,
+         window: int | None) -> torch.Tensor:
+    """The block's output for one decoded token, in one call (see the module notes)."""
+    slot, keys = cache.reserve(int(positions[0]))
+    bias = masks.get((window, keys)) if masks is not None else None
+    if bias is None:
+        bias = attention_bias(attention_mask(positions, cache.key_positions(), window))
+        if masks is not None:
+            masks[(window, keys)] = bias
+    out = x.contiguous().clone()  # the call updates it in place
+    cos, sin = (t.contiguous() for t in rope)
+    native.library().gemma3_layer_step(ctypes.byref(layer), out.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+                                       cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape[2] * cache.k.shape[3],
+                                       slot, keys, bias.data_ptr())
+    return out

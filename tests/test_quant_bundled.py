@@ -67,3 +67,24 @@ def test_gptq_int4_loses_much_less_than_rounding_to_nearest(float_run):
     rise, agree = _quality(quantize_(gptq, 4, 32), x, ref)
     assert rise < 0.6 * rtn_rise, f"GPTQ int4 perplexity +{rise:.2%}, rounding to nearest +{rtn_rise:.2%}"
     assert agree > rtn_agree, f"GPTQ int4 top-1 agreement {agree:.1%}, rounding to nearest {rtn_agree:.1%}"
+
+
+def test_int8_decoding_token_by_token_scores_like_the_prompt_pass(float_run, monkeypatch):
+    """Decoding runs each layer as one C call (`decoder/fused.py`), a prompt the Python layers:
+    teacher-forced over 64 tokens the two give the same scores, to 8-bit rounding."""
+    from mmsdk.decoder import fused
+
+    model, x, _, _ = float_run
+    q = quantize_(copy.deepcopy(model), 8)
+    calls = []
+    step = fused.step
+    monkeypatch.setattr(fused, "step", lambda *a: calls.append(1) or step(*a))
+    n = 64
+    with torch.inference_mode():
+        prompt = _logits(q, x[:, :n])
+        caches = make_cache(q.config)
+        rows = [q.logits(q(x[:, i:i + 1], caches, torch.tensor([i])))[0, -1].float() for i in range(n)]
+    decoded = torch.stack(rows)
+    assert len(calls) == n * len(q.layers)
+    assert abs(_nll(decoded, x[:, :n]) - _nll(prompt, x[:, :n])) < 0.01 * _nll(prompt, x[:, :n])
+    assert (decoded.argmax(-1) == prompt.argmax(-1)).float().mean() >= 0.95

@@ -1,10 +1,10 @@
 """A decoded token through a Gemma 3 layer in one call of our C kernels (`int8_vnni.c`,
 `gemma3_layer_step`): the same computation as `gemma3.Block` for one row, where every projection
-is an int8 product of ours. In Python the step is ~55 small torch ops a layer, each ~2-4 us of
+is a product of ours (int8, or 4-bit read in torch's own layout). In Python the step is ~55 small torch ops a layer, each ~2-4 us of
 dispatch around very little arithmetic; the call does them back to back.
 
 `Block.forward` takes this path where `plan` gives a description of the block (one row, float32,
-int8 projections); the Python layer stays the reference (tests/test_native_kernels.py compares them).
+int8 projections or 4-bit ones in torch's layout); the Python layer stays the reference (tests/test_native_kernels.py compares them).
 """
 import ctypes
 import math
@@ -14,14 +14,14 @@ import torch
 from . import native
 from .kv_cache import FullCache, RingCache
 from .layers import attention_bias, attention_mask
-from .quantize import Int8Linear
+from .quantize import Int4Linear, Int8Linear
 
 _ptr, _long = ctypes.c_void_p, ctypes.c_long
 
 
-class _Linear(ctypes.Structure):
-    _fields_ = [("blocks", _ptr), ("scales", _ptr), ("comp", _ptr), ("rotation", _long), ("inputs", _long),
-                ("outputs", _long)]
+class _Linear(ctypes.Structure):  # mirrors `Linear` in int8_vnni.c
+    _fields_ = [("weight", _ptr), ("scales", _ptr), ("comp", _ptr), ("scales_and_zeros", _ptr), ("rotation", _long),
+                ("inputs", _long), ("outputs", _long), ("group", _long)]
 
 
 class _Layer(ctypes.Structure):  # mirrors `Layer` in int8_vnni.c
@@ -31,9 +31,22 @@ class _Layer(ctypes.Structure):  # mirrors `Layer` in int8_vnni.c
                 ("post_mlp_norm", _ptr), ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear), ("down", _Linear)]
 
 
-def _linear(m: Int8Linear, packed: native.Int8Blocks) -> _Linear:
-    return _Linear(packed.blocks.data_ptr(), packed.scales.data_ptr(), packed.comp.data_ptr(), m.rotation or 0,
-                   m.in_features, m.out_features)
+def _weights(m) -> tuple | None:
+    """What the call reads of projection `m`: our int8 blocks, or an `Int4Linear`'s own buffers."""
+    if isinstance(m, Int4Linear):
+        return m.weight, m.scales_and_zeros
+    if isinstance(m, Int8Linear) and m.int8_inputs:
+        return (m.packed(),)
+    return None
+
+
+def _linear(m, weights: tuple) -> _Linear:
+    if isinstance(m, Int4Linear):
+        return _Linear(weights[0].data_ptr(), None, None, weights[1].data_ptr(), 0, m.in_features, m.out_features,
+                       m.group_size)
+    blocks = weights[0]
+    return _Linear(blocks.blocks.data_ptr(), blocks.scales.data_ptr(), blocks.comp.data_ptr(), None, m.rotation or 0,
+                   m.in_features, m.out_features, 0)
 
 
 def plan(block, x: torch.Tensor, cache) -> _Layer | None:
@@ -43,16 +56,17 @@ def plan(block, x: torch.Tensor, cache) -> _Layer | None:
     attn, mlp = block.attn, block.mlp
     linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
     if (x.shape[:2] != (1, 1) or x.dtype != torch.float32 or not isinstance(cache, (RingCache, FullCache))
-            or cache.k.dtype != torch.float32 or cache.k.shape[0] != 1 or not native.available()
-            or not all(isinstance(m, Int8Linear) and m.int8_inputs for m in linears)):
+            or cache.k.dtype != torch.float32 or cache.k.shape[0] != 1 or not native.available()):
         return None
-    packed = [m.packed() for m in linears]
+    weights = [_weights(m) for m in linears]
+    if any(w is None for w in weights):
+        return None
     norms = (block.attn_norm, attn.q_norm, attn.k_norm, block.post_attn_norm, block.mlp_norm, block.post_mlp_norm)
-    key = tuple(map(id, packed)) + tuple((n.weight.data_ptr(), n.weight._version) for n in norms)
+    key = tuple(id(t) for w in weights for t in w) + tuple((n.weight.data_ptr(), n.weight._version) for n in norms)
     cached = getattr(block, "_fused", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    if not all(isinstance(p, native.Int8Blocks) for p in packed):
+    if not all(isinstance(w[0], native.Int8Blocks) or isinstance(m, Int4Linear) for m, w in zip(linears, weights)):
         return None
     gains = [n.gain() for n in (block.attn_norm, block.post_attn_norm, block.mlp_norm, block.post_mlp_norm)]
     gains.append(attn.qk_norm_gain().contiguous())
@@ -60,8 +74,8 @@ def plan(block, x: torch.Tensor, cache) -> _Layer | None:
     layer = _Layer(E, attn.n_heads, attn.n_kv, D, mlp.down_proj.in_features,
                    math.sqrt(E * block.attn_norm.eps), math.sqrt(D * attn.q_norm.eps),
                    gains[0].data_ptr(), gains[4].data_ptr(), gains[1].data_ptr(), gains[2].data_ptr(),
-                   gains[3].data_ptr(), *map(_linear, linears, packed))
-    layer.keep = (gains, packed)  # what the pointers point into (and what `key`'s ids name)
+                   gains[3].data_ptr(), *map(_linear, linears, weights))
+    layer.keep = (gains, weights)  # what the pointers point into (and what `key`'s ids name)
     block._fused = (key, layer)
     return layer
 

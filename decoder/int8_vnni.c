@@ -157,16 +157,61 @@ void int8_linear(const float *x, long M, long K, long block, const int8_t *w, co
     free(qs);
 }
 
+/* ---- one row times a 4-bit weight in torch's own CPU layout (float32 input) -----------------
+   `_convert_weight_to_int4pack_for_cpu` stores blocks of 64 output channels; for each input k a
+   block holds 32 bytes, channel j < 32 in the low nibble of byte j and channel j >= 32 in the high
+   nibble of byte j - 32. scales_and_zeros (K/group, N, 2) bfloat16: w = (q - 8) * scale + zero, so
+   over a group x . w = scale * (x . q) + (zero - 8 scale) * sum(x). Reading the layout the prompt
+   path packs means no second copy of the weight. */
+AI __m512 u8_to_ps(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
+
+void int4_gemv(const float *x, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
+               float *y, long N) {
+    #pragma omp parallel for schedule(static)
+    for (long b = 0; b < N / 64; b++) {
+        const uint8_t *wb = w + b * K * 32;
+        const __m256i nibble = _mm256_set1_epi8(0x0F);
+        __m512 y0 = _mm512_setzero_ps(), y1 = y0, y2 = y0, y3 = y0;
+        for (long g0 = 0; g0 < K; g0 += group) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            float sum = 0.f;
+            for (long k = g0; k < g0 + group; k++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(wb + k * 32));
+                const __m256i lo = _mm256_and_si256(v, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                const __m512 xk = _mm512_set1_ps(x[k]);
+                a0 = _mm512_fmadd_ps(u8_to_ps(_mm256_castsi256_si128(lo)), xk, a0);
+                a1 = _mm512_fmadd_ps(u8_to_ps(_mm256_extracti128_si256(lo, 1)), xk, a1);
+                a2 = _mm512_fmadd_ps(u8_to_ps(_mm256_castsi256_si128(hi)), xk, a2);
+                a3 = _mm512_fmadd_ps(u8_to_ps(_mm256_extracti128_si256(hi, 1)), xk, a3);
+                sum += x[k];
+            }
+            /* each (scale, zero) pair is one 32-bit word: bfloat16 scale low, zero high */
+            const uint32_t *sz = scales_and_zeros + (g0 / group) * N + b * 64;
+            const __m512i high = _mm512_set1_epi32((int)0xFFFF0000);
+#define GROUP_OUT(i, a, yi) { \
+                const __m512i p = _mm512_loadu_si512(sz + 16 * i); \
+                const __m512 sc = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16)), ze = _mm512_castsi512_ps(_mm512_and_si512(p, high)); \
+                yi = _mm512_fmadd_ps(sc, a, yi); \
+                yi = _mm512_fmadd_ps(_mm512_fnmadd_ps(_mm512_set1_ps(8.f), sc, ze), _mm512_set1_ps(sum), yi); }
+            GROUP_OUT(0, a0, y0) GROUP_OUT(1, a1, y1) GROUP_OUT(2, a2, y2) GROUP_OUT(3, a3, y3)
+#undef GROUP_OUT
+        }
+        _mm512_storeu_ps(y + b * 64, y0), _mm512_storeu_ps(y + b * 64 + 16, y1);
+        _mm512_storeu_ps(y + b * 64 + 32, y2), _mm512_storeu_ps(y + b * 64 + 48, y3);
+    }
+}
+
 /* ---- one decoded token through one Gemma 3 layer, in one call --------------------------------
    The same computation as gemma3.Block for one row (B = T = 1), float32 activations, every
-   projection an int8 product above: what costs the Python step is not arithmetic but ~55 small
+   projection one of the products above (int8, or torch's 4-bit layout): what costs the Python step is not arithmetic but ~55 small
    torch ops a layer (~2-4 us of dispatch each), so the whole layer is one call here. */
 
 typedef struct {
-    const int8_t *blocks;
-    const float *scales;
-    const int32_t *comp;
-    long rotation, in, out;
+    const void *weight;  /* int8: our blocks; 4-bit: torch's packed weight */
+    const float *scales;  /* int8 */
+    const int32_t *comp;  /* int8 */
+    const uint32_t *scales_and_zeros;  /* 4-bit */
+    long rotation, in, out, group;  /* group > 0: a 4-bit weight */
 } Linear;
 
 typedef struct {
@@ -213,7 +258,10 @@ static void rms_norm(float *y, const float *x, const float *gain, long n, float 
 }
 
 static void linear1(const Linear *w, const float *x, float *y) {
-    int8_linear(x, 1, w->in, w->rotation, w->blocks, w->scales, w->comp, y, w->out);
+    if (w->group > 0)
+        int4_gemv(x, w->in, w->weight, w->scales_and_zeros, w->group, y, w->out);
+    else
+        int8_linear(x, 1, w->in, w->rotation, w->weight, w->scales, w->comp, y, w->out);
 }
 
 /* x (D) rotated as layers.apply_rope: x * cos + roll(x, D/2) * signed_sin */

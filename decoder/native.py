@@ -83,6 +83,7 @@ def library() -> ctypes.CDLL | None:
     lib.quantize_rows.argtypes = [ptr, n, n, n, ptr, ptr]
     lib.int8_matmul.argtypes = [ptr, ptr, n, n, ptr, ptr, ptr, ptr, n]
     lib.int8_linear.argtypes = [ptr, n, n, n, ptr, ptr, ptr, ptr, n]
+    lib.int4_gemv.argtypes = [ptr, n, ptr, ptr, n, ptr, n]
     lib.gemma3_layer_step.argtypes = [ctypes.c_void_p, ptr, ptr, ptr, ptr, ptr, n, n, n, ptr]
     return lib
 
@@ -117,3 +118,13 @@ def linear(x: torch.Tensor, w: Int8Blocks, rotation: int | None = None) -> torch
     library().int8_linear(rows.data_ptr(), M, K, rotation or 0, w.blocks.data_ptr(), w.scales.data_ptr(),
                           w.comp.data_ptr(), y.data_ptr(), N)
     return y.view(*x.shape[:-1], N)
+
+
+def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.Tensor, group: int) -> torch.Tensor:
+    """One float32 row x (K,) times a 4-bit weight in torch's CPU layout (`quantize.Int4Linear`'s
+    buffers, read as they are). Float32 (N,) out."""
+    K, N = x.shape[-1], scales_and_zeros.shape[1]
+    x = x.reshape(K).float().contiguous()
+    y = torch.empty(N)
+    library().int4_gemv(x.data_ptr(), K, weight.data_ptr(), scales_and_zeros.data_ptr(), group, y.data_ptr(), N)
+    return y

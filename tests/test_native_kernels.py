@@ -90,7 +90,8 @@ def test_a_compiler_that_fails_leaves_torch_kernels(monkeypatch, tmp_path, caplo
 
 
 @needs_native
-def test_fused_decode_step_matches_the_python_layers(monkeypatch):
+@pytest.mark.parametrize("bits,tol", [(8, 5e-3), (4, 1e-2)])  # 4-bit: torch's kernel rounds inputs to bfloat16
+def test_fused_decode_step_matches_the_python_layers(monkeypatch, bits, tol):
     """Each decoded token through `fused.step` (one C call a layer) against the Python layers from
     the same caches: past the rings' wrap (window 8) and the full caches' growth at 256 slots."""
     from mmsdk.decoder import fused
@@ -98,7 +99,7 @@ def test_fused_decode_step_matches_the_python_layers(monkeypatch):
     from mmsdk.decoder.quantize import quantize_
     from test_quant_modules import tiny_model
 
-    model = quantize_(tiny_model(), 8)
+    model = quantize_(tiny_model(), bits)
     calls = []
     step = fused.step
     monkeypatch.setattr(fused, "step", lambda *a: calls.append(1) or step(*a))
@@ -112,8 +113,29 @@ def test_fused_decode_step_matches_the_python_layers(monkeypatch):
             with monkeypatch.context() as m:
                 m.setattr(fused, "plan", lambda *a: None)
                 ref = model(ids[:, pos:pos + 1], ref_caches, torch.tensor([pos]))
-            assert rel_err(out, ref) < 5e-3, pos  # same math; float sums in another order may move an 8-bit code
+            assert rel_err(out, ref) < tol, pos  # same math; float sums in another order may move an 8-bit code
             for c, r in zip(caches, ref_caches):
-                assert c.offset == r.offset and rel_err(c.k, r.k) < 5e-3 and rel_err(c.v, r.v) < 5e-3
+                assert c.offset == r.offset and rel_err(c.k, r.k) < tol and rel_err(c.v, r.v) < tol
             caches = ref_caches  # go on from one state, so moved codes do not compound
     assert len(calls) == 12 * len(model.layers)
+
+
+@needs_native
+def test_int4_product_reads_torchs_layout():
+    from mmsdk.decoder.quantize import Int4Linear, dequantize_int4
+
+    torch.manual_seed(0)
+    for n, k, group in [(128, 64, 32), (640, 2048, 128)]:
+        m = Int4Linear.from_float(torch.randn(n, k), group)
+        x = torch.randn(k)
+        ref = x @ dequantize_int4(*_codes(m, group)).T
+        assert rel_err(native.int4_linear(x, m.weight, m.scales_and_zeros, group), ref) < 1e-5
+
+
+def _codes(m, group):
+    """The codes and the (bfloat16-rounded) scales and zeros an `Int4Linear` holds, unpacked."""
+    n, k = m.out_features, m.in_features
+    b = m.weight.reshape(n // 64, k, 32)
+    q = torch.cat([b & 15, b >> 4], -1).permute(0, 2, 1).reshape(n, k)  # see int4_gemv's notes
+    sz = m.scales_and_zeros.float().transpose(0, 1)  # (N, K/g, 2)
+    return q, sz[..., 0], sz[..., 1]

@@ -1,10 +1,12 @@
 """A decoded token through a Gemma 3 layer in one call of our C kernels (`int8_vnni.c`,
 `gemma3_layer_step`): the same computation as `gemma3.Block` for one row, where every projection
-is a product of ours (int8, or 4-bit read in torch's own layout). In Python the step is ~55 small torch ops a layer, each ~2-4 us of
-dispatch around very little arithmetic; the call does them back to back.
+is a product of ours (int8, or 4-bit read in torch's own layout). In Python the step is ~55 small
+torch ops a layer, each ~2-4 us of dispatch around very little arithmetic; the call does them
+back to back.
 
 `Block.forward` takes this path where `plan` gives a description of the block (one row, float32,
-int8 projections or 4-bit ones in torch's layout); the Python layer stays the reference (tests/test_native_kernels.py compares them).
+int8 or 4-bit projections); the Python layers stay the reference (tests/test_native_kernels.py
+compares the two).
 """
 import ctypes
 import math
@@ -52,11 +54,13 @@ def _linear(m, weights: tuple) -> _Linear:
 def plan(block, x: torch.Tensor, cache) -> _Layer | None:
     """The C description of `block` for decoding the one row `x` into `cache`, made again when a
     weight or a norm gain changes; None where the call does not fit (more than one row, not
-    float32, a projection without 8-bit inputs, our kernels unavailable)."""
+    float32, widths not multiples of 16, a projection neither int8 with 8-bit inputs nor 4-bit,
+    our kernels unavailable)."""
     attn, mlp = block.attn, block.mlp
     linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
     if (x.shape[:2] != (1, 1) or x.dtype != torch.float32 or not isinstance(cache, (RingCache, FullCache))
-            or cache.k.dtype != torch.float32 or cache.k.shape[0] != 1 or not native.available()):
+            or cache.k.dtype != torch.float32 or cache.k.shape[0] != 1 or not native.available()
+            or any(n % 16 for n in (x.shape[-1], attn.head_dim, mlp.down_proj.in_features))):  # whole registers
         return None
     weights = [_weights(m) for m in linears]
     if any(w is None for w in weights):

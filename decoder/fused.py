@@ -15,7 +15,7 @@ import torch
 
 from . import native
 from .kv_cache import FullCache, RingCache
-from .layers import attention_bias, attention_mask
+from .layers import step_mask
 from .quantize import Int4Linear, Int8Linear
 
 _ptr, _long = ctypes.c_void_p, ctypes.c_long
@@ -88,11 +88,7 @@ def step(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor, m
          window: int | None) -> torch.Tensor:
     """The block's output for one decoded token, in one call (see the module notes)."""
     slot, keys = cache.reserve(int(positions[0]))
-    bias = masks.get((window, keys)) if masks is not None else None
-    if bias is None:
-        bias = attention_bias(attention_mask(positions, cache.key_positions(), window))
-        if masks is not None:
-            masks[(window, keys)] = bias
+    bias = step_mask(masks, positions, cache.key_positions(), window)
     out = x.contiguous().clone()  # the call updates it in place
     cos, sin = (t.contiguous() for t in rope)
     native.library().gemma3_layer_step(ctypes.byref(layer), out.data_ptr(), cos.data_ptr(), sin.data_ptr(),

@@ -57,7 +57,7 @@ static void rotate_row(float *r, long K, long block) {
 
 /* Rows of x (M, K) -> 8-bit codes q (M, K) and one scale per row (K a multiple of 16). With
    `block` > 0 each row is first rotated in Hadamard blocks of that size (see rotate_row). */
-void quantize_rows(const float *x, long M, long K, long block, uint8_t *q, float *scale) {
+static void quantize_rows(const float *x, long M, long K, long block, uint8_t *q, float *scale) {
     const float norm = block > 0 ? 1.f / sqrtf((float)block) : 1.f;
     #pragma omp parallel for if (M > 8)
     for (long m = 0; m < M; m++) {
@@ -131,7 +131,7 @@ static void any_tile(int mr, int nb, const uint8_t *q, const float *qs, int K, c
 
 /* y (M, N) = (q * qs) (w * ws)^T for codes q (M, K) and weights w in blocks (N a multiple of 16,
    K of 4). Threads split the output channels in panels of 64, each panel's weights read once. */
-void int8_matmul(const uint8_t *q, const float *qs, long M, long K, const int8_t *w, const float *ws,
+static void int8_matmul(const uint8_t *q, const float *qs, long M, long K, const int8_t *w, const float *ws,
                  const int32_t *comp, float *y, long N) {
     const long panels = (N / 16 + 3) / 4;
     #pragma omp parallel for schedule(static)

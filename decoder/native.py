@@ -80,11 +80,9 @@ def library() -> ctypes.CDLL | None:
         return None
     ptr, n = ctypes.c_void_p, ctypes.c_long
     lib.pack_blocks.argtypes = [ptr, n, n, ptr, ptr]
-    lib.quantize_rows.argtypes = [ptr, n, n, n, ptr, ptr]
-    lib.int8_matmul.argtypes = [ptr, ptr, n, n, ptr, ptr, ptr, ptr, n]
     lib.int8_linear.argtypes = [ptr, n, n, n, ptr, ptr, ptr, ptr, n]
     lib.int4_gemv.argtypes = [ptr, n, ptr, ptr, n, ptr, n]
-    lib.gemma3_layer_step.argtypes = [ctypes.c_void_p, ptr, ptr, ptr, ptr, ptr, n, n, n, ptr]
+    lib.gemma3_layer_step.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, n, n, n, ptr]
     return lib
 
 

@@ -93,10 +93,7 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
     with f:
         try:
             size = os.fstat(f.fileno()).st_size
-            n = int.from_bytes(f.read(8), "little")
-            if n > size - 8:
-                raise ValueError(f"header length {n} exceeds the file")
-            header = json.loads(f.read(n))
+            n, header = _read_header(f, size)
             extra = header.pop("__metadata__")
             if extra.get("format") != str(FORMAT_VERSION):
                 return None
@@ -146,10 +143,17 @@ def _remove_old_formats(path: Path) -> None:
                 p.unlink()
 
 
+def _read_header(f, size: int) -> tuple[int, dict]:
+    """The header's length and its JSON, from the start of an open cache file of `size` bytes."""
+    n = int.from_bytes(f.read(8), "little")
+    if n > size - 8:
+        raise ValueError(f"header length {n} exceeds the file")
+    return n, json.loads(f.read(n))
+
+
 def _format_of(path: Path) -> str | None:
     try:
         with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            return str(json.loads(f.read(n)).get("__metadata__", {}).get("format"))
+            return str(_read_header(f, os.fstat(f.fileno()).st_size)[1].get("__metadata__", {}).get("format"))
     except (OSError, ValueError, AttributeError):
         return None

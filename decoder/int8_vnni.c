@@ -83,7 +83,8 @@ static void quantize_rows(const float *x, long M, long K, long block, uint8_t *q
 
 /* One register tile: rows m < MR of q times blocks n < NB of 16 channels, over all of K.
    The 24 accumulators are named variables: GCC keeps those in registers, an array it spills. */
-#define DP(m, n) if (MR > m && NB > n) c##m##n = _mm512_dpbusd_epi32(c##m##n, a##m, b##n)
+/* GCC copies the accumulator around the intrinsic (and spills); the instruction in place does not */
+#define DP(m, n) if (MR > m && NB > n) __asm__("vpdpbusd %[b], %[a], %[c]" : [c] "+v"(c##m##n) : [a] "v"(a##m), [b] "v"(b##n))
 #define ROW(m) if (MR > m) { \
         __m512i a##m = _mm512_set1_epi32(*(const int32_t *)(q + (long)(m) * K + k)); \
         DP(m, 0); DP(m, 1); DP(m, 2); DP(m, 3); }

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused
+from . import fused, native
 from .config import SLIDING, TextConfig
 from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, empty_embedding, normalize, step_mask
 
@@ -32,6 +32,10 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, D)
+        if T > 1 and B == 1 and groups is None and D % 32 == 0 and native.takes_rows(qkv):  # a prompt: C passes
+            q, k, v = native.qkv_heads(qkv, H, Hkv, self.qk_norm_gain(), math.sqrt(D * self.q_norm.eps), *rope)
+            k, v, k_pos = cache.update(k, v, positions)
+            return self.o_proj(native.attend_rows(q, k, v, positions, k_pos, self.window, 1.0))
         qk = normalize(qkv[:, :, :H + Hkv], self.qk_norm_gain(), self.q_norm.eps)  # QK-norm, both in one op
         q, k = apply_rope(qk.transpose(1, 2), *rope).split((H, Hkv), dim=1)  # (B, H, T, D), (B, Hkv, T, D)
         k, v, k_pos = cache.update(k, qkv[:, :, H + Hkv:].transpose(1, 2), positions)
@@ -59,7 +63,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if native.takes_rows(gate_up):  # one pass, no temporaries
+            return self.down_proj(native.geglu(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
@@ -85,9 +92,8 @@ class Block(nn.Module):
     def forward(self, x, rope, cache, positions, groups=None, masks=None):
         if groups is None and (layer := fused.plan(self, x, cache)) is not None:  # one decoded token: one C call
             return fused.step(layer, x, rope, cache, positions, masks, self.attn.window)
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, cache, positions, groups, masks))
-        x = x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
-        return x
+        x = self.post_attn_norm.add_to(x, self.attn(self.attn_norm(x), rope, cache, positions, groups, masks))
+        return self.post_mlp_norm.add_to(x, self.mlp(self.mlp_norm(x)))
 
 
 class Gemma3Text(nn.Module):

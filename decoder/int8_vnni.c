@@ -236,7 +236,6 @@ AI __m512 exp16(__m512 x) {  /* e^x: 2^n by scalef times a degree-6 polynomial f
     return _mm512_scalef_ps(p, n);
 }
 
-/* y = x * gain / sqrt(|x|^2 + eps_term^2), as layers.normalize; y may be x. n a multiple of 16. */
 AI float dot_row(const float *a, const float *b, long D) {  /* four sums hide the adds' latency */
     __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     long d = 0;
@@ -250,12 +249,42 @@ AI float dot_row(const float *a, const float *b, long D) {  /* four sums hide th
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
 
+/* y = x * gain / sqrt(|x|^2 + eps_term^2), as layers.normalize; y may be x. n a multiple of 16. */
 static void rms_norm(float *y, const float *x, const float *gain, long n, float eps_term) {
     __m512 s = _mm512_setzero_ps();
     for (long i = 0; i < n; i += 16) { __m512 v = _mm512_loadu_ps(x + i); s = _mm512_fmadd_ps(v, v, s); }
     const __m512 r = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(s) + eps_term * eps_term));
     for (long i = 0; i < n; i += 16)
         _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(gain + i)), r));
+}
+
+/* Rows of x (M, n) normalized as rms_norm; with `add`, y = add + that (the residual stream after a
+   post-norm). y may be x or add. */
+void norm_rows(const float *x, long M, long n, const float *gain, float eps_term, const float *add, float *y) {
+    #pragma omp parallel for if (M > 8)
+    for (long m = 0; m < M; m++) {
+        rms_norm(y + m * n, x + m * n, gain, n, eps_term);
+        if (add)
+            for (long i = 0; i < n; i += 16)
+                _mm512_storeu_ps(y + m * n + i, _mm512_add_ps(_mm512_loadu_ps(y + m * n + i), _mm512_loadu_ps(add + m * n + i)));
+    }
+}
+
+/* GELU, tanh approximation: 0.5 g (1 + tanh(u)) = g / (1 + e^-2u), u = sqrt(2/pi) (g + 0.044715 g^3) */
+AI __m512 gelu16(__m512 g) {
+    const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                                   _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), g), _mm512_mul_ps(g, g), g));
+    return _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_mul_ps(_mm512_set1_ps(-2.f), u))));
+}
+
+/* GeGLU rows: out (M, I) = gelu(gu[:, :I]) * gu[:, I:] for gu (M, 2I). out may be gu when M = 1. */
+void geglu(const float *gu, long M, long I, float *out) {
+    #pragma omp parallel for if (M > 8)
+    for (long m = 0; m < M; m++)
+        for (long i = 0; i < I; i += 16) {
+            const float *r = gu + m * 2 * I + i;
+            _mm512_storeu_ps(out + m * I + i, _mm512_mul_ps(gelu16(_mm512_loadu_ps(r)), _mm512_loadu_ps(r + I)));
+        }
 }
 
 static void linear1(const Linear *w, const float *x, float *y) {
@@ -268,8 +297,30 @@ static void linear1(const Linear *w, const float *x, float *y) {
 /* x (D) rotated as layers.apply_rope: x * cos + roll(x, D/2) * signed_sin */
 static void rope(float *x, const float *cos, const float *sin, long D, float *tmp) {
     const long h = D / 2;
-    for (long i = 0; i < D; i++) tmp[i] = x[i] * cos[i] + x[i < h ? i + h : i - h] * sin[i];
-    for (long i = 0; i < D; i++) x[i] = tmp[i];
+    for (long i = 0; i < h; i++) tmp[i] = x[i] * cos[i] + x[i + h] * sin[i];
+    for (long i = h; i < D; i++) tmp[i] = x[i] * cos[i] + x[i - h] * sin[i];
+    memcpy(x, tmp, sizeof(float) * D);
+}
+
+/* A prompt's q, k and v from its qkv rows (T, H + 2 Hkv, D): q and k QK-normed (gain rows
+   (H + Hkv, D)) and rotated (cos, sin: (T, D)), all three laid out by head (heads, T, D), the
+   layout attention and the KV cache take. */
+void qkv_heads(const float *qkv, long T, long H, long Hkv, long D, const float *gain, float eps_term,
+               const float *cos, const float *sin, float *q, float *k, float *v) {
+    #pragma omp parallel for schedule(static)
+    for (long t = 0; t < T; t++) {
+        float tmp[D];
+        for (long i = 0; i < H + 2 * Hkv; i++) {
+            const float *src = qkv + (t * (H + 2 * Hkv) + i) * D;
+            float *dst = i < H ? q + (i * T + t) * D : i < H + Hkv ? k + ((i - H) * T + t) * D : v + ((i - H - Hkv) * T + t) * D;
+            if (i < H + Hkv) {
+                rms_norm(dst, src, gain + i * D, D, eps_term);
+                rope(dst, cos + t * D, sin + t * D, D, tmp);
+            } else {
+                memcpy(dst, src, sizeof(float) * D);
+            }
+        }
+    }
 }
 
 /* o (D) = sum over keys s of w[s] * v[s], 128 outputs at a time in registers; zero weights skipped. */
@@ -377,18 +428,122 @@ void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *
 
     rms_norm(h, x, L->mlp_norm, E, L->eps);
     linear1(&L->gate_up, h, gu);
-    const long I = L->inter;
-    for (long i = 0; i < I; i += 16) {  /* GeGLU: gelu_tanh(gate) * up, tanh(u) = 1 - 2 / (e^2u + 1) */
-        const __m512 g = _mm512_loadu_ps(gu + i);
-        const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
-                                       _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), g), _mm512_mul_ps(g, g), g));
-        const __m512 th = _mm512_sub_ps(_mm512_set1_ps(1.f), _mm512_div_ps(_mm512_set1_ps(2.f),
-                                        _mm512_add_ps(exp16(_mm512_add_ps(u, u)), _mm512_set1_ps(1.f))));
-        const __m512 gelu = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), g), _mm512_add_ps(_mm512_set1_ps(1.f), th));
-        _mm512_storeu_ps(gu + i, _mm512_mul_ps(gelu, _mm512_loadu_ps(gu + I + i)));
-    }
+    geglu(gu, 1, L->inter, gu);
     linear1(&L->down, gu, o);
     rms_norm(o, o, L->post_mlp_norm, E, L->eps);
     for (long i = 0; i < E; i++) x[i] += o[i];
     free(h), free(qkv), free(att), free(o), free(gu), free(w);
+}
+
+/* ---- a prompt's attention: many query rows, masked keys skipped --------------------------------
+   Flash attention (Dao et al. 2022) on the CPU: tiles of 8 query rows of one head run over the keys
+   32 at a time, keeping a running max, sum and weighted values per row, so the scores never exist
+   whole. The mask comes from positions, not a matrix: a key is seen when 0 <= its position <= the
+   query's and (sliding layers) less than `window` back; a tile skips a key block none of its rows
+   sees (the causal upper half, a ring's empty slots). */
+#define QROWS 8
+#define KCOLS 32
+
+/* Keys (S, D) -> blocks of KCOLS keys, each (D, KCOLS): a score tile reads one row of it per d.
+   Missing keys of the last block are zeros (and masked). */
+static void key_blocks(const float *k, long S, long D, float *kt) {
+    #pragma omp parallel for schedule(static)
+    for (long b = 0; b < (S + KCOLS - 1) / KCOLS; b++)
+        for (long j = 0; j < KCOLS; j++)
+            for (long d = 0; d < D; d++)
+                kt[(b * D + d) * KCOLS + j] = b * KCOLS + j < S ? k[(b * KCOLS + j) * D + d] : 0.f;
+}
+
+/* seen[r] bit j: whether query row r sees key j of the block starting at key s0 (kp padded to whole blocks) */
+static int see(const long *qp, int rows, const int32_t *kp, long s0, long window, uint32_t *seen) {
+    int any = 0;
+    const __m512i k0 = _mm512_loadu_si512(kp + s0), k1 = _mm512_loadu_si512(kp + s0 + 16);
+    const __mmask16 f0 = _mm512_cmpge_epi32_mask(k0, _mm512_setzero_si512()), f1 = _mm512_cmpge_epi32_mask(k1, _mm512_setzero_si512());
+    for (int r = 0; r < rows; r++) {
+        const __m512i p = _mm512_set1_epi32((int32_t)qp[r]);
+        __mmask16 a = _mm512_mask_cmple_epi32_mask(f0, k0, p), b = _mm512_mask_cmple_epi32_mask(f1, k1, p);
+        if (window > 0) {  /* p - k < window  <=>  k > p - window */
+            const __m512i low = _mm512_set1_epi32((int32_t)(qp[r] - window));
+            a = _mm512_mask_cmpgt_epi32_mask(a, k0, low), b = _mm512_mask_cmpgt_epi32_mask(b, k1, low);
+        }
+        seen[r] = (uint32_t)a | (uint32_t)b << 16, any |= seen[r] != 0;
+    }
+    return any;
+}
+
+/* One tile: rows q (rows, D) of a head, keys kt (blocks), values v (S, D) of its key head. */
+static void attend_tile(const float *q, int rows, const long *qp, const float *kt, const float *v,
+                        const int32_t *kp, long S, long D, long window, float scale, float *out, long out_stride) {
+    float o[QROWS * D], m[QROWS], l[QROWS], p[QROWS * KCOLS];
+    uint32_t seen[QROWS];
+    for (int r = 0; r < QROWS; r++) m[r] = -INFINITY, l[r] = 0.f;
+    memset(o, 0, sizeof(o));
+    for (long s0 = 0; s0 < S; s0 += KCOLS) {
+        if (!see(qp, rows, kp, s0, window, seen)) continue;
+        const float *kb = kt + (s0 / KCOLS) * D * KCOLS;
+        __m512 c[QROWS][2];
+        for (int r = 0; r < QROWS; r++) c[r][0] = c[r][1] = _mm512_setzero_ps();
+        for (long d = 0; d < D; d++) {  /* scores: rows x 32 keys, one fma per row and 16 keys */
+            const __m512 k0 = _mm512_loadu_ps(kb + d * KCOLS), k1 = _mm512_loadu_ps(kb + d * KCOLS + 16);
+            for (int r = 0; r < QROWS; r++) {
+                const __m512 qd = _mm512_set1_ps(q[(r < rows ? r : 0) * D + d]);
+                c[r][0] = _mm512_fmadd_ps(qd, k0, c[r][0]), c[r][1] = _mm512_fmadd_ps(qd, k1, c[r][1]);
+            }
+        }
+        float alpha[QROWS];
+        for (int r = 0; r < QROWS; r++) {  /* online softmax: new max, rescale what came before */
+            const __mmask16 lo = (__mmask16)(r < rows ? seen[r] : 0), hi = (__mmask16)(r < rows ? seen[r] >> 16 : 0);
+            const __m512 ninf = _mm512_set1_ps(-INFINITY);
+            const __m512 sc = _mm512_set1_ps(scale);
+            const __m512 s0v = _mm512_mask_mul_ps(ninf, lo, c[r][0], sc), s1v = _mm512_mask_mul_ps(ninf, hi, c[r][1], sc);
+            const float mx = fmaxf(m[r], _mm512_reduce_max_ps(_mm512_max_ps(s0v, s1v)));
+            alpha[r] = mx == -INFINITY ? 1.f : expf(m[r] - mx);
+            const __m512 e0 = _mm512_maskz_mov_ps(lo, exp16(_mm512_sub_ps(s0v, _mm512_set1_ps(mx))));
+            const __m512 e1 = _mm512_maskz_mov_ps(hi, exp16(_mm512_sub_ps(s1v, _mm512_set1_ps(mx))));
+            _mm512_storeu_ps(p + r * KCOLS, e0), _mm512_storeu_ps(p + r * KCOLS + 16, e1);
+            l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
+            m[r] = mx;
+        }
+        const long keys = S - s0 < KCOLS ? S - s0 : KCOLS;
+        for (long d = 0; d < D; d += 32) {  /* o = o * alpha + p v: 8 rows x 32 outputs in registers */
+            __m512 a[QROWS][2];
+            for (int r = 0; r < QROWS; r++)
+                for (int i = 0; i < 2; i++)
+                    a[r][i] = _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d + 16 * i), _mm512_set1_ps(alpha[r]));
+            for (long j = 0; j < keys; j++) {
+                const __m512 v0 = _mm512_loadu_ps(v + (s0 + j) * D + d), v1 = _mm512_loadu_ps(v + (s0 + j) * D + d + 16);
+                for (int r = 0; r < QROWS; r++) {
+                    const __m512 pj = _mm512_set1_ps(p[r * KCOLS + j]);
+                    a[r][0] = _mm512_fmadd_ps(pj, v0, a[r][0]), a[r][1] = _mm512_fmadd_ps(pj, v1, a[r][1]);
+                }
+            }
+            for (int r = 0; r < QROWS; r++)
+                for (int i = 0; i < 2; i++) _mm512_storeu_ps(o + r * D + d + 16 * i, a[r][i]);
+        }
+    }
+    for (int r = 0; r < rows; r++) {  /* a row that sees no key (none here: a query sees itself) gets zeros */
+        const __m512 inv = _mm512_set1_ps(l[r] > 0.f ? 1.f / l[r] : 0.f);
+        for (long d = 0; d < D; d += 16) _mm512_storeu_ps(out + r * out_stride + d, _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d), inv));
+    }
+}
+
+/* out (T, H, D) = softmax(q k^T * scale, masked) v for q (H, T, D) and keys, values (Hkv, S, D), the
+   key heads `kv_stride` floats apart, at positions qp (T) and kp (S, -1: an empty slot). D a multiple of 32. */
+void attend_rows(const float *q, long H, long T, const float *k, const float *v, long Hkv, long S, long D,
+                 long kv_stride, const long *qp, const long *kp, long window, float scale, float *out) {
+    const long blocks = (S + KCOLS - 1) / KCOLS;
+    float *kt = malloc(sizeof(float) * Hkv * blocks * KCOLS * D);
+    int32_t *kp32 = malloc(sizeof(int32_t) * blocks * KCOLS);
+    for (long s = 0; s < blocks * KCOLS; s++) kp32[s] = s >= S || kp[s] < 0 ? -1 : (int32_t)kp[s];
+    for (long g = 0; g < Hkv; g++) key_blocks(k + g * kv_stride, S, D, kt + g * blocks * KCOLS * D);
+    const long tiles = (T + QROWS - 1) / QROWS;
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (long job = 0; job < H * tiles; job++) {
+        const long h = job / tiles, t0 = (tiles - 1 - job % tiles) * QROWS;  /* the longest rows first */
+        const long g = h / (H / Hkv);
+        const int rows = T - t0 < QROWS ? (int)(T - t0) : QROWS;
+        attend_tile(q + (h * T + t0) * D, rows, qp + t0, kt + g * blocks * KCOLS * D, v + g * kv_stride, kp32, S, D,
+                    window, scale, out + (t0 * H + h) * D, H * D);
+    }
+    free(kt), free(kp32);
 }

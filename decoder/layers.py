@@ -11,11 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
+
 
 def normalize(x: torch.Tensor, gain: torch.Tensor | float, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim, in float32, returned in x's dtype: x / sqrt(mean(x^2) + eps) * scale,
     computed as x * gain / sqrt(|x|^2 + D * eps) with gain = scale * sqrt(D) made once (one row, or
     rows that broadcast over x's leading dims). Four ops, half the time of F.rms_norm on a decoded row."""
+    if isinstance(gain, torch.Tensor) and gain.dim() == 1 and native.takes_rows(x):  # one C pass over the rows
+        return native.norm_rows(x, gain, math.sqrt(x.shape[-1] * eps))
     xf = x if x.dtype == torch.float32 else x.float()
     y = xf * gain / torch.hypot(torch.linalg.vector_norm(xf, dim=-1, keepdim=True), _eps_term(x.shape[-1], eps))
     return y if y.dtype == x.dtype else y.to(x.dtype)
@@ -47,6 +51,13 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self.gain(), self.eps)
+
+    def add_to(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x + self(y): the residual stream after a post-norm, in one pass where the C helpers run."""
+        gain = self.gain()
+        if isinstance(gain, torch.Tensor) and native.takes_rows(y) and native.takes_rows(x) and x.shape == y.shape:
+            return native.norm_rows(y, gain, math.sqrt(self.dim * self.eps), add=x)
+        return x + self(y)
 
     def gain(self) -> torch.Tensor | float:
         """(offset + w) * sqrt(dim) in float32, what `normalize` takes; recomputed only when the

@@ -82,6 +82,10 @@ def library() -> ctypes.CDLL | None:
     lib.pack_blocks.argtypes = [ptr, n, n, ptr, ptr]
     lib.int8_linear.argtypes = [ptr, n, n, n, ptr, ptr, ptr, ptr, n]
     lib.int4_gemv.argtypes = [ptr, n, ptr, ptr, n, ptr, n]
+    lib.norm_rows.argtypes = [ptr, n, n, ptr, ctypes.c_float, ptr, ptr]
+    lib.geglu.argtypes = [ptr, n, n, ptr]
+    lib.qkv_heads.argtypes = [ptr, n, n, n, n, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, ptr]
+    lib.attend_rows.argtypes = [ptr, n, n, ptr, ptr, n, n, n, n, ptr, ptr, n, ctypes.c_float, ptr]
     lib.gemma3_layer_step.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, n, n, n, ptr]
     return lib
 
@@ -126,3 +130,52 @@ def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.T
     y = torch.empty(N)
     library().int4_gemv(x.data_ptr(), K, weight.data_ptr(), scales_and_zeros.data_ptr(), group, y.data_ptr(), N)
     return y
+
+
+def takes_rows(x: torch.Tensor) -> bool:
+    """Whether the row helpers below take x: float32, contiguous, rows a whole number of registers."""
+    return x.dtype == torch.float32 and x.is_contiguous() and x.shape[-1] % 16 == 0 and available()
+
+
+def norm_rows(x: torch.Tensor, gain: torch.Tensor, eps_term: float, add: torch.Tensor | None = None) -> torch.Tensor:
+    """`layers.normalize` of each row of x (gain one row), plus `add` where given: one pass over the rows."""
+    y = torch.empty_like(x)
+    library().norm_rows(x.data_ptr(), x.numel() // x.shape[-1], x.shape[-1], gain.data_ptr(), eps_term,
+                        None if add is None else add.data_ptr(), y.data_ptr())
+    return y
+
+
+def geglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(gate) * up for rows holding gate then up (..., 2I): one pass, no temporaries."""
+    I = gate_up.shape[-1] // 2
+    out = gate_up.new_empty(*gate_up.shape[:-1], I)
+    library().geglu(gate_up.data_ptr(), gate_up.numel() // (2 * I), I, out.data_ptr())
+    return out
+
+
+def qkv_heads(qkv: torch.Tensor, heads: int, kv_heads: int, gain: torch.Tensor, eps_term: float,
+              cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A prompt's q, k, v (1, heads, T, D) from its qkv rows (1, T, heads + 2 kv_heads, D): QK-norm
+    with gain rows (heads + kv_heads, D) and RoPE (`layers.apply_rope`'s tables) on q and k."""
+    _, T, _, D = qkv.shape
+    q, k, v = qkv.new_empty(1, heads, T, D), qkv.new_empty(1, kv_heads, T, D), qkv.new_empty(1, kv_heads, T, D)
+    gain, cos, sin = gain.contiguous(), cos.contiguous(), sin.contiguous()
+    library().qkv_heads(qkv.data_ptr(), T, heads, kv_heads, D, gain.data_ptr(), eps_term, cos.data_ptr(),
+                        sin.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr())
+    return q, k, v
+
+
+def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+                window: int | None, scale: float) -> torch.Tensor:
+    """Attention of a prompt's queries q (1, H, T, D) over keys and values (1, Hkv, S, D) with the
+    mask of `layers.attention_mask` (no image groups) made from positions; (1, T, H * D) out, the
+    layout the output projection takes."""
+    _, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    if k.stride()[1:] != (k.stride(1), D, 1) or v.stride() != k.stride():  # rows of D, heads equally apart
+        k, v = k.contiguous(), v.contiguous()
+    q, q_pos, k_pos = q.contiguous(), q_pos.to(torch.long).contiguous(), k_pos.to(torch.long).contiguous()
+    out = q.new_empty(1, T, H * D)
+    library().attend_rows(q.data_ptr(), H, T, k.data_ptr(), v.data_ptr(), Hkv, S, D, k.stride(1),
+                          q_pos.data_ptr(), k_pos.data_ptr(), window or 0, scale, out.data_ptr())
+    return out

@@ -9,10 +9,11 @@ from mmsdk.decoder.loader import load_text
 from mmsdk.decoder.sampling import make_sampler
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+# heads of 32 take the C prompt path (`native.qkv_heads`, `native.attend_rows`) where it runs; 16, torch's ops
+@pytest.fixture(scope="module", params=[16, 32], ids=["head16", "head32"])
+def tiny(tmp_path_factory, request):
     folder = tmp_path_factory.mktemp("tiny-gemma3")
-    ref = write_tiny_gemma3(folder)
+    ref = write_tiny_gemma3(folder, head_dim=request.param, query_pre_attn_scalar=request.param)
     return ref, load_text(folder)
 
 

@@ -139,3 +139,82 @@ def _codes(m, group):
     q = torch.cat([b & 15, b >> 4], -1).permute(0, 2, 1).reshape(n, k)  # see int4_gemv's notes
     sz = m.scales_and_zeros.float().transpose(0, 1)  # (N, K/g, 2)
     return q, sz[..., 0], sz[..., 1]
+
+
+# ---- the row helpers a prompt runs through (norms, GeGLU, QK-norm + RoPE, attention) ----
+
+@needs_native
+def test_norm_rows_and_geglu_match_torch_ops():
+    torch.manual_seed(0)
+    x, y, gain = torch.randn(37, 640) * 3, torch.randn(37, 640), torch.rand(640) + 0.5
+    eps_term = (640 * 1e-6) ** 0.5
+    ref = x * gain / torch.hypot(x.norm(dim=-1, keepdim=True), torch.tensor(eps_term))
+    assert rel_err(native.norm_rows(x, gain, eps_term), ref) < 1e-6
+    assert rel_err(native.norm_rows(x, gain, eps_term, add=y), y + ref) < 1e-6
+    gate_up = torch.randn(37, 2 * 128) * 4  # tails both ways: gelu's zero and identity ends
+    gate, up = gate_up.chunk(2, -1)
+    assert (native.geglu(gate_up) - torch.nn.functional.gelu(gate, approximate="tanh") * up).abs().max() < 1e-5
+
+
+@needs_native
+def test_qkv_heads_match_qk_norm_and_rope():
+    from mmsdk.decoder.layers import RotaryEmbedding, apply_rope, normalize
+    torch.manual_seed(1)
+    H, Hkv, D, T = 4, 2, 64, 11
+    qkv, gain = torch.randn(1, T, H + 2 * Hkv, D), torch.rand(H + Hkv, D) + 0.5
+    cos, sin = RotaryEmbedding(D, 10000.0)(torch.arange(5, 5 + T), torch.float32)
+    q, k, v = native.qkv_heads(qkv, H, Hkv, gain, (D * 1e-6) ** 0.5, cos, sin)
+    ref = apply_rope(normalize(qkv[:, :, :H + Hkv], gain, 1e-6).transpose(1, 2), cos, sin)
+    assert rel_err(q, ref[:, :H]) < 1e-6 and rel_err(k, ref[:, H:]) < 1e-6
+    assert torch.equal(v, qkv[:, :, H + Hkv:].transpose(1, 2))
+
+
+@needs_native
+@pytest.mark.parametrize("T,past,window", [(1, 0, None), (13, 0, None), (40, 70, None), (33, 0, 8), (9, 50, 16)])
+def test_prompt_attention_matches_masked_softmax(T, past, window):
+    """Queries at positions past..past+T-1 over a cache: a full cache (keys 0.. in order) or a
+    ring of `window` slots (positions wrapped, empty slots -1) followed by the new keys."""
+    from mmsdk.decoder.layers import attend, attention_bias, attention_mask
+    torch.manual_seed(T + past)
+    H, Hkv, D = 4, 2, 64
+    q_pos = torch.arange(past, past + T)
+    if window is None:
+        k_pos = torch.arange(past + T)
+    else:  # the ring as RingCache leaves it (slot p % window holds p), then the chunk's own keys
+        ring = torch.full((window,), -1)
+        held = torch.arange(max(0, past - window), past)
+        ring[held % window] = held
+        k_pos = torch.cat([ring, q_pos])
+    S = k_pos.shape[0]
+    big = torch.randn(1, Hkv, S + 7, D)  # keys as a slice of a longer buffer, as FullCache hands them
+    q, k, v = torch.randn(1, H, T, D), big[:, :, :S], torch.randn(1, Hkv, S, D)
+    got = native.attend_rows(q, k, v, q_pos, k_pos, window, 0.125)
+    ref = attend(q, k, v, attention_bias(attention_mask(q_pos, k_pos, window)), 0.125)
+    assert got.shape == (1, T, H * D)
+    assert (got - ref.transpose(1, 2).reshape(1, T, H * D)).abs().max() < 1e-5
+
+
+@needs_native
+def test_prompt_through_the_row_helpers_matches_torch_ops(monkeypatch):
+    """The whole model on a prompt with the C row helpers and with torch's ops only."""
+    from mmsdk.decoder.config import TextConfig
+    from mmsdk.decoder.gemma3 import Gemma3Text
+    from mmsdk.decoder.kv_cache import make_cache
+    torch.manual_seed(2)
+    cfg = TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
+                     num_key_value_heads=1, head_dim=32, sliding_window=8, query_pre_attn_scalar=32,
+                     layer_types=["sliding_attention"] * 3 + ["full_attention"])
+    model = Gemma3Text(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    ids = torch.randint(0, 300, (1, 21))
+
+    def run():
+        caches = make_cache(cfg)
+        with torch.no_grad():  # two chunks: the second attends the rings and the full cache
+            return torch.cat([model(ids[:, :12], caches, torch.arange(12)), model(ids[:, 12:], caches, torch.arange(12, 21))], 1)
+
+    ours = run()
+    monkeypatch.setattr(native, "takes_rows", lambda x: False)
+    assert rel_err(ours, run()) < 1e-5

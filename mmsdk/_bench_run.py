@@ -11,7 +11,7 @@ import time
 
 log = logging.getLogger(__name__)
 
-SPEED_KEYS = ("prefill_tps", "decode_tps", "ttft_s", "load_s", "peak_rss_mb")
+SPEED_KEYS = ("prefill_tps", "decode_tps", "ttft_s", "first_prompt_s", "load_s", "peak_rss_mb")
 
 
 def run_worker(spec: dict, env: dict | None = None, timeout: float = 1800) -> dict:

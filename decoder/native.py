@@ -82,6 +82,7 @@ def library() -> ctypes.CDLL | None:
     lib.pack_blocks.argtypes = [ptr, n, n, ptr, ptr]
     lib.int8_linear.argtypes = [ptr, n, n, n, ptr, ptr, ptr, ptr, n]
     lib.int4_gemv.argtypes = [ptr, n, ptr, ptr, n, ptr, n]
+    lib.int4_matmul.argtypes = [ptr, n, n, ptr, ptr, n, ptr, n]
     lib.norm_rows.argtypes = [ptr, n, n, ptr, ctypes.c_float, ptr, ptr]
     lib.geglu.argtypes = [ptr, n, n, ptr]
     lib.qkv_heads.argtypes = [ptr, n, n, n, n, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, ptr]
@@ -123,14 +124,18 @@ def linear(x: torch.Tensor, w: Int8Blocks, rotation: int | None = None) -> torch
 
 
 def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.Tensor, group: int) -> torch.Tensor:
-    """One float32 row x (K,) times a 4-bit weight in torch's CPU layout (`quantize.Int4Linear`'s
-    buffers, read as they are). Float32 (N,) out."""
+    """x (..., K) times a 4-bit weight in torch's CPU layout (`quantize.Int4Linear`'s buffers, read as
+    they are), in float32: one row streams the weight (`int4_gemv`), more rows run a GEMM over
+    dequantized panels (`int4_matmul`). Float32 (..., N) out."""
     K, N = x.shape[-1], scales_and_zeros.shape[1]
-    x = x.reshape(K).float().contiguous()
-    y = torch.empty(N)
-    library().int4_gemv(x.data_ptr(), K, weight.data_ptr(), scales_and_zeros.data_ptr(), group, y.data_ptr(), N)
-    return y
-
+    rows = x.reshape(-1, K).float().contiguous()
+    y = torch.empty(rows.shape[0], N)
+    args = (weight.data_ptr(), scales_and_zeros.data_ptr(), group, y.data_ptr(), N)
+    if rows.shape[0] == 1:
+        library().int4_gemv(rows.data_ptr(), K, *args)
+    else:
+        library().int4_matmul(rows.data_ptr(), rows.shape[0], K, *args)
+    return y.view(*x.shape[:-1], N)
 
 def takes_rows(x: torch.Tensor) -> bool:
     """Whether the row helpers below take x: float32, contiguous, rows a whole number of registers."""

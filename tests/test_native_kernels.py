@@ -121,15 +121,16 @@ def test_fused_decode_step_matches_the_python_layers(monkeypatch, bits, tol):
 
 
 @needs_native
-def test_int4_product_reads_torchs_layout():
+def test_int4_products_read_torchs_layout():
     from mmsdk.decoder.quantize import Int4Linear, dequantize_int4
 
     torch.manual_seed(0)
     for n, k, group in [(128, 64, 32), (640, 2048, 128)]:
         m = Int4Linear.from_float(torch.randn(n, k), group)
-        x = torch.randn(k)
-        ref = x @ dequantize_int4(*_codes(m, group)).T
-        assert rel_err(native.int4_linear(x, m.weight, m.scales_and_zeros, group), ref) < 1e-5
+        w = dequantize_int4(*_codes(m, group))
+        for rows in (1, 5, 6, 13):  # one row streams the weight; more run the GEMM, tiles of 6 and their rests
+            x = torch.randn(rows, k)
+            assert rel_err(native.int4_linear(x, m.weight, m.scales_and_zeros, group), x @ w.T) < 1e-5
 
 
 def _codes(m, group):

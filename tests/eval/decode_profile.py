@@ -1,7 +1,10 @@
-"""Where a decoded token's time goes, and a prompt's, by ablation: the step timed as it is (one
-C call a layer where `decoder/fused.py` applies), in the Python layers, and in those with one kind
-of work replaced by a single cheap op (the output is then wrong; only the time
-matters). A profiler would add microseconds to every one of the ~1,000 small ops and blur the answer.
+"""Where a decoded token's time goes, and a prompt's.
+
+A decoded token, by ablation: the step timed as it is (one C call a layer where `decoder/fused.py`
+applies), in the Python layers, and in those with one kind of work replaced by a single cheap op
+(the output is then wrong; only the time matters). A profiler would add microseconds to every one
+of the ~1,000 small ops and blur the answer. A prompt's parts take milliseconds each, so there
+each part's calls are timed as they run.
 
     python tests/eval/decode_profile.py [--precision stored|int8|int4] [--rounds 12] [--prompt 512]
 
@@ -73,9 +76,10 @@ def main():
                     model(ids[:, 20:21], caches, torch.tensor([pos[0]]))
                     pos[0] += 1
                 body[name].append((time.perf_counter() - t0) / 4 * 1e3)
-                t0 = time.perf_counter()
-                prefill(model, prompt_ids.tolist(), make_cache(model.config), 0)
-                prompt[name].append(time.perf_counter() - t0)
+                if name == "as is":
+                    t0 = time.perf_counter()
+                    prefill(model, prompt_ids.tolist(), make_cache(model.config), 0)
+                    prompt[name].append(time.perf_counter() - t0)
             use({})
             t0 = time.perf_counter()
             model.logits(h)
@@ -94,10 +98,58 @@ def main():
     print("  (time saved by taking each part out; the savings overlap, as each part also evicts cache for the next)")
     print(f"  the {len(rows)} layer matmuls alone, back to back: {statistics.median(floor):.1f} ms")
     first = statistics.median(prompt["as is"])
-    print(f"prefill of {a.prompt} tokens: {first:.3f} s ({a.prompt / first:.0f} tok/s)")
-    for name in list(variants)[2:]:  # a prompt always runs the Python layers
-        print(f"  {name:14s} {first - statistics.median(prompt[name]):6.3f} s")
+    print(f"prefill of {a.prompt} tokens: {first:.3f} s ({a.prompt / first:.0f} tok/s); its parts, each call timed:")
+    parts = prompt_parts(model, prompt_ids.tolist(), a.rounds)
+    for name, t in parts.items():
+        print(f"  {name:16s} {t:6.3f} s")
+    print(f"  {'the rest':16s} {first - sum(parts.values()):6.3f} s (embedding, LM head on the last row, Python)")
 
+
+def prompt_parts(model, ids: list[int], rounds: int) -> dict[str, float]:
+    """Seconds per prompt in each kind of call (median over rounds), wrapping the functions a prompt
+    runs through: the C row helpers where they apply, torch's ops where they do not."""
+    from mmsdk.decoder import gemma3, kv_cache, layers, native, quantize
+    from mmsdk.decoder.generate import prefill
+    from mmsdk.decoder.kv_cache import make_cache
+
+    spent: dict[str, float] = {}
+    kinds = {"layer matmuls": [(m, "forward") for m in (quantize.Int8Linear, quantize.Int4Linear, torch.nn.Linear)],
+             "attention": [(native, "attend_rows"), (gemma3, "attend")],
+             "GeGLU": [(native, "geglu"), (torch.nn.functional, "gelu")],
+             "norms": [(layers.RMSNorm, "forward"), (layers.RMSNorm, "add_to")],
+             "QK-norm + RoPE": [(native, "qkv_heads"), (gemma3, "normalize"), (gemma3, "apply_rope")],
+             "KV-cache writes": [(kv_cache.FullCache, "update"), (kv_cache.RingCache, "update")]}
+    saved, inside = [], set()
+
+    def timed(f, name):
+        def g(*args, **kw):
+            if name in inside:  # a call within one of its own kind (add_to calling forward): counted once
+                return f(*args, **kw)
+            inside.add(name)
+            t = time.perf_counter()
+            try:
+                return f(*args, **kw)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
+                inside.discard(name)
+        return g
+
+    for name, targets in kinds.items():
+        for obj, attr in targets:
+            saved.append((obj, attr, getattr(obj, attr)))
+            setattr(obj, attr, timed(getattr(obj, attr), name))
+    per_round = {name: [] for name in kinds}
+    try:
+        with torch.inference_mode():
+            for _ in range(rounds):
+                spent.clear()
+                prefill(model, ids, make_cache(model.config), 0)
+                for name in kinds:
+                    per_round[name].append(spent.get(name, 0.0))
+    finally:
+        for obj, attr, f in saved:
+            setattr(obj, attr, f)
+    return {name: statistics.median(v) for name, v in per_round.items()}
 
 if __name__ == "__main__":
     main()

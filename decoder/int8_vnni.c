@@ -339,7 +339,9 @@ void norm_rows(const float *x, long M, long n, const float *gain, float eps_term
 AI __m512 gelu16(__m512 g) {
     const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
                                    _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), g), _mm512_mul_ps(g, g), g));
-    return _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_mul_ps(_mm512_set1_ps(-2.f), u))));
+    const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_mul_ps(_mm512_set1_ps(-2.f), u)));
+    const __m512 r = _mm512_rcp14_ps(d);  /* 1/d to 14 bits, then one Newton step: a divide's precision at a third of its cost */
+    return _mm512_mul_ps(g, _mm512_fnmadd_ps(_mm512_mul_ps(d, r), r, _mm512_add_ps(r, r)));
 }
 
 /* GeGLU rows: out (M, I) = gelu(gu[:, :I]) * gu[:, I:] for gu (M, 2I). out may be gu when M = 1. */

@@ -64,7 +64,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         gate_up = self.gate_up_proj(x)
-        if native.takes_rows(gate_up):  # one pass, no temporaries
+        if native.takes_rows(gate_up) and gate_up.shape[-1] % 32 == 0:  # one pass, no temporaries
             return self.down_proj(native.geglu(gate_up))
         gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.gelu(gate, approximate="tanh") * up)

@@ -137,6 +137,7 @@ def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.T
         library().int4_matmul(rows.data_ptr(), rows.shape[0], K, *args)
     return y.view(*x.shape[:-1], N)
 
+
 def takes_rows(x: torch.Tensor) -> bool:
     """Whether the row helpers below take x: float32, contiguous, rows a whole number of registers."""
     return x.dtype == torch.float32 and x.is_contiguous() and x.shape[-1] % 16 == 0 and available()
@@ -151,7 +152,7 @@ def norm_rows(x: torch.Tensor, gain: torch.Tensor, eps_term: float, add: torch.T
 
 
 def geglu(gate_up: torch.Tensor) -> torch.Tensor:
-    """gelu_tanh(gate) * up for rows holding gate then up (..., 2I): one pass, no temporaries."""
+    """gelu_tanh(gate) * up for rows holding gate then up (..., 2I), I a multiple of 16: one pass, no temporaries."""
     I = gate_up.shape[-1] // 2
     out = gate_up.new_empty(*gate_up.shape[:-1], I)
     library().geglu(gate_up.data_ptr(), gate_up.numel() // (2 * I), I, out.data_ptr())

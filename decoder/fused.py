@@ -1,11 +1,12 @@
-"""A decoded token through a Gemma 3 layer in one call of our C kernels (`int8_vnni.c`,
-`gemma3_layer_step`): the same computation as `gemma3.Block` for one row, where every projection
-is a product of ours (int8, or 4-bit read in torch's own layout). In Python the step is ~55 small
-torch ops a layer, each ~2-4 us of dispatch around very little arithmetic; the call does them
-back to back.
+"""A Gemma 3 layer in calls of our C kernels (`int8_vnni.c`): a decoded token in one call
+(`gemma3_layer_step`), a prompt's rows in two around the KV cache's update (`gemma3_prompt_qkv`,
+`gemma3_prompt_rest`). The same computation as `gemma3.Block`, where every projection is a product
+of ours (int8, or 4-bit read in torch's own layout). In Python a decoded token is ~55 small torch
+ops a layer, each ~2-4 us of dispatch around very little arithmetic, and a prompt ~15 calls; the
+C calls do them back to back.
 
-`Block.forward` takes this path where `plan` gives a description of the block (one row, float32,
-int8 or 4-bit projections); the Python layers stay the reference (tests/test_native_kernels.py
+`Block.forward` takes this path where `plan` gives a description of the block (one sequence,
+float32, int8 or 4-bit projections); the Python layers stay the reference (tests/test_native_kernels.py
 compares the two).
 """
 import ctypes
@@ -52,15 +53,16 @@ def _linear(m, weights: tuple) -> _Linear:
 
 
 def plan(block, x: torch.Tensor, cache) -> _Layer | None:
-    """The C description of `block` for decoding the one row `x` into `cache`, made again when a
-    weight or a norm gain changes; None where the call does not fit (more than one row, not
-    float32, widths not multiples of 16, a projection neither int8 with 8-bit inputs nor 4-bit,
-    our kernels unavailable)."""
+    """The C description of `block` for running the rows `x` of one sequence into `cache`, made again
+    when a weight or a norm gain changes; None where the calls do not fit (a batch, not float32,
+    widths not whole registers, a projection neither int8 with 8-bit inputs nor 4-bit, our kernels
+    unavailable)."""
     attn, mlp = block.attn, block.mlp
     linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-    if (x.shape[:2] != (1, 1) or x.dtype != torch.float32 or not isinstance(cache, (RingCache, FullCache))
+    if (x.shape[0] != 1 or x.dtype != torch.float32 or not isinstance(cache, (RingCache, FullCache))
             or cache.k.dtype != torch.float32 or cache.k.shape[0] != 1 or not native.available()
-            or any(n % 16 for n in (x.shape[-1], attn.head_dim, mlp.down_proj.in_features))):  # whole registers
+            or any(n % 16 for n in (x.shape[-1], mlp.down_proj.in_features))  # whole registers
+            or attn.head_dim % 32):  # the prompt's attention reads values 32 at a time
         return None
     weights = [_weights(m) for m in linears]
     if any(w is None for w in weights):
@@ -94,4 +96,22 @@ def step(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor, m
     native.library().gemma3_layer_step(ctypes.byref(layer), out.data_ptr(), cos.data_ptr(), sin.data_ptr(),
                                        cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape[2] * cache.k.shape[3],
                                        slot, keys, bias.data_ptr())
+    return out
+
+
+def prompt(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor, window: int | None) -> torch.Tensor:
+    """The block's output for a prompt's rows x (1, T, hidden), in two calls around `cache.update`."""
+    T, H, Hkv, D = x.shape[1], layer.heads, layer.kv_heads, layer.head_dim
+    out = x.contiguous().clone()  # the calls update it in place
+    cos, sin = (t.contiguous() for t in rope)
+    q, k, v = (x.new_empty(1, n, T, D) for n in (H, Hkv, Hkv))
+    lib = native.library()
+    lib.gemma3_prompt_qkv(ctypes.byref(layer), out.data_ptr(), T, cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
+                          k.data_ptr(), v.data_ptr())
+    k, v, k_pos = cache.update(k, v, positions)
+    if k.stride()[1:] != (k.stride(1), D, 1) or v.stride() != k.stride():  # rows of D, key heads equally apart
+        k, v = k.contiguous(), v.contiguous()
+    q_pos, k_pos = positions.to(torch.long).contiguous(), k_pos.to(torch.long).contiguous()
+    lib.gemma3_prompt_rest(ctypes.byref(layer), out.data_ptr(), T, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                           k.shape[2], k.stride(1), q_pos.data_ptr(), k_pos.data_ptr(), window or 0)
     return out

@@ -90,8 +90,10 @@ class Block(nn.Module):
         self.post_mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x, rope, cache, positions, groups=None, masks=None):
-        if groups is None and (layer := fused.plan(self, x, cache)) is not None:  # one decoded token: one C call
-            return fused.step(layer, x, rope, cache, positions, masks, self.attn.window)
+        if groups is None and (layer := fused.plan(self, x, cache)) is not None:  # our C calls: one or two
+            if x.shape[1] == 1:
+                return fused.step(layer, x, rope, cache, positions, masks, self.attn.window)
+            return fused.prompt(layer, x, rope, cache, positions, self.attn.window)
         x = self.post_attn_norm.add_to(x, self.attn(self.attn_norm(x), rope, cache, positions, groups, masks))
         return self.post_mlp_norm.add_to(x, self.mlp(self.mlp_norm(x)))
 

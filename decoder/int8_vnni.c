@@ -324,14 +324,19 @@ static void rms_norm(float *y, const float *x, const float *gain, long n, float 
 }
 
 /* Rows of x (M, n) normalized as rms_norm; with `add`, y = add + that (the residual stream after a
-   post-norm). y may be x or add. */
+   post-norm). y may be x or add: each element is read before it is written. */
 void norm_rows(const float *x, long M, long n, const float *gain, float eps_term, const float *add, float *y) {
     #pragma omp parallel for if (M > 8)
     for (long m = 0; m < M; m++) {
-        rms_norm(y + m * n, x + m * n, gain, n, eps_term);
-        if (add)
-            for (long i = 0; i < n; i += 16)
-                _mm512_storeu_ps(y + m * n + i, _mm512_add_ps(_mm512_loadu_ps(y + m * n + i), _mm512_loadu_ps(add + m * n + i)));
+        const float *r = x + m * n;
+        __m512 s = _mm512_setzero_ps();
+        for (long i = 0; i < n; i += 16) { const __m512 v = _mm512_loadu_ps(r + i); s = _mm512_fmadd_ps(v, v, s); }
+        const __m512 inv = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(s) + eps_term * eps_term));
+        for (long i = 0; i < n; i += 16) {
+            __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(r + i), _mm512_loadu_ps(gain + i)), inv);
+            if (add) v = _mm512_add_ps(v, _mm512_loadu_ps(add + m * n + i));
+            _mm512_storeu_ps(y + m * n + i, v);
+        }
     }
 }
 
@@ -354,11 +359,13 @@ void geglu(const float *gu, long M, long I, float *out) {
         }
 }
 
-static void linear1(const Linear *w, const float *x, float *y) {
-    if (w->group > 0)
+static void linear_rows(const Linear *w, const float *x, long M, float *y) {
+    if (w->group > 0 && M == 1)
         int4_gemv(x, w->in, w->weight, w->scales_and_zeros, w->group, y, w->out);
+    else if (w->group > 0)
+        int4_matmul(x, M, w->in, w->weight, w->scales_and_zeros, w->group, y, w->out);
     else
-        int8_linear(x, 1, w->in, w->rotation, w->weight, w->scales, w->comp, y, w->out);
+        int8_linear(x, M, w->in, w->rotation, w->weight, w->scales, w->comp, y, w->out);
 }
 
 /* x (D) rotated as layers.apply_rope: x * cos + roll(x, D/2) * signed_sin */
@@ -477,7 +484,7 @@ void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *
     float *gu = malloc(sizeof(float) * 2 * L->inter), *w = malloc(sizeof(float) * D);
 
     rms_norm(h, x, L->attn_norm, E, L->eps);
-    linear1(&L->qkv, h, qkv);
+    linear_rows(&L->qkv, h, 1, qkv);
     for (long i = 0; i < H + Hkv; i++) {  /* QK-norm (q's gain holds the attention scale), then RoPE */
         rms_norm(qkv + i * D, qkv + i * D, L->qk_norm + i * D, D, L->head_eps);
         rope(qkv + i * D, cos, sin, D, w);
@@ -489,14 +496,14 @@ void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *
     for (long g = 0; g < Hkv; g++)
         attend_group(qkv + g * (H / Hkv) * D, H / Hkv, k_cache + g * plane, v_cache + g * plane, bias, keys, D,
                      att + g * (H / Hkv) * D);
-    linear1(&L->o, att, o);
+    linear_rows(&L->o, att, 1, o);
     rms_norm(o, o, L->post_attn_norm, E, L->eps);
     for (long i = 0; i < E; i++) x[i] += o[i];
 
     rms_norm(h, x, L->mlp_norm, E, L->eps);
-    linear1(&L->gate_up, h, gu);
+    linear_rows(&L->gate_up, h, 1, gu);
     geglu(gu, 1, L->inter, gu);
-    linear1(&L->down, gu, o);
+    linear_rows(&L->down, gu, 1, o);
     rms_norm(o, o, L->post_mlp_norm, E, L->eps);
     for (long i = 0; i < E; i++) x[i] += o[i];
     free(h), free(qkv), free(att), free(o), free(gu), free(w);
@@ -613,4 +620,53 @@ void attend_rows(const float *q, long H, long T, const float *k, const float *v,
                     window, scale, out + (t0 * H + h) * D, H * D);
     }
     free(kt), free(kp32);
+}
+
+/* ---- a prompt's rows through one Gemma 3 layer, in two calls --------------------------------
+   The same computation as gemma3.Block for M rows of one sequence, every projection a product of
+   ours: gemma3_prompt_qkv gives q, k and v by head; the caller puts k and v in its KV cache (a ring
+   or a full cache, kept in Python) and hands back the keys to attend; gemma3_prompt_rest does the
+   rest, updating x (M, hidden) in place. Two calls a layer instead of ~15 from Python. */
+/* Scratch for these calls: one buffer per calling thread, kept from call to call. Freeing a layer's
+   ~8 MB of temporaries every time let malloc give the pages back, and faulting them in again cost
+   more than the layer's norms; a buffer past KEEP_FLOATS (a long unchunked prompt) is not kept. */
+#define KEEP_FLOATS (8L << 20)
+static _Thread_local float *scratch;
+static _Thread_local long scratch_floats;
+
+static float *scratch_for(long floats) {
+    if (floats > scratch_floats) {
+        free(scratch);
+        scratch = malloc(sizeof(float) * floats), scratch_floats = floats;
+    }
+    return scratch;
+}
+
+static void scratch_trim(void) {
+    if (scratch_floats > KEEP_FLOATS) free(scratch), scratch = NULL, scratch_floats = 0;
+}
+
+void gemma3_prompt_qkv(const Layer *L, const float *x, long M, const float *cos, const float *sin, float *q,
+                       float *k, float *v) {
+    const long E = L->hidden, H = L->heads, Hkv = L->kv_heads, D = L->head_dim;
+    float *h = scratch_for(M * E + M * (H + 2 * Hkv) * D), *qkv = h + M * E;
+    norm_rows(x, M, E, L->attn_norm, L->eps, NULL, h);
+    linear_rows(&L->qkv, h, M, qkv);
+    qkv_heads(qkv, M, H, Hkv, D, L->qk_norm, L->head_eps, cos, sin, q, k, v);
+}
+
+void gemma3_prompt_rest(const Layer *L, float *x, long M, const float *q, const float *k, const float *v, long S,
+                        long kv_stride, const long *qp, const long *kp, long window) {
+    const long E = L->hidden, H = L->heads, D = L->head_dim, I = L->inter;
+    float *att = scratch_for(M * (H * D + 2 * E + 3 * I)), *o = att + M * H * D, *h = o + M * E, *gu = h + M * E,
+          *act = gu + M * 2 * I;
+    attend_rows(q, H, M, k, v, L->kv_heads, S, D, kv_stride, qp, kp, window, 1.f, att);  /* scale: in q's gain */
+    linear_rows(&L->o, att, M, o);
+    norm_rows(o, M, E, L->post_attn_norm, L->eps, x, x);
+    norm_rows(x, M, E, L->mlp_norm, L->eps, NULL, h);
+    linear_rows(&L->gate_up, h, M, gu);
+    geglu(gu, M, I, act);
+    linear_rows(&L->down, act, M, o);
+    norm_rows(o, M, E, L->post_mlp_norm, L->eps, x, x);
+    scratch_trim();
 }

@@ -88,6 +88,8 @@ def library() -> ctypes.CDLL | None:
     lib.qkv_heads.argtypes = [ptr, n, n, n, n, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, ptr]
     lib.attend_rows.argtypes = [ptr, n, n, ptr, ptr, n, n, n, n, ptr, ptr, n, ctypes.c_float, ptr]
     lib.gemma3_layer_step.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, n, n, n, ptr]
+    lib.gemma3_prompt_qkv.argtypes = [ptr, ptr, n, ptr, ptr, ptr, ptr, ptr]
+    lib.gemma3_prompt_rest.argtypes = [ptr, ptr, n, ptr, ptr, ptr, n, n, ptr, ptr, n]
     return lib
 
 

@@ -121,6 +121,35 @@ def test_fused_decode_step_matches_the_python_layers(monkeypatch, bits, tol):
 
 
 @needs_native
+@pytest.mark.parametrize("bits,tol", [(8, 5e-3), (4, 1e-2)])
+def test_fused_prompt_matches_the_python_layers(monkeypatch, bits, tol):
+    """A prompt's chunks through `fused.prompt` (two C calls a layer) against the Python layers:
+    a first chunk into empty caches, then chunks attending the rings (window 8) and full caches."""
+    from mmsdk.decoder import fused
+    from mmsdk.decoder.kv_cache import make_cache
+    from mmsdk.decoder.quantize import quantize_
+    from test_quant_modules import tiny_model
+
+    model = quantize_(tiny_model(), bits)
+    calls = []
+    prompt = fused.prompt
+    monkeypatch.setattr(fused, "prompt", lambda *a: calls.append(1) or prompt(*a))
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
+    caches, ref_caches = make_cache(model.config), make_cache(model.config)
+    with torch.inference_mode():
+        for s, e in [(0, 13), (13, 20), (20, 40)]:
+            out = model(ids[:, s:e], caches, torch.arange(s, e))
+            with monkeypatch.context() as m:
+                m.setattr(fused, "plan", lambda *a: None)
+                ref = model(ids[:, s:e], ref_caches, torch.arange(s, e))
+            assert rel_err(out, ref) < tol, s
+            for c, r in zip(caches, ref_caches):
+                assert c.offset == r.offset and rel_err(c.k, r.k) < tol and rel_err(c.v, r.v) < tol
+            caches = [c.clone() for c in ref_caches]  # go on from one state
+    assert len(calls) == 3 * len(model.layers)
+
+
+@needs_native
 def test_int4_products_read_torchs_layout():
     from mmsdk.decoder.quantize import Int4Linear, dequantize_int4
 

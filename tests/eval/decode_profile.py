@@ -4,7 +4,8 @@ A decoded token, by ablation: the step timed as it is (one C call a layer where 
 applies), in the Python layers, and in those with one kind of work replaced by a single cheap op
 (the output is then wrong; only the time matters). A profiler would add microseconds to every one
 of the ~1,000 small ops and blur the answer. A prompt's parts take milliseconds each, so there
-each part's calls are timed as they run.
+each part's calls are timed as they run, in the Python layers (where a layer is two C calls,
+`fused.prompt`, its parts are not visible from Python).
 
     python tests/eval/decode_profile.py [--precision stored|int8|int4] [--rounds 12] [--prompt 512]
 
@@ -76,7 +77,7 @@ def main():
                     model(ids[:, 20:21], caches, torch.tensor([pos[0]]))
                     pos[0] += 1
                 body[name].append((time.perf_counter() - t0) / 4 * 1e3)
-                if name == "as is":
+                if name in ("as is", "Python layers"):
                     t0 = time.perf_counter()
                     prefill(model, prompt_ids.tolist(), make_cache(model.config), 0)
                     prompt[name].append(time.perf_counter() - t0)
@@ -97,10 +98,13 @@ def main():
         print(f"  {name:14s} {py - statistics.median(body[name]):5.1f} ms")
     print("  (time saved by taking each part out; the savings overlap, as each part also evicts cache for the next)")
     print(f"  the {len(rows)} layer matmuls alone, back to back: {statistics.median(floor):.1f} ms")
-    first = statistics.median(prompt["as is"])
-    print(f"prefill of {a.prompt} tokens: {first:.3f} s ({a.prompt / first:.0f} tok/s)")
+    first, py_first = statistics.median(prompt["as is"]), statistics.median(prompt["Python layers"])
+    print(f"prefill of {a.prompt} tokens: {first:.3f} s ({a.prompt / first:.0f} tok/s); "
+          f"in the Python layers (the same kernels called one by one): {py_first:.3f} s")
+    use(python)
     whole, parts = prompt_parts(model, prompt_ids.tolist(), a.rounds)
-    print(f"  again with each call timed: {whole:.3f} s, of which")
+    use({})
+    print(f"  the Python layers again with each call timed: {whole:.3f} s, of which")
     for name, t in parts.items():
         print(f"  {name:16s} {t:6.3f} s")
     print(f"  {'the rest':16s} {whole - sum(parts.values()):6.3f} s (embedding, final norm, Python between the calls)")

@@ -109,8 +109,7 @@ def prompt(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor,
     lib.gemma3_prompt_qkv(ctypes.byref(layer), out.data_ptr(), T, cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
                           k.data_ptr(), v.data_ptr())
     k, v, k_pos = cache.update(k, v, positions)
-    if k.stride()[1:] != (k.stride(1), D, 1) or v.stride() != k.stride():  # rows of D, key heads equally apart
-        k, v = k.contiguous(), v.contiguous()
+    k, v = native.kv_rows(k, v)
     q_pos, k_pos = positions.to(torch.long).contiguous(), k_pos.to(torch.long).contiguous()
     lib.gemma3_prompt_rest(ctypes.byref(layer), out.data_ptr(), T, q.data_ptr(), k.data_ptr(), v.data_ptr(),
                            k.shape[2], k.stride(1), q_pos.data_ptr(), k_pos.data_ptr(), window or 0)

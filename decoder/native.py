@@ -173,6 +173,14 @@ def qkv_heads(qkv: torch.Tensor, heads: int, kv_heads: int, gain: torch.Tensor, 
     return q, k, v
 
 
+def kv_rows(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values (1, Hkv, S, D) as the C attention reads them: rows of D floats, the key heads
+    equally apart (a full cache's slice of its buffer is; anything else is copied)."""
+    if k.stride()[1:] != (k.stride(1), k.shape[3], 1) or v.stride() != k.stride():
+        k, v = k.contiguous(), v.contiguous()
+    return k, v
+
+
 def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
                 window: int | None, scale: float) -> torch.Tensor:
     """Attention of a prompt's queries q (1, H, T, D) over keys and values (1, Hkv, S, D) with the
@@ -180,8 +188,7 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.
     layout the output projection takes."""
     _, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    if k.stride()[1:] != (k.stride(1), D, 1) or v.stride() != k.stride():  # rows of D, heads equally apart
-        k, v = k.contiguous(), v.contiguous()
+    k, v = kv_rows(k, v)
     q, q_pos, k_pos = q.contiguous(), q_pos.to(torch.long).contiguous(), k_pos.to(torch.long).contiguous()
     out = q.new_empty(1, T, H * D)
     library().attend_rows(q.data_ptr(), H, T, k.data_ptr(), v.data_ptr(), Hkv, S, D, k.stride(1),

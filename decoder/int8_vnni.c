@@ -314,30 +314,24 @@ AI float dot_row(const float *a, const float *b, long D) {  /* four sums hide th
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
 
-/* y = x * gain / sqrt(|x|^2 + eps_term^2), as layers.normalize; y may be x. n a multiple of 16. */
-static void rms_norm(float *y, const float *x, const float *gain, long n, float eps_term) {
+/* y = x * gain / sqrt(|x|^2 + eps_term^2), as layers.normalize, plus `add` where given (the residual
+   stream after a post-norm). n a multiple of 16; y may be x or add: each element is read before it
+   is written. */
+static void rms_norm(float *y, const float *x, const float *gain, long n, float eps_term, const float *add) {
     __m512 s = _mm512_setzero_ps();
-    for (long i = 0; i < n; i += 16) { __m512 v = _mm512_loadu_ps(x + i); s = _mm512_fmadd_ps(v, v, s); }
-    const __m512 r = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(s) + eps_term * eps_term));
-    for (long i = 0; i < n; i += 16)
-        _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(gain + i)), r));
+    for (long i = 0; i < n; i += 16) { const __m512 v = _mm512_loadu_ps(x + i); s = _mm512_fmadd_ps(v, v, s); }
+    const __m512 inv = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(s) + eps_term * eps_term));
+    for (long i = 0; i < n; i += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(gain + i)), inv);
+        if (add) v = _mm512_add_ps(v, _mm512_loadu_ps(add + i));
+        _mm512_storeu_ps(y + i, v);
+    }
 }
 
-/* Rows of x (M, n) normalized as rms_norm; with `add`, y = add + that (the residual stream after a
-   post-norm). y may be x or add: each element is read before it is written. */
+/* rms_norm over the rows of x (M, n), into y (M, n); `add` (M, n) or NULL. */
 void norm_rows(const float *x, long M, long n, const float *gain, float eps_term, const float *add, float *y) {
     #pragma omp parallel for if (M > 8)
-    for (long m = 0; m < M; m++) {
-        const float *r = x + m * n;
-        __m512 s = _mm512_setzero_ps();
-        for (long i = 0; i < n; i += 16) { const __m512 v = _mm512_loadu_ps(r + i); s = _mm512_fmadd_ps(v, v, s); }
-        const __m512 inv = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(s) + eps_term * eps_term));
-        for (long i = 0; i < n; i += 16) {
-            __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(r + i), _mm512_loadu_ps(gain + i)), inv);
-            if (add) v = _mm512_add_ps(v, _mm512_loadu_ps(add + m * n + i));
-            _mm512_storeu_ps(y + m * n + i, v);
-        }
-    }
+    for (long m = 0; m < M; m++) rms_norm(y + m * n, x + m * n, gain, n, eps_term, add ? add + m * n : NULL);
 }
 
 /* GELU, tanh approximation: 0.5 g (1 + tanh(u)) = g / (1 + e^-2u), u = sqrt(2/pi) (g + 0.044715 g^3) */
@@ -388,7 +382,7 @@ void qkv_heads(const float *qkv, long T, long H, long Hkv, long D, const float *
             const float *src = qkv + (t * (H + 2 * Hkv) + i) * D;
             float *dst = i < H ? q + (i * T + t) * D : i < H + Hkv ? k + ((i - H) * T + t) * D : v + ((i - H - Hkv) * T + t) * D;
             if (i < H + Hkv) {
-                rms_norm(dst, src, gain + i * D, D, eps_term);
+                rms_norm(dst, src, gain + i * D, D, eps_term, NULL);
                 rope(dst, cos + t * D, sin + t * D, D, tmp);
             } else {
                 memcpy(dst, src, sizeof(float) * D);
@@ -483,10 +477,10 @@ void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *
     float *att = malloc(sizeof(float) * H * D), *o = malloc(sizeof(float) * E);
     float *gu = malloc(sizeof(float) * 2 * L->inter), *w = malloc(sizeof(float) * D);
 
-    rms_norm(h, x, L->attn_norm, E, L->eps);
+    rms_norm(h, x, L->attn_norm, E, L->eps, NULL);
     linear_rows(&L->qkv, h, 1, qkv);
     for (long i = 0; i < H + Hkv; i++) {  /* QK-norm (q's gain holds the attention scale), then RoPE */
-        rms_norm(qkv + i * D, qkv + i * D, L->qk_norm + i * D, D, L->head_eps);
+        rms_norm(qkv + i * D, qkv + i * D, L->qk_norm + i * D, D, L->head_eps, NULL);
         rope(qkv + i * D, cos, sin, D, w);
     }
     for (long g = 0; g < Hkv; g++) {
@@ -497,15 +491,13 @@ void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *
         attend_group(qkv + g * (H / Hkv) * D, H / Hkv, k_cache + g * plane, v_cache + g * plane, bias, keys, D,
                      att + g * (H / Hkv) * D);
     linear_rows(&L->o, att, 1, o);
-    rms_norm(o, o, L->post_attn_norm, E, L->eps);
-    for (long i = 0; i < E; i++) x[i] += o[i];
+    rms_norm(x, o, L->post_attn_norm, E, L->eps, x);
 
-    rms_norm(h, x, L->mlp_norm, E, L->eps);
+    rms_norm(h, x, L->mlp_norm, E, L->eps, NULL);
     linear_rows(&L->gate_up, h, 1, gu);
     geglu(gu, 1, L->inter, gu);
     linear_rows(&L->down, gu, 1, o);
-    rms_norm(o, o, L->post_mlp_norm, E, L->eps);
-    for (long i = 0; i < E; i++) x[i] += o[i];
+    rms_norm(x, o, L->post_mlp_norm, E, L->eps, x);
     free(h), free(qkv), free(att), free(o), free(gu), free(w);
 }
 
@@ -626,8 +618,9 @@ void attend_rows(const float *q, long H, long T, const float *k, const float *v,
    The same computation as gemma3.Block for M rows of one sequence, every projection a product of
    ours: gemma3_prompt_qkv gives q, k and v by head; the caller puts k and v in its KV cache (a ring
    or a full cache, kept in Python) and hands back the keys to attend; gemma3_prompt_rest does the
-   rest, updating x (M, hidden) in place. Two calls a layer instead of ~15 from Python. */
-/* Scratch for these calls: one buffer per calling thread, kept from call to call. Freeing a layer's
+   rest, updating x (M, hidden) in place. Two calls a layer instead of ~15 from Python.
+
+   Scratch for these calls: one buffer per calling thread, kept from call to call. Freeing a layer's
    ~8 MB of temporaries every time let malloc give the pages back, and faulting them in again cost
    more than the layer's norms; a buffer past KEEP_FLOATS (a long unchunked prompt) is not kept. */
 #define KEEP_FLOATS (8L << 20)

@@ -70,7 +70,8 @@ def mmsdk_speed(spec, ids, gen):
             tok = int(model.logits(h)[0, -1].argmax())
             pos += 1
         t2 = time.perf_counter()
-    return {"load_s": load_s, "first_prompt_s": first_s, "ttft_s": t1 - t0, "prefill_tps": len(ids) / (t1 - t0), "decode_tps": gen / (t2 - t1),
+    return {"load_s": load_s, "first_prompt_s": first_s, "ttft_s": t1 - t0, "prefill_tps": len(ids) / (t1 - t0),
+            "decode_tps": gen / (t2 - t1),
             "bytes_per_token": _weight_bytes(model), "label": loaded.quantization}
 
 
@@ -95,7 +96,8 @@ def llama_speed(spec, ids, gen):
         next(it)
     t2 = time.perf_counter()
     size = os.path.getsize(spec["model"])
-    return {"load_s": load_s, "first_prompt_s": first_s, "ttft_s": t1 - t0, "prefill_tps": len(ids) / (t1 - t0), "decode_tps": gen / (t2 - t1),
+    return {"load_s": load_s, "first_prompt_s": first_s, "ttft_s": t1 - t0, "prefill_tps": len(ids) / (t1 - t0),
+            "decode_tps": gen / (t2 - t1),
             "bytes_per_token": size, "label": "gguf"}
 
 
@@ -124,7 +126,8 @@ def transformers_speed(spec, ids, gen):
             tok = int(out.logits[0, -1].argmax())
         t2 = time.perf_counter()
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"load_s": load_s, "first_prompt_s": first_s, "ttft_s": t1 - t0, "prefill_tps": len(ids) / (t1 - t0), "decode_tps": gen / (t2 - t1),
+    return {"load_s": load_s, "first_prompt_s": first_s, "ttft_s": t1 - t0, "prefill_tps": len(ids) / (t1 - t0),
+            "decode_tps": gen / (t2 - t1),
             "bytes_per_token": nbytes, "label": str(dtype).replace("torch.", "")}
 
 

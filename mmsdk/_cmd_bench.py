@@ -103,15 +103,16 @@ def speed_table(res: dict) -> str:
              f"decode {res['gen_tokens']} tok  rounds {res['rounds']}  memory read {res['bandwidth_gbs']:.1f} GB/s",
              "median (min-max) over rounds, each run in its own process; the prompt is timed on its second run "
              "(as llama-bench does), the first is '1st prompt'",
-             f"{'engine':26} {'prefill tok/s':>20} {'decode tok/s':>18} {'TTFT s':>18} {'1st prompt s':>18} {'load s':>18} "
-             f"{'peak RSS MB':>18} {'MB/token':>9} {'roofline':>14}"]
+             f"{'engine':26} {'prefill tok/s':>20} {'decode tok/s':>18} {'TTFT s':>18} {'1st prompt s':>18} "
+             f"{'load s':>18} {'peak RSS MB':>18} {'MB/token':>9} {'roofline':>14}"]
     for name, e in res["results"].items():
         if not e["runs"]:
             lines.append(f"{name:26} failed: {e['errors'][0] if e['errors'] else 'no runs'}")
             continue
         load = _mm(e["load_s"], ".2f") + (f" cold {e['cold_load_s']:.1f}" if "cold_load_s" in e else "")
         lines.append(f"{name:26} {_mm(e['prefill_tps'], '.0f'):>20} {_mm(e['decode_tps'], '.1f'):>18} "
-                     f"{_mm(e['ttft_s'], '.2f'):>18} {_mm(e['first_prompt_s'], '.2f'):>18} {load:>18} {_mm(e['peak_rss_mb'], '.0f'):>18} "
+                     f"{_mm(e['ttft_s'], '.2f'):>18} {_mm(e['first_prompt_s'], '.2f'):>18}"
+                     f" {load:>18} {_mm(e['peak_rss_mb'], '.0f'):>18} "
                      f"{e['bytes_per_token'] / 1e6:>9.0f} {e['roofline_tps']:>6.0f} ({e['roofline_share']:.0%})")
     return "\n".join(lines)
 

@@ -243,7 +243,8 @@ def test_prompt_through_the_row_helpers_matches_torch_ops(monkeypatch):
     def run():
         caches = make_cache(cfg)
         with torch.no_grad():  # two chunks: the second attends the rings and the full cache
-            return torch.cat([model(ids[:, :12], caches, torch.arange(12)), model(ids[:, 12:], caches, torch.arange(12, 21))], 1)
+            first = model(ids[:, :12], caches, torch.arange(12))
+            return torch.cat([first, model(ids[:, 12:], caches, torch.arange(12, 21))], 1)
 
     ours = run()
     monkeypatch.setattr(native, "takes_rows", lambda x: False)

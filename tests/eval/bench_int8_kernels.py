@@ -1,5 +1,6 @@
 """One int8 product, our kernel (`decoder/native.py`) against fbgemm's dynamic int8 linear (the
-kernel it replaces), on Gemma 3 270M's weight shapes, for one row (decode) and 512 rows (prefill).
+kernel it replaces), on Gemma 3 270M's weight shapes, for one row (decode) and 512 rows (prefill);
+then the 4-bit products (group 32), ours in float32 against torch's int4 kernel in bfloat16.
 
     python tests/eval/bench_int8_kernels.py [--threads 2] [--calls 300]
 
@@ -13,7 +14,7 @@ import time
 import torch
 
 from mmsdk.decoder import native
-from mmsdk.decoder.quantize import dynamic_int8_linear, fbgemm_pack, quantize_int8
+from mmsdk.decoder.quantize import ACT_DTYPE, Int4Linear, dynamic_int8_linear, fbgemm_pack, quantize_int8
 
 SHAPES = {"qkv": (1536, 640), "o": (640, 1024), "gate_up": (4096, 640), "down": (640, 2048), "head": (262144, 640)}
 
@@ -51,6 +52,21 @@ def main():
                 t_fb.append(timed(lambda: dynamic_int8_linear(x, theirs), calls))
             mo, mf = statistics.median(t_ours), statistics.median(t_fb)
             print(f"{name:>8} {f'{n}x{k}':>12} {rows:>5} {mo:>9.0f} {mf:>10.0f} {mf / mo:>6.2f}")
+    print(f"{'weight':>8} {'N x K':>12} {'rows':>5} {'ours us':>9} {'torch int4 us':>14} {'ratio':>6}  (4-bit, group 32)")
+    for name, (n, k) in SHAPES.items():
+        if name == "head":
+            continue  # the head stays 8-bit at every precision
+        m = Int4Linear.from_float(torch.randn(n, k), 32)
+        for rows in (1, 512):
+            x = torch.randn(rows, k)
+            xb = x.to(ACT_DTYPE)
+            t_ours, t_torch = [], []
+            for _ in range(3):
+                t_ours.append(timed(lambda: native.int4_linear(x, m.weight, m.scales_and_zeros, 32), a.calls // 10 + 3))
+                t_torch.append(timed(lambda: torch._weight_int4pack_mm_for_cpu(xb, m.weight, 32, m.scales_and_zeros),
+                                     a.calls // 10 + 3))
+            mo, mt = statistics.median(t_ours), statistics.median(t_torch)
+            print(f"{name:>8} {f'{n}x{k}':>12} {rows:>5} {mo:>9.0f} {mt:>14.0f} {mt / mo:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -116,6 +116,16 @@ class SentencePieceTokenizer(GemmaTokenizer):
     def piece(self, token_id):
         return self.sp.id_to_piece(token_id)
 
+    def as_tokenizers(self) -> Tokenizer:
+        """The same vocabulary as a `tokenizers` Tokenizer, for libraries that take one (grammar
+        engines): each piece with its GGUF type again (control from `special_ids`; SentencePiece
+        numbers piece types as GGUF does)."""
+        m = spm_proto.ModelProto()
+        m.ParseFromString(self.sp.serialized_model_proto())
+        types = [_CONTROL if i in self.special_ids else p.type if p.type in (_USER_DEFINED, _BYTE) else _NORMAL
+                 for i, p in enumerate(m.pieces)]
+        return build_gemma_tokenizer([p.piece for p in m.pieces], types)
+
 
 class StreamDecoder:
     """Turns a stream of ids into text pieces, holding back bytes of a character not yet complete."""

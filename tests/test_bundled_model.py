@@ -69,6 +69,20 @@ def test_tokenizer_matches_transformers_on_a_corpus(float_asst, bundled_path):
     assert tok.encode(" " * 33, add_bos=False) == [tok.token_id("\u2581" * 31), tok.token_id("\u2581" * 2)]
 
 
+def test_tokenizers_copy_keeps_the_ids(float_asst):
+    """`as_tokenizers()`, the copy grammar engines take: every piece at its id, control tokens special,
+    and the same ids as ours on the docs (runs of 32+ spaces aside, split as transformers does)."""
+    import pydoc_data.topics as topics
+
+    tok = float_asst.tokenizer
+    hf = tok.as_tokenizers()
+    assert hf.get_vocab_size() == tok.vocab_size
+    assert all(hf.id_to_token(i) == tok.piece(i) for i in range(0, tok.vocab_size, 97))
+    texts = [t for t in topics.topics.values() if " " * 32 not in t][:30] + ["<start_of_turn>user\nhi<end_of_turn>\n"]
+    for text in texts:
+        assert hf.encode(text, add_special_tokens=False).ids == tok.encode(text, add_bos=False)
+
+
 def test_generates_paris(float_asst):
     out = float_asst.generate("The capital of France is the city of", max_tokens=8)
     assert "Paris" in out

@@ -264,14 +264,7 @@ def run(asst, n_tools: int, n_schemas: int, constrained: bool, max_tokens: int) 
 
 def _hf_tokenizer(tokenizer):
     """A `tokenizers` tokenizer for the engines that take one (xgrammar, outlines-core)."""
-    from mmsdk.decoder.tokenizer import build_gemma_tokenizer
-
-    if hasattr(tokenizer, "tok"):
-        return tokenizer.tok
-    sp, special = tokenizer.sp, tokenizer.special_ids
-    types = [3 if i in special else 4 if sp.is_user_defined(i) else 6 if sp.is_byte(i) else 1
-             for i in range(tokenizer.vocab_size)]
-    return build_gemma_tokenizer([tokenizer.piece(i) for i in range(tokenizer.vocab_size)], types)
+    return tokenizer.tok if hasattr(tokenizer, "tok") else tokenizer.as_tokenizers()
 
 
 def engines(tokenizer) -> dict:

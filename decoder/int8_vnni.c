@@ -166,7 +166,7 @@ void int8_linear(const float *x, long M, long K, long block, const int8_t *w, co
    path packs means no second copy of the weight. */
 AI __m512 u8_to_ps(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
 
-void int4_gemv(const float *x, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
+static void int4_gemv(const float *x, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
                float *y, long N) {
     #pragma omp parallel for schedule(static)
     for (long b = 0; b < N / 64; b++) {
@@ -227,7 +227,7 @@ AI void float_tile(const int MR, const float *x, long K, const float *panel, flo
     FOUT(0); FOUT(1); FOUT(2); FOUT(3); FOUT(4); FOUT(5);
 }
 
-void int4_matmul(const float *x, long M, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
+static void int4_matmul(const float *x, long M, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
                  float *y, long N) {
     #pragma omp parallel
     {
@@ -353,11 +353,18 @@ void geglu(const float *gu, long M, long I, float *out) {
         }
 }
 
+/* Rows x (M, K) times a 4-bit weight in torch's layout: one row streams it, more run the GEMM. */
+void int4_linear(const float *x, long M, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
+                 float *y, long N) {
+    if (M == 1)
+        int4_gemv(x, K, w, scales_and_zeros, group, y, N);
+    else
+        int4_matmul(x, M, K, w, scales_and_zeros, group, y, N);
+}
+
 static void linear_rows(const Linear *w, const float *x, long M, float *y) {
-    if (w->group > 0 && M == 1)
-        int4_gemv(x, w->in, w->weight, w->scales_and_zeros, w->group, y, w->out);
-    else if (w->group > 0)
-        int4_matmul(x, M, w->in, w->weight, w->scales_and_zeros, w->group, y, w->out);
+    if (w->group > 0)
+        int4_linear(x, M, w->in, w->weight, w->scales_and_zeros, w->group, y, w->out);
     else
         int8_linear(x, M, w->in, w->rotation, w->weight, w->scales, w->comp, y, w->out);
 }

@@ -81,8 +81,7 @@ def library() -> ctypes.CDLL | None:
     ptr, n = ctypes.c_void_p, ctypes.c_long
     lib.pack_blocks.argtypes = [ptr, n, n, ptr, ptr]
     lib.int8_linear.argtypes = [ptr, n, n, n, ptr, ptr, ptr, ptr, n]
-    lib.int4_gemv.argtypes = [ptr, n, ptr, ptr, n, ptr, n]
-    lib.int4_matmul.argtypes = [ptr, n, n, ptr, ptr, n, ptr, n]
+    lib.int4_linear.argtypes = [ptr, n, n, ptr, ptr, n, ptr, n]
     lib.norm_rows.argtypes = [ptr, n, n, ptr, ctypes.c_float, ptr, ptr]
     lib.geglu.argtypes = [ptr, n, n, ptr]
     lib.qkv_heads.argtypes = [ptr, n, n, n, n, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, ptr]
@@ -132,11 +131,8 @@ def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.T
     K, N = x.shape[-1], scales_and_zeros.shape[1]
     rows = x.reshape(-1, K).float().contiguous()
     y = torch.empty(rows.shape[0], N)
-    args = (weight.data_ptr(), scales_and_zeros.data_ptr(), group, y.data_ptr(), N)
-    if rows.shape[0] == 1:
-        library().int4_gemv(rows.data_ptr(), K, *args)
-    else:
-        library().int4_matmul(rows.data_ptr(), rows.shape[0], K, *args)
+    library().int4_linear(rows.data_ptr(), rows.shape[0], K, weight.data_ptr(), scales_and_zeros.data_ptr(), group,
+                          y.data_ptr(), N)
     return y.view(*x.shape[:-1], N)
 
 

@@ -1,4 +1,4 @@
-"""A Gemma 3 layer in calls of our C kernels (`int8_vnni.c`): a decoded token in one call
+"""A Gemma 3 layer in calls of our C kernels (`int8_vnni.c`, `kernels_avx2.c`): a decoded token in one call
 (`gemma3_layer_step`), a prompt's rows in two around the KV cache's update (`gemma3_prompt_qkv`,
 `gemma3_prompt_rest`). The same computation as `gemma3.Block`, where every projection is a product
 of ours (int8, or 4-bit read in torch's own layout). In Python a decoded token is ~55 small torch
@@ -22,12 +22,12 @@ from .quantize import Int4Linear, Int8Linear
 _ptr, _long = ctypes.c_void_p, ctypes.c_long
 
 
-class _Linear(ctypes.Structure):  # mirrors `Linear` in int8_vnni.c
+class _Linear(ctypes.Structure):  # mirrors `Linear` in int8_vnni.c and kernels_avx2.c
     _fields_ = [("weight", _ptr), ("scales", _ptr), ("comp", _ptr), ("scales_and_zeros", _ptr), ("rotation", _long),
                 ("inputs", _long), ("outputs", _long), ("group", _long)]
 
 
-class _Layer(ctypes.Structure):  # mirrors `Layer` in int8_vnni.c
+class _Layer(ctypes.Structure):  # mirrors `Layer` in int8_vnni.c and kernels_avx2.c
     _fields_ = [("hidden", _long), ("heads", _long), ("kv_heads", _long), ("head_dim", _long), ("inter", _long),
                 ("eps", ctypes.c_float), ("head_eps", ctypes.c_float),
                 ("attn_norm", _ptr), ("qk_norm", _ptr), ("post_attn_norm", _ptr), ("mlp_norm", _ptr),
@@ -60,7 +60,8 @@ def plan(block, x: torch.Tensor, cache) -> _Layer | None:
     attn, mlp = block.attn, block.mlp
     linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
     if (x.shape[0] != 1 or x.dtype != torch.float32 or not isinstance(cache, (RingCache, FullCache))
-            or cache.k.dtype != torch.float32 or cache.k.shape[0] != 1 or not native.available()
+            or cache.k.dtype != torch.float32 or cache.k.shape[0] != 1
+            or not native.available("gemma3_layer_step", "gemma3_prompt_qkv", "gemma3_prompt_rest")
             or any(n % 16 for n in (x.shape[-1], mlp.down_proj.in_features))  # whole registers
             or attn.head_dim % 32):  # the prompt's attention reads values 32 at a time
         return None

@@ -1,5 +1,5 @@
-"""Our own int8 kernels (`int8_vnni.c`), compiled once with the system C compiler into the user
-cache folder and called through ctypes.
+"""Our own kernels (int8 and 4-bit products, norms, GeGLU, attention, a whole Gemma 3 layer),
+compiled once with the system C compiler into the user cache folder and called through ctypes.
 
 Why: for one input row, fbgemm's dynamic int8 linear spends half its time outside the product
 (~45 us for a 1 MB weight that streams in ~20 us), which is most of a decoded token's layer time;
@@ -7,12 +7,18 @@ and its packed layout must be rebuilt on every load (~1 s of a cached load). The
 here is a plain reordering of the int8 rows (a copy at memory speed), and the same blocks serve
 the one-row decode product and the many-row prefill one.
 
-`available()` is False, and the callers keep torch's kernels, where the CPU lacks AVX-512 VNNI, no
-C compiler is found, or `MMSDK_NATIVE=0`.
+One source per CPU kind, chosen once by the CPU's flags (`KERNELS`, best first; the choice is
+logged and `kernel_name()` says it): AVX-512 VNNI (`int8_vnni.c`), else AVX2 + FMA
+(`kernels_avx2.c`). Both export the same entry points over the same layouts. Where none fits the
+CPU, no C compiler is found, or `MMSDK_NATIVE=0`, `available()` is False and the callers keep
+torch's kernels; `MMSDK_REQUIRE_NATIVE=1` (CI) makes a kernel that cannot be built an error
+instead. A compiled library is loaded only if the record beside it (a hash of the source and the
+compiler and flags, and one of the library itself) matches; otherwise it is built again.
 """
 import ctypes
 import functools
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -23,41 +29,115 @@ from typing import NamedTuple
 import torch
 
 from .cache import atomic_path, cache_dir
+from .errors import MMSDKError
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("int8_vnni.c")
-CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-fopenmp",
-          "-shared", "-fPIC")
-CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")
-BLOCK = 16  # output channels per block: one 512-bit register of int32 sums
+HERE = Path(__file__).parent
+COMMON_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
+BLOCK = 16  # output channels per block: one 512-bit register of int32 sums (two 256-bit ones)
+
+
+class Kernel(NamedTuple):
+    name: str  # what `kernel_name()` reports
+    source: str  # beside this module
+    cpu_flags: tuple[str, ...]  # /proc/cpuinfo flags it needs
+    cflags: tuple[str, ...]
+
+
+KERNELS = (
+    Kernel("avx512-vnni", "int8_vnni.c", ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"),
+           ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni")),
+    Kernel("avx2", "kernels_avx2.c", ("avx2", "fma"), ("-mavx2", "-mfma")),
+)
+
+_ptr, _n = ctypes.c_void_p, ctypes.c_long
+ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
+    "pack_blocks": [_ptr, _n, _n, _ptr, _ptr],
+    "int8_linear": [_ptr, _n, _n, _n, _ptr, _ptr, _ptr, _ptr, _n],
+    "int4_linear": [_ptr, _n, _n, _ptr, _ptr, _n, _ptr, _n],
+    "norm_rows": [_ptr, _n, _n, _ptr, ctypes.c_float, _ptr, _ptr],
+    "geglu": [_ptr, _n, _n, _ptr],
+    "qkv_heads": [_ptr, _n, _n, _n, _n, _ptr, ctypes.c_float, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "attend_rows": [_ptr, _n, _n, _ptr, _ptr, _n, _n, _n, _n, _ptr, _ptr, _n, ctypes.c_float, _ptr],
+    "gemma3_layer_step": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n, _n, _n, _ptr],
+    "gemma3_prompt_qkv": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "gemma3_prompt_rest": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _n, _n, _ptr, _ptr, _n],
+}
+INT8 = ("pack_blocks", "int8_linear")  # what `available()` asks for by default
+
+
+class KernelBuildError(MMSDKError, RuntimeError):
+    """The kernels for this CPU could not be built or loaded while `MMSDK_REQUIRE_NATIVE=1`."""
 
 
 class Int8Blocks(NamedTuple):
     """An int8 weight (N, K) in the kernel's layout, with what the product needs beside it."""
     blocks: torch.Tensor  # int8 (N/16, K/4, 16, 4)
     scales: torch.Tensor  # float32 (N,)
-    comp: torch.Tensor  # int32 (N,): 128 x each channel's weight sum, undoing the inputs' offset
+    comp: torch.Tensor  # int32 (N,): 128 x each channel's weight sum, undoing the inputs' offset (AVX-512)
 
 
-def _cpu_has_vnni() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
-        return False
-    have = set(flags.split(":", 1)[1].split())
-    return all(f in have for f in CPU_FLAGS)
+        return set()
+    return set(flags.split(":", 1)[1].split())
 
 
-def _compile(cc: str) -> Path:
-    """The shared library for this source and these flags, compiled on first use (atomically)."""
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join((cc, *CFLAGS)).encode()).hexdigest()[:16]
-    lib = cache_dir("kernels") / f"int8_vnni-{key}.so"
-    if not lib.exists():
-        with atomic_path(lib) as tmp:
-            subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", str(tmp)], check=True, capture_output=True, text=True)
+def cpu_kernel() -> Kernel | None:
+    """The best kernel source this CPU runs, or None where it has none of their instructions."""
+    have = _cpu_flags()
+    return next((k for k in KERNELS if all(f in have for f in k.cpu_flags)), None)
+
+
+@functools.cache
+def pairs_saturate() -> bool:
+    """Whether torch's int8 kernels (fbgemm, oneDNN) saturate here: without VNNI they multiply unsigned
+    8-bit inputs by int8 weights with 16-bit pair sums (vpmaddubsw), which 2 x 255 x 127 overflows
+    (2-7% off on AVX2). Their inputs then take 7 bits (torch's `reduce_range`)."""
+    return not {"avx512_vnni", "avx_vnni"} & _cpu_flags()
+
+
+def _sources(kernel: Kernel) -> list[Path]:
+    """The source and the headers beside it (all of them count in the build's hash)."""
+    return [HERE / kernel.source, *sorted(HERE.glob("*.h"))]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _compile(cc: str, kernel: Kernel) -> Path:
+    """The shared library for this source and these flags: the cached one where the record beside it
+    matches (source, compiler and flags, and the library's own bytes), else compiled (atomically)."""
+    flags = (*COMMON_FLAGS, *kernel.cflags)
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in _sources(kernel))
+                         + " ".join((cc, *flags)).encode()).hexdigest()
+    lib = cache_dir("kernels") / f"{Path(kernel.source).stem}-{key[:16]}.so"
+    record = lib.with_suffix(".json")
+    try:
+        held = json.loads(record.read_text())
+        if held.get("key") == key and held.get("sha256") == _sha256(lib):
+            return lib
+        log.warning("kernel library %s does not match its record: building it again", lib)
+    except (OSError, ValueError, AttributeError):
+        pass  # not built yet, or a record that cannot be read: build
+    with atomic_path(lib) as tmp:
+        subprocess.run([cc, *flags, str(HERE / kernel.source), "-o", str(tmp)], check=True, capture_output=True,
+                       text=True)
+        digest = _sha256(tmp)
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps({"key": key, "sha256": digest, "source": kernel.source, "cc": cc, "flags": flags}))
     return lib
+
+
+def _fail(message: str) -> None:
+    """A kernel that cannot be built: an error under MMSDK_REQUIRE_NATIVE=1, else torch's kernels."""
+    if os.environ.get("MMSDK_REQUIRE_NATIVE") == "1":
+        raise KernelBuildError(message)
+    log.warning("%s: torch's kernels run instead (slower decode and load)", message)
 
 
 @functools.cache
@@ -65,35 +145,35 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None where they cannot run here (the reason is logged once)."""
     if os.environ.get("MMSDK_NATIVE", "1") == "0":
         return None
-    if not _cpu_has_vnni():
-        log.info("CPU lacks AVX-512 VNNI: int8 layers use torch's kernels")
+    kernel = cpu_kernel()
+    if kernel is None:
+        log.info("CPU has neither AVX-512 VNNI nor AVX2 + FMA: torch's kernels run")
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        log.warning("no C compiler found: int8 layers use torch's kernels (slower decode and load)")
-        return None
+        return _fail("no C compiler found for our kernels")
     try:
-        lib = ctypes.CDLL(str(_compile(cc)))  # after torch: the library shares torch's OpenMP runtime
+        lib = ctypes.CDLL(str(_compile(cc, kernel)))  # after torch: the library shares torch's OpenMP runtime
     except (OSError, subprocess.CalledProcessError) as e:
-        log.warning("could not build the int8 kernels (%s): int8 layers use torch's kernels",
-                    getattr(e, "stderr", None) or e)
-        return None
-    ptr, n = ctypes.c_void_p, ctypes.c_long
-    lib.pack_blocks.argtypes = [ptr, n, n, ptr, ptr]
-    lib.int8_linear.argtypes = [ptr, n, n, n, ptr, ptr, ptr, ptr, n]
-    lib.int4_linear.argtypes = [ptr, n, n, ptr, ptr, n, ptr, n]
-    lib.norm_rows.argtypes = [ptr, n, n, ptr, ctypes.c_float, ptr, ptr]
-    lib.geglu.argtypes = [ptr, n, n, ptr]
-    lib.qkv_heads.argtypes = [ptr, n, n, n, n, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, ptr]
-    lib.attend_rows.argtypes = [ptr, n, n, ptr, ptr, n, n, n, n, ptr, ptr, n, ctypes.c_float, ptr]
-    lib.gemma3_layer_step.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, n, n, n, ptr]
-    lib.gemma3_prompt_qkv.argtypes = [ptr, ptr, n, ptr, ptr, ptr, ptr, ptr]
-    lib.gemma3_prompt_rest.argtypes = [ptr, ptr, n, ptr, ptr, ptr, n, n, ptr, ptr, n]
+        return _fail(f"could not build the {kernel.name} kernels ({getattr(e, 'stderr', None) or e})")
+    for name, argtypes in ENTRY_POINTS.items():
+        if (fn := getattr(lib, name, None)) is not None:  # a source without it: that call stays torch's
+            fn.argtypes = argtypes
+    lib.kernel = kernel
+    log.info("kernels: %s (%s)", kernel.name, kernel.source)
     return lib
 
 
-def available() -> bool:
-    return library() is not None
+def available(*entry_points: str) -> bool:
+    """Whether our kernels run here and export these entry points (default: the int8 product's)."""
+    lib = library()
+    return lib is not None and all(hasattr(lib, name) for name in entry_points or INT8)
+
+
+def kernel_name() -> str:
+    """Which kernels run: "avx512-vnni", "avx2", or "torch" (none of ours)."""
+    lib = library()
+    return "torch" if lib is None else lib.kernel.name
 
 
 def fits(out_features: int, in_features: int) -> bool:
@@ -138,7 +218,8 @@ def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.T
 
 def takes_rows(x: torch.Tensor) -> bool:
     """Whether the row helpers below take x: float32, contiguous, rows a whole number of registers."""
-    return x.dtype == torch.float32 and x.is_contiguous() and x.shape[-1] % 16 == 0 and available()
+    return (x.dtype == torch.float32 and x.is_contiguous() and x.shape[-1] % 16 == 0
+            and available("norm_rows", "geglu", "qkv_heads", "attend_rows"))
 
 
 def norm_rows(x: torch.Tensor, gain: torch.Tensor, eps_term: float, add: torch.Tensor | None = None) -> torch.Tensor:

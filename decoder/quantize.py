@@ -146,8 +146,9 @@ def onednn_int8_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tens
     unsigned around 128, the VNNI instruction's input type)."""
     rows = x.reshape(-1, x.shape[-1]).float()
     peak = rows.abs().amax(-1, keepdim=True).clamp_(min=1e-30)
-    qx = torch.round(rows * (127.0 / peak)).add_(128.0).to(torch.uint8)
-    y = _qlinear(qx, 1.0 / 127.0, 128, packed, scales, zeros, None, 1.0, 0, torch.float32, "none", [], "")
+    levels = 63 if native.pairs_saturate() else 127  # 7 bits where 16-bit pair sums would saturate
+    qx = torch.round(rows * (levels / peak)).add_(levels + 1).to(torch.uint8)
+    y = _qlinear(qx, 1.0 / levels, levels + 1, packed, scales, zeros, None, 1.0, 0, torch.float32, "none", [], "")
     return y.mul_(peak).reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
 
@@ -158,8 +159,8 @@ _qlinear = getattr(torch.ops.onednn.qlinear_pointwise.default, "_op", torch.ops.
 
 
 def dynamic_int8_linear(x: torch.Tensor, packed) -> torch.Tensor:
-    """x W^T with x quantized per call to 8 bits (full range: VNNI has no 16-bit overflow to avoid),
-    W packed by `fbgemm_pack`.
+    """x W^T with x quantized per call to 8 bits (full range: VNNI has no 16-bit overflow to avoid;
+    7 bits on CPUs without it, `native.pairs_saturate`), W packed by `fbgemm_pack`.
 
     fbgemm picks one range for the whole input; rows scaled to max |x| = 1 first get about a range
     each, so a small row beside a large one keeps its precision (one range for all: +26% perplexity)."""
@@ -168,7 +169,7 @@ def dynamic_int8_linear(x: torch.Tensor, packed) -> torch.Tensor:
     if rows.shape[0] > 1:
         peak = rows.abs().amax(-1, keepdim=True).clamp_(min=1e-30)
         rows = rows / peak
-    y = _linear_dynamic(rows, packed, False)
+    y = _linear_dynamic(rows, packed, native.pairs_saturate())  # reduce_range: 7-bit inputs without VNNI
     if peak is not None:
         y = y.mul_(peak)
     return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
@@ -262,7 +263,7 @@ class Int4Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and native.available():  # our kernels read the same buffers, in float32
+        if x.dtype == torch.float32 and native.available("int4_linear"):  # our kernels read the same buffers, in float32
             return native.int4_linear(x, self.weight, self.scales_and_zeros, self.group_size)
         rows = x.reshape(-1, x.shape[-1]).to(ACT_DTYPE)
         y = torch._weight_int4pack_mm_for_cpu(rows, self.weight, self.group_size, self.scales_and_zeros)

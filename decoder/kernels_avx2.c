@@ -325,3 +325,398 @@ void int4_linear(const float *x, long M, long K, const uint8_t *w, const uint32_
     else
         int4_matmul(x, M, K, w, scales_and_zeros, group, y, N);
 }
+
+/* ---- float helpers: exp, GELU, norms --------------------------------------------------------- */
+
+AI __m256 exp8(__m256 x) {  /* e^x: 2^n (exponent bits) times a degree-6 polynomial for 2^f, |f| <= 0.5 */
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.f)), _mm256_set1_ps(-88.f));
+    const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+    const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm256_sub_ps(t, n);
+    __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+    /* n in -127..127: 2^n as a float's exponent field (2^-127 comes out as 0, e^-88 is ~6e-39) */
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+AI float dot_row(const float *a, const float *b, long D) {  /* four sums hide the adds' latency; D % 16 == 0 */
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    long d = 0;
+    for (; d + 32 <= D; d += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 16), _mm256_loadu_ps(b + d + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 24), _mm256_loadu_ps(b + d + 24), s3);
+    }
+    for (; d < D; d += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
+    return hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+/* y = x * gain / sqrt(|x|^2 + eps_term^2), as layers.normalize, plus `add` where given (the residual
+   stream after a post-norm). n a multiple of 8; y may be x or add: each element is read before it
+   is written. */
+static void rms_norm(float *y, const float *x, const float *gain, long n, float eps_term, const float *add) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    long i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256 u = _mm256_loadu_ps(x + i), v = _mm256_loadu_ps(x + i + 8);
+        s0 = _mm256_fmadd_ps(u, u, s0), s1 = _mm256_fmadd_ps(v, v, s1);
+    }
+    for (; i < n; i += 8) { const __m256 v = _mm256_loadu_ps(x + i); s0 = _mm256_fmadd_ps(v, v, s0); }
+    const __m256 inv = _mm256_set1_ps(1.f / sqrtf(hsum8(_mm256_add_ps(s0, s1)) + eps_term * eps_term));
+    for (i = 0; i < n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(gain + i)), inv);
+        if (add) v = _mm256_add_ps(v, _mm256_loadu_ps(add + i));
+        _mm256_storeu_ps(y + i, v);
+    }
+}
+
+/* rms_norm over the rows of x (M, n), into y (M, n); `add` (M, n) or NULL. */
+void norm_rows(const float *x, long M, long n, const float *gain, float eps_term, const float *add, float *y) {
+    #pragma omp parallel for if (M > 8)
+    for (long m = 0; m < M; m++) rms_norm(y + m * n, x + m * n, gain, n, eps_term, add ? add + m * n : NULL);
+}
+
+/* GELU, tanh approximation: 0.5 g (1 + tanh(u)) = g / (1 + e^-2u), u = sqrt(2/pi) (g + 0.044715 g^3) */
+AI __m256 gelu8(__m256 g) {
+    const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
+                                   _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), g), _mm256_mul_ps(g, g), g));
+    const __m256 d = _mm256_add_ps(_mm256_set1_ps(1.f), exp8(_mm256_mul_ps(_mm256_set1_ps(-2.f), u)));
+    const __m256 r = _mm256_rcp_ps(d);  /* 1/d to 12 bits, then one Newton step (~23 bits): cheaper than a divide */
+    return _mm256_mul_ps(g, _mm256_fnmadd_ps(_mm256_mul_ps(d, r), r, _mm256_add_ps(r, r)));
+}
+
+/* GeGLU rows: out (M, I) = gelu(gu[:, :I]) * gu[:, I:] for gu (M, 2I). out may be gu when M = 1. */
+void geglu(const float *gu, long M, long I, float *out) {
+    #pragma omp parallel for if (M > 8)
+    for (long m = 0; m < M; m++)
+        for (long i = 0; i < I; i += 8) {
+            const float *r = gu + m * 2 * I + i;
+            _mm256_storeu_ps(out + m * I + i, _mm256_mul_ps(gelu8(_mm256_loadu_ps(r)), _mm256_loadu_ps(r + I)));
+        }
+}
+
+/* ---- one decoded token through one Gemma 3 layer, in one call --------------------------------
+   The same computation as gemma3.Block for one row (B = T = 1), float32 activations, every
+   projection one of the products above (int8, or torch's 4-bit layout): what costs the Python step
+   is not arithmetic but ~55 small torch ops a layer (~2-4 us of dispatch each), so the whole layer
+   is one call here. The structs are int8_vnni.c's (decoder/fused.py mirrors them). */
+
+typedef struct {
+    const void *weight;  /* int8: our blocks; 4-bit: torch's packed weight */
+    const float *scales;  /* int8 */
+    const int32_t *comp;  /* int8 */
+    const uint32_t *scales_and_zeros;  /* 4-bit */
+    long rotation, in, out, group;  /* group > 0: a 4-bit weight */
+} Linear;
+
+typedef struct {
+    long hidden, heads, kv_heads, head_dim, inter;
+    float eps, head_eps;  /* sqrt(width * eps) of the hidden-size norms and of QK-norm */
+    const float *attn_norm, *qk_norm, *post_attn_norm, *mlp_norm, *post_mlp_norm;  /* gains */
+    Linear qkv, o, gate_up, down;
+} Layer;
+
+static void linear_rows(const Linear *w, const float *x, long M, float *y) {
+    if (w->group > 0)
+        int4_linear(x, M, w->in, w->weight, w->scales_and_zeros, w->group, y, w->out);
+    else
+        int8_linear(x, M, w->in, w->rotation, w->weight, w->scales, w->comp, y, w->out);
+}
+
+/* x (D) rotated as layers.apply_rope: x * cos + roll(x, D/2) * signed_sin */
+static void rope(float *x, const float *cos, const float *sin, long D, float *tmp) {
+    const long h = D / 2;
+    for (long i = 0; i < h; i++) tmp[i] = x[i] * cos[i] + x[i + h] * sin[i];
+    for (long i = h; i < D; i++) tmp[i] = x[i] * cos[i] + x[i - h] * sin[i];
+    memcpy(x, tmp, sizeof(float) * D);
+}
+
+/* A prompt's q, k and v from its qkv rows (T, H + 2 Hkv, D): q and k QK-normed (gain rows
+   (H + Hkv, D)) and rotated (cos, sin: (T, D)), all three laid out by head (heads, T, D), the
+   layout attention and the KV cache take. */
+void qkv_heads(const float *qkv, long T, long H, long Hkv, long D, const float *gain, float eps_term,
+               const float *cos, const float *sin, float *q, float *k, float *v) {
+    #pragma omp parallel for schedule(static)
+    for (long t = 0; t < T; t++) {
+        float tmp[D];
+        for (long i = 0; i < H + 2 * Hkv; i++) {
+            const float *src = qkv + (t * (H + 2 * Hkv) + i) * D;
+            float *dst = i < H ? q + (i * T + t) * D : i < H + Hkv ? k + ((i - H) * T + t) * D : v + ((i - H - Hkv) * T + t) * D;
+            if (i < H + Hkv) {
+                rms_norm(dst, src, gain + i * D, D, eps_term, NULL);
+                rope(dst, cos + t * D, sin + t * D, D, tmp);
+            } else {
+                memcpy(dst, src, sizeof(float) * D);
+            }
+        }
+    }
+}
+
+/* o (D) = sum over keys s of w[s] * v[s], 64 outputs at a time in registers; zero weights skipped. */
+static void weigh_values(float *o, const float *w, const float *v, long n, long D) {
+    long d0 = 0;
+    for (; d0 + 64 <= D; d0 += 64) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        for (long s = 0; s < n; s++) {
+            if (w[s] == 0.f) continue;
+            const __m256 ws = _mm256_set1_ps(w[s]);
+            const float *r = v + s * D + d0;
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r), ws, a0), a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 8), ws, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 16), ws, a2), a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 24), ws, a3);
+            a4 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 32), ws, a4), a5 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 40), ws, a5);
+            a6 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 48), ws, a6), a7 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 56), ws, a7);
+        }
+        float *out = o + d0;
+        _mm256_storeu_ps(out, a0), _mm256_storeu_ps(out + 8, a1), _mm256_storeu_ps(out + 16, a2);
+        _mm256_storeu_ps(out + 24, a3), _mm256_storeu_ps(out + 32, a4), _mm256_storeu_ps(out + 40, a5);
+        _mm256_storeu_ps(out + 48, a6), _mm256_storeu_ps(out + 56, a7);
+    }
+    for (; d0 < D; d0 += 8) {
+        __m256 a = _mm256_setzero_ps();
+        for (long s = 0; s < n; s++)
+            if (w[s] != 0.f) a = _mm256_fmadd_ps(_mm256_loadu_ps(v + s * D + d0), _mm256_set1_ps(w[s]), a);
+        _mm256_storeu_ps(o + d0, a);
+    }
+}
+
+/* out (G, D) = softmax(q k^T + bias) v for G query rows sharing one key head; keys (S, D). The
+   threads split the keys, each keeping its part's max, sum and weighted values per row; the parts
+   merge at the end, weighed by exp(their max - the max). Masked keys (-inf) are not read.
+   `buf`: the caller's scratch (kept from token to token). */
+static void attend_group(const float *q, long G, const float *k, const float *v, const float *bias, long S, long D,
+                         float *out, Scratch *buf) {
+    const int T = omp_get_max_threads();
+    const long part = D + 2;  /* weighted values, max, sum */
+    float *parts = scratch(buf, sizeof(float) * (T * G * part + S * G)), *w = parts + T * G * part;
+    for (long i = 0; i < T * G; i++) parts[i * part + D] = -INFINITY, parts[i * part + D + 1] = 0.f;
+    #pragma omp parallel num_threads(T)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const long s0 = S * t / nt, n = S * (t + 1) / nt - s0;
+        for (long j = 0; j < G; j++) {
+            float *wj = w + j * S + s0, *p = parts + ((long)t * G + j) * part, m = -INFINITY, l = 0.f;
+            for (long s = 0; s < n; s++) {
+                wj[s] = bias[s0 + s] == -INFINITY ? -INFINITY : dot_row(q + j * D, k + (s0 + s) * D, D) + bias[s0 + s];
+                m = fmaxf(m, wj[s]);
+            }
+            if (m == -INFINITY) continue;  /* every key of this part masked */
+            long s = 0;
+            __m256 sum = _mm256_setzero_ps();
+            for (; s + 8 <= n; s += 8) {
+                const __m256 x = _mm256_loadu_ps(wj + s);
+                const __m256 seen = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+                const __m256 e = _mm256_and_ps(seen, exp8(_mm256_sub_ps(x, _mm256_set1_ps(m))));
+                _mm256_storeu_ps(wj + s, e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            l = hsum8(sum);
+            for (; s < n; s++) l += (wj[s] = wj[s] == -INFINITY ? 0.f : expf(wj[s] - m));
+            weigh_values(p, wj, v + s0 * D, n, D);
+            p[D] = m, p[D + 1] = l;
+        }
+    }
+    for (long j = 0; j < G; j++) {
+        float m = -INFINITY, l = 0.f, *o = out + j * D;
+        for (int t = 0; t < T; t++) m = fmaxf(m, parts[((long)t * G + j) * part + D]);
+        for (long d = 0; d < D; d++) o[d] = 0.f;
+        for (int t = 0; t < T; t++) {
+            const float *p = parts + ((long)t * G + j) * part;
+            if (p[D] == -INFINITY) continue;
+            const float c = expf(p[D] - m);
+            l += p[D + 1] * c;
+            for (long d = 0; d < D; d++) o[d] += c * p[d];
+        }
+        for (long d = 0; d < D; d++) o[d] /= l;
+    }
+}
+
+/* One token: x (hidden) is updated in place. The new key and value go to slot `slot` of the
+   caches (kv_heads planes of `plane` floats each), then attention runs over their first `keys`
+   slots with the additive mask `bias` (keys). cos and sin: this position's RoPE tables (D).
+   Its temporaries live in scratch kept between calls: a decoded token allocates nothing. */
+void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *sin, float *k_cache, float *v_cache,
+                       long plane, long slot, long keys, const float *bias) {
+    static _Thread_local Scratch step, attention;
+    const long H = L->heads, Hkv = L->kv_heads, D = L->head_dim, E = L->hidden;
+    float *h = scratch(&step, sizeof(float) * (2 * E + (2 * H + 2 * Hkv + 1) * D + 2 * L->inter));
+    float *qkv = h + E, *att = qkv + (H + 2 * Hkv) * D, *o = att + H * D, *gu = o + E, *w = gu + 2 * L->inter;
+
+    rms_norm(h, x, L->attn_norm, E, L->eps, NULL);
+    linear_rows(&L->qkv, h, 1, qkv);
+    for (long i = 0; i < H + Hkv; i++) {  /* QK-norm (q's gain holds the attention scale), then RoPE */
+        rms_norm(qkv + i * D, qkv + i * D, L->qk_norm + i * D, D, L->head_eps, NULL);
+        rope(qkv + i * D, cos, sin, D, w);
+    }
+    for (long g = 0; g < Hkv; g++) {
+        memcpy(k_cache + g * plane + slot * D, qkv + (H + g) * D, sizeof(float) * D);
+        memcpy(v_cache + g * plane + slot * D, qkv + (H + Hkv + g) * D, sizeof(float) * D);
+    }
+    for (long g = 0; g < Hkv; g++)
+        attend_group(qkv + g * (H / Hkv) * D, H / Hkv, k_cache + g * plane, v_cache + g * plane, bias, keys, D,
+                     att + g * (H / Hkv) * D, &attention);
+    linear_rows(&L->o, att, 1, o);
+    rms_norm(x, o, L->post_attn_norm, E, L->eps, x);
+
+    rms_norm(h, x, L->mlp_norm, E, L->eps, NULL);
+    linear_rows(&L->gate_up, h, 1, gu);
+    geglu(gu, 1, L->inter, gu);
+    linear_rows(&L->down, gu, 1, o);
+    rms_norm(x, o, L->post_mlp_norm, E, L->eps, x);
+}
+
+/* ---- a prompt's attention: many query rows, masked keys skipped --------------------------------
+   Flash attention (Dao et al. 2022) on the CPU: tiles of 6 query rows of one head run over the keys
+   16 at a time (12 score registers of 8), keeping a running max, sum and weighted values per row,
+   so the scores never exist whole. The mask comes from positions, not a matrix: a key is seen when
+   0 <= its position <= the query's and (sliding layers) less than `window` back; a tile skips a key
+   block none of its rows sees (the causal upper half, a ring's empty slots). */
+#define QROWS 6
+#define KCOLS 16
+
+/* Keys (S, D) -> blocks of KCOLS keys, each (D, KCOLS): a score tile reads one row of it per d.
+   Missing keys of the last block are zeros (and masked). */
+static void key_blocks(const float *k, long S, long D, float *kt) {
+    #pragma omp parallel for schedule(static)
+    for (long b = 0; b < (S + KCOLS - 1) / KCOLS; b++)
+        for (long j = 0; j < KCOLS; j++)
+            for (long d = 0; d < D; d++)
+                kt[(b * D + d) * KCOLS + j] = b * KCOLS + j < S ? k[(b * KCOLS + j) * D + d] : 0.f;
+}
+
+/* seen[r][i]: lanes of key block s0's half i that query row r sees (all ones or zeros); whether any is */
+static int see(const long *qp, int rows, const int32_t *kp, long s0, long window, __m256 seen[QROWS][2]) {
+    int any = 0;
+    const __m256i k0 = _mm256_loadu_si256((const __m256i *)(kp + s0)), k1 = _mm256_loadu_si256((const __m256i *)(kp + s0 + 8));
+    const __m256i none = _mm256_set1_epi32(-1);
+    const __m256i f0 = _mm256_cmpgt_epi32(k0, none), f1 = _mm256_cmpgt_epi32(k1, none);  /* filled slots */
+    for (int r = 0; r < QROWS; r++) {
+        __m256i a = _mm256_setzero_si256(), b = a;
+        if (r < rows) {
+            const __m256i p = _mm256_set1_epi32((int32_t)qp[r]);  /* k <= p: not k > p */
+            a = _mm256_andnot_si256(_mm256_cmpgt_epi32(k0, p), f0), b = _mm256_andnot_si256(_mm256_cmpgt_epi32(k1, p), f1);
+            if (window > 0) {  /* p - k < window  <=>  k > p - window */
+                const __m256i low = _mm256_set1_epi32((int32_t)(qp[r] - window));
+                a = _mm256_and_si256(a, _mm256_cmpgt_epi32(k0, low)), b = _mm256_and_si256(b, _mm256_cmpgt_epi32(k1, low));
+            }
+            any |= !_mm256_testz_si256(_mm256_or_si256(a, b), _mm256_or_si256(a, b));
+        }
+        seen[r][0] = _mm256_castsi256_ps(a), seen[r][1] = _mm256_castsi256_ps(b);
+    }
+    return any;
+}
+
+/* One tile: rows q (rows, D) of a head, keys kt (blocks), values v (S, D) of its key head. */
+static void attend_tile(const float *q, int rows, const long *qp, const float *kt, const float *v,
+                        const int32_t *kp, long S, long D, long window, float scale, float *out, long out_stride) {
+    float o[QROWS * D], m[QROWS], l[QROWS], p[QROWS * KCOLS];
+    __m256 seen[QROWS][2];
+    for (int r = 0; r < QROWS; r++) m[r] = -INFINITY, l[r] = 0.f;
+    memset(o, 0, sizeof(o));
+    for (long s0 = 0; s0 < S; s0 += KCOLS) {
+        if (!see(qp, rows, kp, s0, window, seen)) continue;
+        const float *kb = kt + (s0 / KCOLS) * D * KCOLS;
+        __m256 c[QROWS][2];
+        for (int r = 0; r < QROWS; r++) c[r][0] = c[r][1] = _mm256_setzero_ps();
+        for (long d = 0; d < D; d++) {  /* scores: rows x 16 keys, one fma per row and 8 keys */
+            const __m256 k0 = _mm256_loadu_ps(kb + d * KCOLS), k1 = _mm256_loadu_ps(kb + d * KCOLS + 8);
+            for (int r = 0; r < QROWS; r++) {
+                const __m256 qd = _mm256_set1_ps(q[(r < rows ? r : 0) * D + d]);
+                c[r][0] = _mm256_fmadd_ps(qd, k0, c[r][0]), c[r][1] = _mm256_fmadd_ps(qd, k1, c[r][1]);
+            }
+        }
+        float alpha[QROWS];
+        for (int r = 0; r < QROWS; r++) {  /* online softmax: new max, rescale what came before */
+            const __m256 ninf = _mm256_set1_ps(-INFINITY), sc = _mm256_set1_ps(scale);
+            const __m256 s0v = _mm256_blendv_ps(ninf, _mm256_mul_ps(c[r][0], sc), seen[r][0]);
+            const __m256 s1v = _mm256_blendv_ps(ninf, _mm256_mul_ps(c[r][1], sc), seen[r][1]);
+            const float mx = fmaxf(m[r], hmax8(_mm256_max_ps(s0v, s1v)));
+            alpha[r] = mx == -INFINITY ? 1.f : expf(m[r] - mx);
+            const __m256 e0 = _mm256_and_ps(seen[r][0], exp8(_mm256_sub_ps(s0v, _mm256_set1_ps(mx))));
+            const __m256 e1 = _mm256_and_ps(seen[r][1], exp8(_mm256_sub_ps(s1v, _mm256_set1_ps(mx))));
+            _mm256_storeu_ps(p + r * KCOLS, e0), _mm256_storeu_ps(p + r * KCOLS + 8, e1);
+            l[r] = l[r] * alpha[r] + hsum8(_mm256_add_ps(e0, e1));
+            m[r] = mx;
+        }
+        const long keys = S - s0 < KCOLS ? S - s0 : KCOLS;
+        for (long d = 0; d < D; d += 16) {  /* o = o * alpha + p v: 6 rows x 16 outputs in registers */
+            __m256 a[QROWS][2];
+            for (int r = 0; r < QROWS; r++)
+                for (int i = 0; i < 2; i++)
+                    a[r][i] = _mm256_mul_ps(_mm256_loadu_ps(o + r * D + d + 8 * i), _mm256_set1_ps(alpha[r]));
+            for (long j = 0; j < keys; j++) {
+                const __m256 v0 = _mm256_loadu_ps(v + (s0 + j) * D + d), v1 = _mm256_loadu_ps(v + (s0 + j) * D + d + 8);
+                for (int r = 0; r < QROWS; r++) {
+                    const __m256 pj = _mm256_set1_ps(p[r * KCOLS + j]);
+                    a[r][0] = _mm256_fmadd_ps(pj, v0, a[r][0]), a[r][1] = _mm256_fmadd_ps(pj, v1, a[r][1]);
+                }
+            }
+            for (int r = 0; r < QROWS; r++)
+                for (int i = 0; i < 2; i++) _mm256_storeu_ps(o + r * D + d + 8 * i, a[r][i]);
+        }
+    }
+    for (int r = 0; r < rows; r++) {  /* a row that sees no key (none here: a query sees itself) gets zeros */
+        const __m256 inv = _mm256_set1_ps(l[r] > 0.f ? 1.f / l[r] : 0.f);
+        for (long d = 0; d < D; d += 8) _mm256_storeu_ps(out + r * out_stride + d, _mm256_mul_ps(_mm256_loadu_ps(o + r * D + d), inv));
+    }
+}
+
+/* out (T, H, D) = softmax(q k^T * scale, masked) v for q (H, T, D) and keys, values (Hkv, S, D), the
+   key heads `kv_stride` floats apart, at positions qp (T) and kp (S, -1: an empty slot). D a multiple of 16. */
+void attend_rows(const float *q, long H, long T, const float *k, const float *v, long Hkv, long S, long D,
+                 long kv_stride, const long *qp, const long *kp, long window, float scale, float *out) {
+    static _Thread_local Scratch keys;
+    const long blocks = (S + KCOLS - 1) / KCOLS;
+    float *kt = scratch(&keys, sizeof(float) * Hkv * blocks * KCOLS * D + sizeof(int32_t) * blocks * KCOLS);
+    int32_t *kp32 = (int32_t *)(kt + Hkv * blocks * KCOLS * D);
+    for (long s = 0; s < blocks * KCOLS; s++) kp32[s] = s >= S || kp[s] < 0 ? -1 : (int32_t)kp[s];
+    for (long g = 0; g < Hkv; g++) key_blocks(k + g * kv_stride, S, D, kt + g * blocks * KCOLS * D);
+    const long tiles = (T + QROWS - 1) / QROWS;
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (long job = 0; job < H * tiles; job++) {
+        const long h = job / tiles, t0 = (tiles - 1 - job % tiles) * QROWS;  /* the longest rows first */
+        const long g = h / (H / Hkv);
+        const int rows = T - t0 < QROWS ? (int)(T - t0) : QROWS;
+        attend_tile(q + (h * T + t0) * D, rows, qp + t0, kt + g * blocks * KCOLS * D, v + g * kv_stride, kp32, S, D,
+                    window, scale, out + (t0 * H + h) * D, H * D);
+    }
+    scratch_trim(&keys);
+}
+
+/* ---- a prompt's rows through one Gemma 3 layer, in two calls --------------------------------
+   The same computation as gemma3.Block for M rows of one sequence, every projection a product of
+   ours: gemma3_prompt_qkv gives q, k and v by head; the caller puts k and v in its KV cache (a ring
+   or a full cache, kept in Python) and hands back the keys to attend; gemma3_prompt_rest does the
+   rest, updating x (M, hidden) in place. Two calls a layer instead of ~15 from Python. Their
+   temporaries: one scratch per calling thread, kept from call to call (see `scratch`). */
+static _Thread_local Scratch prompt;
+
+void gemma3_prompt_qkv(const Layer *L, const float *x, long M, const float *cos, const float *sin, float *q,
+                       float *k, float *v) {
+    const long E = L->hidden, H = L->heads, Hkv = L->kv_heads, D = L->head_dim;
+    float *h = scratch(&prompt, sizeof(float) * (M * E + M * (H + 2 * Hkv) * D)), *qkv = h + M * E;
+    norm_rows(x, M, E, L->attn_norm, L->eps, NULL, h);
+    linear_rows(&L->qkv, h, M, qkv);
+    qkv_heads(qkv, M, H, Hkv, D, L->qk_norm, L->head_eps, cos, sin, q, k, v);
+}
+
+void gemma3_prompt_rest(const Layer *L, float *x, long M, const float *q, const float *k, const float *v, long S,
+                        long kv_stride, const long *qp, const long *kp, long window) {
+    const long E = L->hidden, H = L->heads, D = L->head_dim, I = L->inter;
+    float *att = scratch(&prompt, sizeof(float) * M * (H * D + 2 * E + 3 * I)), *o = att + M * H * D, *h = o + M * E,
+          *gu = h + M * E, *act = gu + M * 2 * I;
+    attend_rows(q, H, M, k, v, L->kv_heads, S, D, kv_stride, qp, kp, window, 1.f, att);  /* scale: in q's gain */
+    linear_rows(&L->o, att, M, o);
+    norm_rows(o, M, E, L->post_attn_norm, L->eps, x, x);
+    norm_rows(x, M, E, L->mlp_norm, L->eps, NULL, h);
+    linear_rows(&L->gate_up, h, M, gu);
+    geglu(gu, M, I, act);
+    linear_rows(&L->down, act, M, o);
+    norm_rows(o, M, E, L->post_mlp_norm, L->eps, x, x);
+    scratch_trim(&prompt);
+}

@@ -2,6 +2,9 @@
 this CPU runs), compiled here with the system C compiler, against torch: the blocked layout, the
 product for every tile shape, the fused rotation, the row helpers, whole layers, and the fallback to
 torch's kernels where they cannot be built (an error instead under MMSDK_REQUIRE_NATIVE=1)."""
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -124,11 +127,17 @@ def test_a_compiler_that_fails_is_an_error_when_native_is_required(monkeypatch, 
 def test_a_tampered_or_stale_library_is_built_again(monkeypatch, tmp_path):
     """The cached library is loaded only when the record beside it matches the source, compiler and
     flags and the library's own bytes; otherwise it is compiled again (and works)."""
+    built_here = Path(native.library()._name)  # this session's library: the same key, so its record holds
     monkeypatch.setenv("MMSDK_CACHE", str(tmp_path))
+    (tmp_path / "kernels").mkdir()
+    for f in (built_here, built_here.with_suffix(".json")):
+        shutil.copy(f, tmp_path / "kernels" / f.name)
+    lib = tmp_path / "kernels" / built_here.name
+    copied = lib.stat().st_ino
     native.library.cache_clear()
     try:
         native.library()
-        (lib,) = (tmp_path / "kernels").glob("*.so")
+        assert lib.stat().st_ino == copied  # a matching record: loaded as it is, not rebuilt
         built = lib.read_bytes()
         for spoil in ("library", "record"):
             if spoil == "library":  # a tampered library: its bytes no longer match the record's hash
@@ -213,7 +222,8 @@ def test_int4_products_read_torchs_layout():
 
     torch.manual_seed(0)
     for n, k, group in [(128, 64, 32), (640, 2048, 128)]:
-        m = Int4Linear.from_float(torch.randn(n, k), group)
+        codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)  # random codes: from_float's clip search is slow
+        m = Int4Linear.from_codes(codes, torch.rand(n, k // group) + 0.5, torch.randn(n, k // group), group)
         w = dequantize_int4(*_codes(m, group))
         for rows in (1, 5, 6, 13):  # one row streams the weight; more run the GEMM, tiles of 6 and their rests
             x = torch.randn(rows, k)

@@ -37,7 +37,7 @@ class _Layer(ctypes.Structure):  # mirrors `Layer` in int8_vnni.c and kernels_av
 def _weights(m) -> tuple | None:
     """What the call reads of projection `m`: our int8 blocks, or an `Int4Linear`'s own buffers."""
     if isinstance(m, Int4Linear):
-        return m.weight, m.scales_and_zeros
+        return (m.weight, m.scales_and_zeros) if native.available("int4_linear") else None
     if isinstance(m, Int8Linear) and m.int8_inputs:
         return (m.packed(),)
     return None

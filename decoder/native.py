@@ -156,10 +156,15 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_compile(cc, kernel)))  # after torch: the library shares torch's OpenMP runtime
     except (OSError, subprocess.CalledProcessError) as e:
         return _fail(f"could not build the {kernel.name} kernels ({getattr(e, 'stderr', None) or e})")
+    lib.kernel, lib.missing = kernel, set()
     for name, argtypes in ENTRY_POINTS.items():
         if (fn := getattr(lib, name, None)) is not None:  # a source without it: that call stays torch's
             fn.argtypes = argtypes
-    lib.kernel = kernel
+    if hasattr(lib, "int4_layout"):  # the source reads either of torch's 4-bit layouts: say which one
+        lib.int4_layout.argtypes = [_n]
+        lib.int4_layout(int4_block())
+    elif int4_block() != 64:  # int8_vnni.c reads torch's AVX-512 layout only
+        lib.missing.add("int4_linear")
     log.info("kernels: %s (%s)", kernel.name, kernel.source)
     return lib
 
@@ -167,7 +172,18 @@ def library() -> ctypes.CDLL | None:
 def available(*entry_points: str) -> bool:
     """Whether our kernels run here and export these entry points (default: the int8 product's)."""
     lib = library()
-    return lib is not None and all(hasattr(lib, name) for name in entry_points or INT8)
+    return lib is not None and all(hasattr(lib, name) and name not in lib.missing for name in entry_points or INT8)
+
+
+@functools.cache
+def int4_block() -> int:
+    """The output channels per block of torch's packed CPU int4 layout here: 64 where torch runs its
+    AVX-512 kernels, 32 where it runs AVX2 (found by packing a probe: channel 16's code lands in the
+    high nibble of byte 0 with blocks of 32, in the low nibble of byte 16 with blocks of 64)."""
+    probe = torch.zeros(64, 2, dtype=torch.int32)
+    probe[16, 0] = 1
+    packed = torch._convert_weight_to_int4pack_for_cpu(probe, 1).reshape(-1)
+    return 32 if int(packed[0]) >> 4 == 1 else 64
 
 
 def kernel_name() -> str:

@@ -225,15 +225,31 @@ def test_int4_products_read_torchs_layout():
         codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)  # random codes: from_float's clip search is slow
         m = Int4Linear.from_codes(codes, torch.rand(n, k // group) + 0.5, torch.randn(n, k // group), group)
         w = dequantize_int4(*_codes(m, group))
-        for rows in (1, 5, 6, 13):  # one row streams the weight; more run the GEMM, tiles of 6 and their rests
+        for rows in (1, 2, 5, 6, 13):  # one row streams the weight; more run the GEMM, tiles of 6 and their rests
             x = torch.randn(rows, k)
-            assert rel_err(native.int4_linear(x, m.weight, m.scales_and_zeros, group), x @ w.T) < 1e-5
+            y = native.int4_linear(x, m.weight, m.scales_and_zeros, group)
+            assert rel_err(y, x @ w.T) < 1e-5
+            # and torch's own kernel on the same buffers (bfloat16 inputs: ~3e-3), so a misread layout
+            # cannot pass by being misread the same way here
+            theirs = torch._weight_int4pack_mm_for_cpu(x.bfloat16(), m.weight, group, m.scales_and_zeros).float()
+            assert rel_err(y, theirs) < 1e-2
+
+
+def test_int4_layout_probe_finds_torchs_block():
+    """Codes whose value is their channel's number mod 16, packed by torch, read back at the block width
+    `native.int4_block` reports: each channel's own codes."""
+    from mmsdk.decoder.quantize import pack_int4
+    q = (torch.arange(128)[:, None] % 16).expand(128, 64).to(torch.uint8) ^ (torch.arange(64) % 2).to(torch.uint8)
+    m = type("Packed", (), {"weight": pack_int4(q), "out_features": 128, "in_features": 64,
+                            "scales_and_zeros": torch.zeros(2, 128, 2)})
+    assert native.int4_block() in (32, 64)
+    assert torch.equal(_codes(m, 32)[0], q)  # exactness is the point: a layout read
 
 
 def _codes(m, group):
     """The codes and the (bfloat16-rounded) scales and zeros an `Int4Linear` holds, unpacked."""
-    n, k = m.out_features, m.in_features
-    b = m.weight.reshape(n // 64, k, 32)
+    n, k, block = m.out_features, m.in_features, native.int4_block()
+    b = m.weight.reshape(n // block, k, block // 2)
     q = torch.cat([b & 15, b >> 4], -1).permute(0, 2, 1).reshape(n, k)  # see int4_gemv's notes
     sz = m.scales_and_zeros.float().transpose(0, 1)  # (N, K/g, 2)
     return q, sz[..., 0], sz[..., 1]

@@ -1,6 +1,7 @@
-"""One int8 product, our kernel (`decoder/native.py`) against fbgemm's dynamic int8 linear (the
-kernel it replaces), on Gemma 3 270M's weight shapes, for one row (decode) and 512 rows (prefill);
-then the 4-bit products (group 32), ours in float32 against torch's int4 kernel in bfloat16.
+"""One int8 product, our kernel (`decoder/native.py`: AVX-512 VNNI or AVX2, whichever this CPU
+runs) against fbgemm's dynamic int8 linear (the kernel it replaces; 7-bit inputs on CPUs without
+VNNI), on Gemma 3 270M's weight shapes, for one row (decode) and 512 rows (prefill); then the 4-bit
+products (group 32), ours in float32 against torch's int4 kernel in bfloat16.
 
     python tests/eval/bench_int8_kernels.py [--threads 2] [--calls 300]
 
@@ -29,14 +30,24 @@ def timed(f, calls: int) -> float:
     return statistics.median(times) * 1e6
 
 
+def cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calls", type=int, default=300)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    if not native.available():
-        raise SystemExit("our kernels are not available here (no AVX-512 VNNI, no C compiler, or MMSDK_NATIVE=0)")
+    if not native.available("int8_linear", "int4_linear"):
+        raise SystemExit("our kernels are not available here (no AVX2 + FMA or AVX-512 VNNI, no C compiler, "
+                         "or MMSDK_NATIVE=0)")
+    print(f"CPU: {cpu_model()}; our kernels: {native.kernel_name()}; torch's int4 layout: blocks of "
+          f"{native.int4_block()}; fbgemm inputs: {7 if native.pairs_saturate() else 8} bits")
     print(f"{'weight':>8} {'N x K':>12} {'rows':>5} {'ours us':>9} {'fbgemm us':>10} {'ratio':>6}")
     for name, (n, k) in SHAPES.items():
         q, s = quantize_int8(torch.randn(n, k))

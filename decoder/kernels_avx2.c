@@ -17,7 +17,7 @@
 #include <string.h>
 #include <stdlib.h>
 
-#define AI static inline __attribute__((always_inline))
+#include "kernels.h"
 
 /* ---- scratch kept from call to call ---------------------------------------------------------
    One buffer per purpose and calling thread, grown when a call needs more: a decoded token
@@ -65,23 +65,6 @@ AI float hmax8(__m256 v) {
 }
 
 AI __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), v); }
-
-/* int8 rows w (N, K) -> blocks (N/16, K/4, 16, 4), and comp = 128 x each row's sum (int8_vnni.c's layout). */
-void pack_blocks(const int8_t *w, long N, long K, int8_t *blocks, int32_t *comp) {
-    #pragma omp parallel for schedule(static)
-    for (long b = 0; b < N / 16; b++) {
-        int8_t *out = blocks + b * 16 * K;
-        for (int n = 0; n < 16; n++) {
-            const int8_t *row = w + (b * 16 + n) * K;
-            int32_t sum = 0;
-            for (long k = 0; k < K; k += 4) {
-                *(int32_t *)(out + k * 16 + n * 4) = *(const int32_t *)(row + k);
-                sum += row[k] + row[k + 1] + row[k + 2] + row[k + 3];
-            }
-            comp[b * 16 + n] = 128 * sum;
-        }
-    }
-}
 
 /* r (K floats) times a block-diagonal Sylvester-Hadamard matrix, blocks of `block` (a power of two,
    16 or more), unscaled: the fast Walsh-Hadamard transform, K log2(block) adds. */
@@ -411,34 +394,11 @@ void geglu(const float *gu, long M, long I, float *out) {
    is not arithmetic but ~55 small torch ops a layer (~2-4 us of dispatch each), so the whole layer
    is one call here. The structs are int8_vnni.c's (decoder/fused.py mirrors them). */
 
-typedef struct {
-    const void *weight;  /* int8: our blocks; 4-bit: torch's packed weight */
-    const float *scales;  /* int8 */
-    const int32_t *comp;  /* int8 */
-    const uint32_t *scales_and_zeros;  /* 4-bit */
-    long rotation, in, out, group;  /* group > 0: a 4-bit weight */
-} Linear;
-
-typedef struct {
-    long hidden, heads, kv_heads, head_dim, inter;
-    float eps, head_eps;  /* sqrt(width * eps) of the hidden-size norms and of QK-norm */
-    const float *attn_norm, *qk_norm, *post_attn_norm, *mlp_norm, *post_mlp_norm;  /* gains */
-    Linear qkv, o, gate_up, down;
-} Layer;
-
 static void linear_rows(const Linear *w, const float *x, long M, float *y) {
     if (w->group > 0)
         int4_linear(x, M, w->in, w->weight, w->scales_and_zeros, w->group, y, w->out);
     else
         int8_linear(x, M, w->in, w->rotation, w->weight, w->scales, w->comp, y, w->out);
-}
-
-/* x (D) rotated as layers.apply_rope: x * cos + roll(x, D/2) * signed_sin */
-static void rope(float *x, const float *cos, const float *sin, long D, float *tmp) {
-    const long h = D / 2;
-    for (long i = 0; i < h; i++) tmp[i] = x[i] * cos[i] + x[i + h] * sin[i];
-    for (long i = h; i < D; i++) tmp[i] = x[i] * cos[i] + x[i - h] * sin[i];
-    memcpy(x, tmp, sizeof(float) * D);
 }
 
 /* A prompt's q, k and v from its qkv rows (T, H + 2 Hkv, D): q and k QK-normed (gain rows

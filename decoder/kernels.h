@@ -1,0 +1,53 @@
+/* What every kernel source (int8_vnni.c, kernels_avx2.c) shares: the int8 weight layout, the layer
+   description decoder/fused.py mirrors in ctypes, and the scalar helpers that need no vector ISA.
+   One definition here keeps the sources binding-compatible. */
+#ifndef MMSDK_KERNELS_H
+#define MMSDK_KERNELS_H
+#include <stdint.h>
+#include <string.h>
+
+#define AI static inline __attribute__((always_inline))
+
+/* int8 rows w (N, K) -> blocks (N/16, K/4, 16, 4): for every 4 inputs, 16 channels' 4 bytes side by
+   side, a block's K*16 bytes contiguous; and comp = 128 x each row's sum (int8_vnni.c's offset). */
+void pack_blocks(const int8_t *w, long N, long K, int8_t *blocks, int32_t *comp) {
+    #pragma omp parallel for schedule(static)
+    for (long b = 0; b < N / 16; b++) {
+        int8_t *out = blocks + b * 16 * K;
+        for (int n = 0; n < 16; n++) {
+            const int8_t *row = w + (b * 16 + n) * K;
+            int32_t sum = 0;
+            for (long k = 0; k < K; k += 4) {
+                *(int32_t *)(out + k * 16 + n * 4) = *(const int32_t *)(row + k);
+                sum += row[k] + row[k + 1] + row[k + 2] + row[k + 3];
+            }
+            comp[b * 16 + n] = 128 * sum;
+        }
+    }
+}
+
+/* One projection of a layer (decoder/fused.py's `_Linear`). */
+typedef struct {
+    const void *weight;  /* int8: our blocks; 4-bit: torch's packed weight */
+    const float *scales;  /* int8 */
+    const int32_t *comp;  /* int8 */
+    const uint32_t *scales_and_zeros;  /* 4-bit */
+    long rotation, in, out, group;  /* group > 0: a 4-bit weight */
+} Linear;
+
+/* One Gemma 3 layer (decoder/fused.py's `_Layer`). */
+typedef struct {
+    long hidden, heads, kv_heads, head_dim, inter;
+    float eps, head_eps;  /* sqrt(width * eps) of the hidden-size norms and of QK-norm */
+    const float *attn_norm, *qk_norm, *post_attn_norm, *mlp_norm, *post_mlp_norm;  /* gains */
+    Linear qkv, o, gate_up, down;
+} Layer;
+
+/* x (D) rotated as layers.apply_rope: x * cos + roll(x, D/2) * signed_sin */
+static void rope(float *x, const float *cos, const float *sin, long D, float *tmp) {
+    const long h = D / 2;
+    for (long i = 0; i < h; i++) tmp[i] = x[i] * cos[i] + x[i + h] * sin[i];
+    for (long i = h; i < D; i++) tmp[i] = x[i] * cos[i] + x[i - h] * sin[i];
+    memcpy(x, tmp, sizeof(float) * D);
+}
+#endif

@@ -5,12 +5,12 @@ channel) or `Int4Linear` (asymmetric, per group of `group_size` inputs) and the 
 LM head with `Int8Embedding`. The float modules stay as they are: no `if quant:` anywhere.
 
 Kernels, one set of weights for prefill (many rows, compute-bound) and decode (one row, memory-bound):
-- int8, the layers' matmuls (q/k/v, o, gate/up, down) and the tied LM head: our own AVX-512 VNNI
-  kernels (`native.py`, `int8_vnni.c`, compiled once on first use). Each input row is rounded to 8
+- int8, the layers' matmuls (q/k/v, o, gate/up, down) and the tied LM head: our own kernels
+  (`native.py`: `int8_vnni.c` on AVX-512 VNNI, `kernels_avx2.c` on AVX2 + FMA, compiled once on first use). Each input row is rounded to 8
   bits at its own scale; the weight is held in blocks of 16 output channels, a reordering copy
   made at load (~0.1 s for the whole model). One row streams the weight once (the 168 MB head at
   memory speed); many rows run a 6x64 register-tiled GEMM over the same blocks.
-- Where those cannot be built (no VNNI, no C compiler, `MMSDK_NATIVE=0`): fbgemm's dynamic
+- Where those cannot be built (neither ISA, no C compiler, `MMSDK_NATIVE=0`): fbgemm's dynamic
   quantization (`quantized::linear_dynamic`) for the layers and oneDNN (`onednn::qlinear_pointwise`)
   for the head, whose packed layouts are rebuilt on every load (~1 s).
 - Every 8-bit input is rotated first. Each has outlier channels that 8-bit rows lose: the RMSNorm

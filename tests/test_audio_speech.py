@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from audio_wer import FIXTURES, align, fixture_transcripts, long_clip_sentences, wer, words, write_m4a
-from mmsdk.encoders.audio_io import SAMPLE_RATE, load_audio
 from mmsdk.bundled import WHISPER_SHA256, sha256_file
+from mmsdk.encoders.audio_io import SAMPLE_RATE, load_audio
 from mmsdk.speech import MAX_WINDOW_S, Transcript, bundled_model_dir, plan_windows, transcribe
 
 THREADS = 2

@@ -58,8 +58,7 @@ def test_continuous_audio_overlaps_by_midpoint_rule():
 # --- the bundled model -----------------------------------------------------------------------------
 
 
-def test_bundled_model_is_assembled_atomically(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMSDK_CACHE", str(tmp_path))
+def test_bundled_model_is_assembled_atomically(mmsdk_cache):
     folder = bundled_model_dir()
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
     size = (folder / "model.bin").stat().st_size

@@ -9,17 +9,22 @@ from dataclasses import dataclass, field
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
-# Keys of a HF config that say nothing about the text decoder's math: accepted silently.
-_IGNORED_HF_KEYS = {
-    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
-    "pad_token_id", "eos_token_id", "bos_token_id", "initializer_range", "attention_bias",
-    "attention_dropout", "hidden_activation", "hidden_act", "_name_or_path", "tie_word_embeddings",
-    "sliding_window_pattern", "rope_scaling", "rope_theta", "rope_local_base_freq", "rope_parameters",
-    "use_bidirectional_attention", "cache_implementation", "output_attentions", "output_hidden_states",
-    "return_dict", "id2label", "label2id", "_sliding_window_pattern", "tokenizer_class", "is_encoder_decoder",
-    "torchscript", "problem_type", "chunk_size_feed_forward", "pruned_heads", "tie_encoder_decoder",
-    "add_cross_attention", "finetuning_task", "prefix", "sep_token_id", "decoder_start_token_id",
-    "task_specific_params", "cross_attention_hidden_size", "is_decoder", "max_length",
+# Keys every transformers `PreTrainedConfig` may carry that say nothing about a model's math; the
+# encoders' configs accept them too (`encoders.hf_config`).
+HF_GENERIC_KEYS = frozenset({
+    "model_type", "architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
+    "initializer_range", "initializer_factor", "output_attentions", "output_hidden_states", "return_dict",
+    "id2label", "label2id", "chunk_size_feed_forward", "is_encoder_decoder", "problem_type", "torchscript",
+    "pruned_heads", "tie_encoder_decoder", "add_cross_attention", "finetuning_task", "prefix", "is_decoder",
+    "sep_token_id", "decoder_start_token_id", "task_specific_params", "cross_attention_hidden_size",
+    "max_length", "tokenizer_class", "pad_token_id", "bos_token_id", "eos_token_id", "use_cache",
+    "tie_word_embeddings",
+})
+# And those of a Gemma 3 text config that are read elsewhere (rope: `_rope_from_hf`) or fixed in the model.
+_IGNORED_HF_KEYS = HF_GENERIC_KEYS | {
+    "attention_bias", "attention_dropout", "hidden_activation", "hidden_act", "sliding_window_pattern",
+    "_sliding_window_pattern", "rope_scaling", "rope_theta", "rope_local_base_freq", "rope_parameters",
+    "use_bidirectional_attention", "cache_implementation",
 }
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from . import fused, native
 from .config import SLIDING, TextConfig
-from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, empty_embedding, normalize, step_mask
+from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, empty_embedding, normalize, softcap, step_mask
 
 
 class Attention(nn.Module):
@@ -127,7 +127,4 @@ class Gemma3Text(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """The tied LM head, with the final soft-cap where the config asks for one."""
         logits = self.embed.as_linear(h)
-        cap = self.config.final_logit_softcapping
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return softcap(logits, self.config.final_logit_softcapping)

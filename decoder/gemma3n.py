@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import SLIDING
 from .gemma3n_config import Gemma3nTextConfig
-from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, empty_embedding, step_mask
+from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, empty_embedding, softcap, step_mask
 
 
 def _norm(dim: int, cfg: Gemma3nTextConfig, with_scale: bool = True) -> RMSNorm:
@@ -246,7 +246,4 @@ class Gemma3nText(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """The tied LM head, soft-capped."""
         logits = F.linear(h, self.embed.weight)
-        cap = self.config.final_logit_softcapping
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return softcap(logits, self.config.final_logit_softcapping)

@@ -32,6 +32,11 @@ def _eps_term(dim: int, eps: float) -> torch.Tensor:
         return torch.tensor(math.sqrt(dim * eps))
 
 
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma's logit soft-capping, cap * tanh(x / cap): keeps logits in (-cap, cap) smoothly; None or 0: as is."""
+    return torch.tanh(x / cap) * cap if cap else x
+
+
 def empty_embedding(num: int, dim: int, cls: type[nn.Embedding] = nn.Embedding) -> nn.Embedding:
     """An embedding whose weight is left unset for a checkpoint to fill. nn.Embedding's random init
     on the meta device runs torch's Python reference ops, whose first use imports torch._dynamo:

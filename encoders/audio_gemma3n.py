@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..decoder.errors import ModelLoadError
+from ..decoder.layers import softcap
 from ..decoder.weights import assign_strict, expand
 from .audio_features import FeatureConfig, num_frames
-from .gemma3n_vision import MultimodalEmbedder, RMSNorm  # Gemma 3n's shared norm and embedder
+from .gemma3n_embedder import MultimodalEmbedder, RMSNorm  # Gemma 3n's shared norm and embedder
 from .hf_config import empty_module, hf_fields
 
 
@@ -225,7 +226,7 @@ class LocalAttention(nn.Module):
         position = torch.gather(position, -1, rel_index.expand(b, self.n_heads, u, -1, -1))  # (B,N,U,W,C)
         logits = content + position
 
-        logits = torch.tanh(logits / self.cap) * self.cap
+        logits = softcap(logits, self.cap)
         allowed = self.contexts(valid)[:, None, :, None, :] & visible  # (B, 1, U, W, C)
         logits = torch.where(allowed, logits, torch.finfo(logits.dtype).min)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(v.dtype)

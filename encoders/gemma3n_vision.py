@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..decoder.errors import ModelLoadError
-from ..decoder.layers import empty_embedding
 from ..decoder.weights import assign_strict
+from .gemma3n_embedder import MultimodalEmbedder  # shared with the audio tower
 from .hf_config import empty_module, hf_fields
 
 # Keys of a gemma3n_vision config that describe timm's classifier head or labels, unused by the encoder.
@@ -60,43 +60,6 @@ class Gemma3nMMVisionConfig:
         if (d.get("text_config") or {}).get("hidden_size") is not None:
             kw["text_hidden_size"] = d["text_config"]["hidden_size"]
         return cls(vision_config=Gemma3nVisionConfig.from_hf(d.get("vision_config") or {}), **kw)
-
-
-class RMSNorm(nn.Module):
-    """Gemma 3n's RMSNorm: scaled by w itself (not 1 + w), or not scaled at all; x * ms^-0.5 via pow,
-    as the reference does."""
-
-    def __init__(self, dim: int, eps: float = 1e-6, with_scale: bool = True):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.pow(x32.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)
-        if self.weight is not None:
-            y = y * self.weight.float()
-        return y.type_as(x)
-
-
-class MultimodalEmbedder(nn.Module):
-    """Soft tokens (N, T, vision) or hard token ids → (…, text_hidden) decoder embeddings."""
-
-    def __init__(self, cfg: Gemma3nVisionConfig, text_hidden_size: int):
-        super().__init__()
-        self.vocab_offset = cfg.vocab_offset
-        self.embedding = empty_embedding(cfg.vocab_size, cfg.hidden_size)
-        self.hard_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.soft_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.proj = nn.Linear(cfg.hidden_size, text_hidden_size, bias=False)
-        self.post_norm = RMSNorm(text_hidden_size, cfg.rms_norm_eps, with_scale=False)
-
-    def forward(self, soft: torch.Tensor) -> torch.Tensor:
-        return self.post_norm(self.proj(self.soft_norm(soft)))
-
-    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """Hard vision-vocabulary ids in [vocab_offset, vocab_offset + vocab_size)."""
-        return self.post_norm(self.proj(self.hard_norm(self.embedding(ids - self.vocab_offset))))
 
 
 def build_backbone(cfg: Gemma3nVisionConfig) -> nn.Module:

@@ -7,16 +7,7 @@ import warnings
 
 import torch
 
-# Keys every transformers `PreTrainedConfig` may carry that say nothing about an encoder's math.
-HF_GENERIC_KEYS = frozenset({
-    "model_type", "architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
-    "initializer_range", "initializer_factor", "output_attentions", "output_hidden_states", "return_dict",
-    "id2label", "label2id", "chunk_size_feed_forward", "is_encoder_decoder", "problem_type", "torchscript",
-    "pruned_heads", "tie_encoder_decoder", "add_cross_attention", "finetuning_task", "prefix", "is_decoder",
-    "sep_token_id", "decoder_start_token_id", "task_specific_params", "cross_attention_hidden_size",
-    "max_length", "tokenizer_class", "pad_token_id", "bos_token_id", "eos_token_id", "use_cache",
-    "tie_word_embeddings",
-})
+from ..decoder.config import HF_GENERIC_KEYS  # one list for the decoder and the encoders
 
 
 def hf_fields(cls, d: dict, ignored: frozenset = frozenset()) -> dict:

@@ -16,13 +16,17 @@ def _add_sampling(p):
 
 
 def _sampling(args) -> dict:
-    keys = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
-    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    from .options import SAMPLING_KEYS
+
+    return {k: getattr(args, k) for k in SAMPLING_KEYS if getattr(args, k) is not None}
 
 
 def _load(args):
     import mmsdk
 
+    from .options import check_sampling
+
+    check_sampling(_sampling(args), args.max_tokens)  # a bad option fails before the model loads
     print(f"loading {args.model or 'the bundled Gemma 3 270M'} ...", file=sys.stderr)
     return mmsdk.load(args.model, threads=args.threads)
 

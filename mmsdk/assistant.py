@@ -14,6 +14,7 @@ from .decoder.sampling import make_sampler
 from .decoder.generate import generate_step
 from .decoder.tokenizer import StreamDecoder
 from .errors import ContextLengthError, InputError
+from .options import check_load_options, check_sampling
 from .types import ModelInfo, Reply, Usage
 
 if TYPE_CHECKING:
@@ -22,25 +23,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DTYPES = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}
-_SAMPLING_KEYS = {"temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"}
 
 
 def load(path=None, *, quantize: str | None = None, offload: str | None = None, threads: int | None = None,
          dtype: str | None = None, max_memory: int | None = None, mmproj=None) -> "Assistant":
     """Load a model: a HF checkpoint folder or a .gguf file; with no path, the bundled Gemma 3 270M.
     A .gguf model takes its vision tower from llama.cpp's `mmproj` file: `mmproj*.gguf` beside it, or `mmproj=`."""
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be None, 'float32' or 'bfloat16', got {dtype!r}")
-    if quantize not in (None, "int8", "int4"):
-        raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
-    if offload not in (None, "ple", "layers"):
-        raise ValueError(f"offload must be None, 'ple' or 'layers', got {offload!r}")
+    check_load_options(dtype=dtype, quantize=quantize, offload=offload, threads=threads, max_memory=max_memory)
     if path is None:
         from .bundled import bundled_gguf
 
         path = bundled_gguf()
     if mmproj is not None and Path(path).is_dir():
-        raise ValueError("mmproj= goes with a .gguf model; a Hugging Face folder carries its own vision tower")
+        raise InputError("mmproj= goes with a .gguf model; a Hugging Face folder carries its own vision tower")
     t0 = time.perf_counter()
     loaded = load_text(Path(path), dtype, quantize=quantize, threads=threads)
     if offload:
@@ -150,14 +145,10 @@ class _Run:
 
     def __init__(self, asst: Assistant, ids: list[int], caches, start: int, history, max_tokens: int, stop,
                  sampling: dict, processors=(), embeds=None, groups=None):
-        unknown = set(sampling) - _SAMPLING_KEYS
-        if unknown:
-            raise TypeError(f"unknown sampling argument(s): {', '.join(sorted(unknown))}")
+        check_sampling(sampling, max_tokens)
         ctx = asst.config.max_position_embeddings
         if start + len(ids) > ctx:
             raise ContextLengthError(start + len(ids), ctx)
-        if max_tokens < 0:
-            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         self.asst, self.ids, self.caches, self.start, self.history = asst, ids, caches, start, history
         self.max_tokens = min(max_tokens, ctx - start - len(ids))
         self.stop = (stop,) if isinstance(stop, str) else tuple(stop)

@@ -1,16 +1,14 @@
 """Speech to text with the loaded model's own audio encoder (Gemma 3n): the model is asked to
 transcribe each window of at most 30 s (its audio input holds 188 tokens, 30 s), the windows cut
-at quiet points by `speech.plan_windows`. The model gives no word times, so a window's segment spans
+at quiet points by `speech_windows`. The model gives no word times, so a window's segment spans
 the part of the audio it owns, and words repeated across a seam are dropped by matching text."""
 from __future__ import annotations
 
 import logging
-import re
-
-import numpy as np
 
 from .encoders.audio_io import SAMPLE_RATE, load_audio
-from .speech import SILENCE_PEAK, Transcript, _progress_bar, plan_windows
+from .speech import Transcript
+from .speech_windows import norm_word, voiced_windows
 
 log = logging.getLogger(__name__)
 
@@ -33,38 +31,23 @@ def transcribe(asst, audio, *, language: str | None = None, progress: bool = Fal
     """Transcribe `audio` (path, bytes or `(ndarray, sample_rate)`) with `asst`'s audio encoder, greedily.
     Raises `InputError` for unreadable audio; silence gives an empty transcript."""
     samples = load_audio(audio)
-    windows = plan_windows(samples)
     instruction = transcription_prompt(language)
-    bar = _progress_bar(len(samples) / SAMPLE_RATE, enabled=progress and len(windows) > 1)
     words: list[str] = []
     segments: list[tuple[float, float, str]] = []
-    done = 0
-    try:
-        for w in windows:
-            chunk = samples[w.start:w.end]
-            if np.abs(chunk).max(initial=0.0) >= SILENCE_PEAK:  # the model invents text for silence
-                message = {"role": "user", "content": [{"type": "audio", "audio": (chunk, SAMPLE_RATE)},
-                                                       {"type": "text", "text": instruction}]}
-                new = asst.chat([message], max_tokens=max_tokens, temperature=0.0).text.split()
-                new = new[seam_overlap(words, new):]
-                if new:
-                    words += new
-                    segments.append((round(w.keep_from / SAMPLE_RATE, 2), round(w.keep_to / SAMPLE_RATE, 2),
-                                     " ".join(new)))
-            bar.update((w.end - done) / SAMPLE_RATE)
-            done = w.end
-    finally:
-        bar.close()
+    for w, chunk in voiced_windows(samples, progress=progress):
+        message = {"role": "user", "content": [{"type": "audio", "audio": (chunk, SAMPLE_RATE)},
+                                               {"type": "text", "text": instruction}]}
+        new = asst.chat([message], max_tokens=max_tokens, temperature=0.0).text.split()
+        new = new[seam_overlap(words, new):]
+        if new:
+            words += new
+            segments.append((round(w.keep_from / SAMPLE_RATE, 2), round(w.keep_to / SAMPLE_RATE, 2), " ".join(new)))
     return Transcript(text=" ".join(words), segments=segments)
-
-
-def _norm(word: str) -> str:
-    return re.sub(r"[^\w']", "", word.lower())
 
 
 def seam_overlap(before: list[str], new: list[str], max_words: int = MAX_SEAM_WORDS) -> int:
     """How many leading words of `new` repeat the end of `before` (the audio the two windows share)."""
     for k in range(min(max_words, len(before), len(new)), 0, -1):
-        if [_norm(x) for x in before[-k:]] == [_norm(x) for x in new[:k]]:
+        if [norm_word(x) for x in before[-k:]] == [norm_word(x) for x in new[:k]]:
             return k
     return 0

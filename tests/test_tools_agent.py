@@ -131,3 +131,19 @@ def test_call_once_stops_offering_a_used_tool_and_repeats_are_not_rerun(tmp_path
     res = run_agent(model, "x", [divide], call_once=True)
     assert RAN == [("divide", 1.0, 2.0)] and "already called" in res.steps[1].error
     assert res.finish_reason == "answer" and res.text == "final answer" and model.seen[-1][1] == "none"
+
+
+@pytest.mark.slow
+def test_the_bundled_model_runs_a_real_tool_end_to_end(bundled_asst, tmp_path):
+    """`Assistant.run_agent` on the real 270M model, no script: the model must write a call that parses,
+    name the tool and copy the file's path into it; the tool really reads the file; its result goes
+    back and the model answers. A wrong path makes the tool raise, so the step records an error."""
+    f = tmp_path / "shopping.txt"
+    f.write_text("milk\neggs\nbread\nbutter\ntea\n")
+    result = bundled_asst.run_agent(f"How many lines does the file {f} have?", [count_lines], max_steps=2,
+                                    tool_choice="required", call_once=True, max_tokens=48)
+    assert [s.call.name for s in result.steps] == ["count_lines"], result
+    step = result.steps[0]
+    assert step.error is None and step.call.arguments == {"path": str(f)}, step
+    assert RAN == [("count_lines", str(f))] and step.result == 5  # it ran, once, on the real file
+    assert isinstance(result, AgentResult) and result.finish_reason == "answer" and result.text.strip()

@@ -140,11 +140,6 @@ def files(tmp_path_factory):
     return ref, folder
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MMSDK_CACHE", str(tmp_path_factory.getbasetemp() / "mmsdk_cache"))
-
-
 def test_key_map_matches_gguf_tensor_names(files):
     import gguf
 

@@ -12,9 +12,7 @@ import torch
 from mmsdk.decoder import weight_cache
 
 
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMSDK_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("mmsdk_cache")  # each test's own cache: its files are checked
 
 
 def sample_tensors():
@@ -149,4 +147,8 @@ def test_bundled_model_cached_load_matches_first_load(tmp_path, bundled_path, mo
     with torch.inference_mode():
         a = first.model.logits(first.model(x, make_cache(first.model.config), torch.arange(len(ids))))
         b = again.model.logits(again.model(x, make_cache(again.model.config), torch.arange(len(ids))))
-    assert torch.equal(a, b)
+    sa, sb = first.model.state_dict(), again.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)  # a cache stores a copy: exact
+    # Same weights in other buffers (mapped vs. parsed) may take other kernel blocking: equal to float32
+    # rounding, while one wrong tensor moves logits by far more than 1e-4.
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .config import TextConfig
 from .errors import ModelLoadError
@@ -16,12 +17,13 @@ from .safetensors_folder import read_safetensors, split_text_tensors
 from .gemma3 import Gemma3Text
 from . import weight_cache
 from .cache import atomic_path
-from .gguf_file import is_gguf, open_gguf, read_metadata, read_tensors
+from .gguf_file import EXACT_4BIT, GGUFFile, is_gguf, q4_codes
 from .memory import drop_resident, map_large_allocations, release_free_memory
 from .gptq import gptq_quantize_
-from .quantize import Int8Embedding, int4_supported, prepack, quantize_
+from .quantize import (Int4Linear, Int8Embedding, int4_supported, prepack, quantize_, quantize_int8,
+                       quantized_linear, rotate, rotation_block)
 from .tokenizer import GemmaTokenizer, load_sentencepiece, load_tokenizer_json, tokenizer_from_gguf
-from .weights import FUSED, GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, expand
+from .weights import FUSED, GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, check_names, check_shape, expand
 
 log = logging.getLogger(__name__)
 TEXT_ARCHITECTURES = {"gemma3_text", "gemma3"}
@@ -84,7 +86,7 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
 
 
 _DTYPES = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}
-_GGUF_FTYPES = {15: "Q4_K_M", 7: "Q8_0", 1: "F16", 0: "F32", 32: "BF16"}
+_GGUF_FTYPES = {15: "Q4_K_M", 14: "Q4_K_S", 2: "Q4_0", 7: "Q8_0", 1: "F16", 0: "F32", 32: "BF16"}
 # GGUF block types kept as int4 under "stored"; other quantized types become int8, float types stay float.
 _GGUF_4BIT = {"Q4_0", "Q4_1", "Q4_K", "IQ4_NL", "IQ4_XS", "Q3_K", "Q2_K"}
 _GGUF_FLOAT = {"F32", "F16", "BF16", "F64"}
@@ -108,14 +110,21 @@ def _load_gguf(path: Path, dtype, mode: str | None, group_size: int, use_cache: 
             meta = {"config": dataclasses.asdict(cfg), "name": loaded.name, "quantization": loaded.quantization,
                     "plan": plan, "tokenizer": tok_meta, "parameters": loaded.parameters}
             weight_cache.save(wpath, loaded.model.state_dict(), meta)
+            hit = weight_cache.load(wpath)
         except OSError as e:  # a read-only or full cache folder costs speed, not correctness
             log.warning("could not write the weight cache %s (%s)", wpath, e)
+    if hit is not None:  # run from the mapped cache, as every later load does: the converted copy goes
+        loaded = None
+        release_free_memory()
+        return _from_cache(hit, tok_path, dtype, group_size)
+    if mode:
+        prepack(loaded.model, torch.get_num_threads())
     return loaded
 
 
 def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
-    reader = open_gguf(path)
-    meta = read_metadata(reader)
+    gg = GGUFFile(path)
+    meta = gg.meta
     arch = meta.get("general.architecture")
     if arch != "gemma3":
         raise ModelLoadError(path, f"unsupported architecture {arch!r} (supported: gemma3)")
@@ -125,25 +134,90 @@ def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
         raise ModelLoadError(path, f"incomplete gemma3 metadata: {e}") from e
     with torch.device("meta"):
         model = Gemma3Text(cfg)
-    model.to_empty(device="cpu")
     n_params = sum(p.numel() for p in model.parameters())
     key_map, fused = expand(GGUF_TO_NATIVE, cfg.num_hidden_layers), expand(FUSED, cfg.num_hidden_layers)
-    # Quantization starts from float32 weights; only the float leftovers take `dtype`.
-    assign_strict(model, read_tensors(reader), key_map, path, torch.float32 if mode else dtype, fused=fused)
-    stored = {key_map[t.name]: t.tensor_type.name for t in reader.tensors if t.name in key_map}
+    check_names(gg.tensors, key_map, path)
+    stored = {key_map[name]: t.kind for name, t in gg.tensors.items()}
     for dst, parts in fused.items():  # a stacked matrix keeps the widest type of its parts
         kinds = [stored.pop(p) for p in parts]
         stored[dst] = next((k for k in kinds if k not in _GGUF_4BIT), kinds[0])
     plan = _plan(model, mode, stored) if mode else {}
     stat = os.stat(path)
     tok = tokenizer_from_gguf(meta, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
-    if mode:
-        _quantize(model, plan, group_size, dtype, tokenizer=tok if mode == "int4" else None)
-        prepack(model, torch.get_num_threads())
+    if mode == "int4":  # GPTQ rounds the float weights on a calibration run: it needs the float model
+        _stream_gguf(gg, model, key_map, fused, {}, torch.float32, group_size, int8_embedding=False)
+        _quantize(model, plan, group_size, dtype, tokenizer=tok)
+    else:
+        _stream_gguf(gg, model, key_map, fused, plan, dtype, group_size, int8_embedding=mode is not None)
     ftype = _GGUF_FTYPES.get(meta.get("general.file_type"), "gguf")
     label = ftype if mode in (None, "stored") else mode
     loaded = LoadedText(model.eval(), tok, meta.get("general.name", path.stem), "gguf", label, parameters=n_params)
     return loaded, plan, {"bos": tok.bos_id, "eos": list(tok.eos_ids), "special": sorted(tok.special_ids)}
+
+
+@torch.no_grad()
+def _stream_gguf(gg: GGUFFile, model: Gemma3Text, key_map: dict, fused: dict, plan: dict, dtype,
+                 group_size: int, int8_embedding: bool) -> None:
+    """Fill `model`, built on the meta device, tensor by tensor from `gg`: each linear layer becomes
+    its runtime module by `plan` straight from its source blocks (4-bit codes taken as they are where
+    they map exactly, `q4_codes`), the tied embedding is converted in row chunks, and each source
+    tensor's pages are dropped once converted. No float copy of the whole model ever exists."""
+    src = {dst: name for name, dst in key_map.items()}
+    targets = {dst: [src[p] for p in parts] for dst, parts in fused.items()}
+    stacked = {p for parts in fused.values() for p in parts}
+    targets.update({dst: [name] for dst, name in src.items() if dst not in stacked})
+    for pname, p in list(model.named_parameters()):
+        names = targets[pname]
+        shapes = [gg.tensors[n].shape for n in names]
+        shape = (sum(s[0] for s in shapes), *shapes[0][1:]) if all(s[1:] == shapes[0][1:] for s in shapes) else shapes
+        check_shape(gg.path, " + ".join(repr(n) for n in names), shape, p.shape)
+        mod_name, _, attr = pname.rpartition(".")
+        parent_name, _, child = mod_name.rpartition(".")
+        mod, parent = model.get_submodule(mod_name), model.get_submodule(parent_name)
+        if isinstance(mod, nn.Embedding):
+            setattr(parent, child, _embedding(gg, names[0], mod, dtype, int8_embedding))
+        elif isinstance(mod, nn.Linear):
+            setattr(parent, child, _linear(gg, names, mod, plan.get(mod_name), group_size, child, dtype))
+        else:  # norms
+            setattr(mod, attr, nn.Parameter(gg.dequantize(names[0]).to(dtype), requires_grad=False))
+        for n in names:
+            gg.drop(n)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"tensors left unfilled by the GGUF conversion: {left[:3]}")
+
+
+def _linear(gg: GGUFFile, names: list[str], mod: nn.Linear, bits: int | None, group_size: int, child: str, dtype):
+    """The runtime module of a linear layer stacked from the GGUF tensors `names`."""
+    kinds = {gg.tensors[n].kind for n in names}
+    if bits == 4 and group_size == 32 and kinds <= set(EXACT_4BIT) and int4_supported(*mod.weight.shape, 32):
+        parts = [q4_codes(gg.raw(n), gg.tensors[n].kind) for n in names]
+        return Int4Linear.from_codes(*(torch.cat(x) for x in zip(*parts)), 32)
+    w = torch.cat([gg.dequantize(n) for n in names]) if len(names) > 1 else gg.dequantize(names[0])
+    if bits is None:
+        mod.weight = nn.Parameter(w.to(dtype), requires_grad=False)
+        return mod
+    return quantized_linear(w, bits, group_size, child)
+
+
+def _embedding(gg: GGUFFile, name: str, mod: nn.Embedding, dtype, int8: bool, chunk: int = 8192):
+    """The tied embedding, converted `chunk` rows at a time (Gemma 3 4B's as float32: 2.7 GB)."""
+    V, H = gg.tensors[name].shape
+    if int8:
+        block = rotation_block(H)
+        out = Int8Embedding(V, H, dtype, block)
+    else:
+        mod.weight = nn.Parameter(torch.empty(V, H, dtype=dtype), requires_grad=False)
+        out = mod
+    for a in range(0, V, chunk):
+        rows = slice(a, min(a + chunk, V))
+        w = gg.dequantize(name, rows)
+        if int8:
+            out.weight[rows], out.scales[rows] = quantize_int8(rotate(w, block) if block else w)
+        else:
+            out.weight[rows] = w
+        gg.drop(name, rows)
+    return out
 
 
 def _plan(model, mode: str, stored: dict | None = None) -> dict[str, int | None]:

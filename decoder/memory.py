@@ -28,12 +28,16 @@ def release_free_memory() -> None:
         _libc.malloc_trim(0)
 
 
-def drop_resident(t: torch.Tensor) -> None:
-    """Let the kernel drop the pages of `t`, a tensor mapped read-only-in-practice from a file (the
-    weight cache): touched again, they are read back from the file. Only whole pages inside `t`."""
+def drop_resident(t) -> None:
+    """Let the kernel drop the pages of `t`, a tensor or numpy array mapped read-only-in-practice
+    from a file (the weight cache, a GGUF): touched again, they are read back from the file. Only
+    whole pages inside `t`."""
     if _libc is None:
         return
-    start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+    if isinstance(t, torch.Tensor):
+        start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+    else:  # a contiguous numpy array
+        start, end = t.ctypes.data, t.ctypes.data + t.nbytes
     first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
     if last > first:
         _libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)

@@ -69,14 +69,7 @@ def assign_strict(model: nn.Module, tensors: dict[str, torch.Tensor], key_map: d
     that differs from the config's, is a `ModelLoadError` naming it. `fused` maps a parameter to the
     `key_map` targets stacked (along dim 0) into it."""
     params = dict(model.named_parameters())
-    unexpected = sorted(k for k in tensors if k not in key_map)
-    if unexpected:
-        raise ModelLoadError(path, f"unexpected tensor {unexpected[0]!r}" +
-                             (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
-    missing = sorted(src for src in key_map if src not in tensors)
-    if missing:
-        raise ModelLoadError(path, f"missing tensor {missing[0]!r}" +
-                             (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    check_names(tensors, key_map, path)
     part_of = {part: (dst, i) for dst, parts in (fused or {}).items() for i, part in enumerate(parts)}
     stacks: dict[str, list] = {dst: [None] * len(parts) for dst, parts in (fused or {}).items()}
     for src, dst in key_map.items():
@@ -93,3 +86,20 @@ def assign_strict(model: nn.Module, tensors: dict[str, torch.Tensor], key_map: d
             src = ", ".join(s for s, d in key_map.items() if d in fused[dst])
             raise ModelLoadError(path, f"tensors {src} stack to {tuple(t.shape)}, the config implies {tuple(p.shape)}")
         p.data = t.to(dtype)
+
+
+def check_names(names, key_map: dict[str, str], path) -> None:
+    """A `ModelLoadError` naming the first tensor of `names` that `key_map` lacks, or the reverse."""
+    unexpected = sorted(k for k in names if k not in key_map)
+    if unexpected:
+        raise ModelLoadError(path, f"unexpected tensor {unexpected[0]!r}" +
+                             (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    missing = sorted(src for src in key_map if src not in names)
+    if missing:
+        raise ModelLoadError(path, f"missing tensor {missing[0]!r}" +
+                             (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+def check_shape(path, src: str, shape, expected) -> None:
+    if tuple(shape) != tuple(expected):
+        raise ModelLoadError(path, f"tensor {src} has shape {tuple(shape)}, the config implies {tuple(expected)}")

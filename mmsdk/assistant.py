@@ -1,4 +1,5 @@
 """`mmsdk.load()` and the `Assistant`: text generation, chat and sessions over one decoder."""
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -66,6 +67,12 @@ class Assistant:
             quantization=loaded.quantization,
             path=path,
         )
+
+    @functools.cached_property
+    def instruction_tuned(self) -> bool:
+        """Whether the model follows chat turns (its name or chat template says so); the bundled
+        270M is a base model, which only continues text."""
+        return chat_format.instruction_tuned(self.info.path, self.info.name)
 
     def __repr__(self):
         return f"Assistant({self.info.name!r}, {self.info.parameters / 1e6:.0f}M params, {self.info.quantization})"

@@ -45,6 +45,12 @@ class DocumentIndex:
             self._store = Store(self.path)
         except Exception as e:  # sqlite3.DatabaseError and OSError alike: name the file
             raise InputError(f"cannot open document index {str(self.path)!r}: {e}") from e
+        built_with, name = self._store.get_meta("embedder"), getattr(self.embedder, "name", None)
+        if built_with and name and built_with != name:
+            self._store.close()
+            raise InputError(f"document index {str(self.path)!r} was built with the embedder {built_with!r}, not "
+                             f"{name!r}: vectors of two embedders do not compare; open it with {built_with!r} "
+                             "or index into a new file")
 
     def add(self, path) -> int:
         """Index a .txt, .md, .html or .pdf file; return the chunks written (0 if it is unchanged)."""

@@ -153,24 +153,47 @@ def run(workdir: Path, chunk_tokens: int, overlap: int) -> dict:
     return report
 
 
-def run_answers(workdir: Path, chunk_tokens: int, overlap: int, k: int = 5) -> dict:
-    """Every question through `Assistant.ask` on the bundled model (the index from `run`)."""
-    import mmsdk
-
-    asst = mmsdk.load()
-    index = DocumentIndex(workdir / "eval.db", chunk_tokens=chunk_tokens, overlap=overlap)
-    rows, t0 = [], time.perf_counter()
+def support_scores(index: DocumentIndex, k: int = 5) -> list[dict]:
+    """Per question: the top hit's cosine and the best sentence support `ask` declines on."""
+    rows = []
     for question, phrase in [(q, p) for q, _, p in QUESTIONS] + [(q, None) for q in UNANSWERABLE]:
         hits = index.search(question, k=k)
         kept = [h for h in hits if h.similarity >= MIN_SIMILARITY]
         support = supporting_sentences(question, kept, index.embedder)
-        result = asst.ask(question, index, k=k, max_tokens=48)
-        rows.append({"question": question, "answerable": phrase is not None, "mode": result.mode,
-                     "answer": result.text, "top_similarity": round(hits[0].similarity, 3),
-                     "support": round(support[0].score, 3) if support else None,
-                     "correct": phrase is not None and _norm(phrase) in _norm(result.text),
-                     "floor": phrase is not None and _norm(phrase) in _norm(hits[0].text),
-                     "echo": echoes(result.text, INSTRUCTION)})
+        rows.append({"question": question, "phrase": phrase, "top_similarity": round(hits[0].similarity, 3),
+                     "support": round(support[0].score, 3) if support else 0.0,
+                     "floor": phrase is not None and _norm(phrase) in _norm(hits[0].text)})
+    return rows
+
+
+def calibrate(rows: list[dict]) -> dict:
+    """The support floor that declines the most unanswerable questions while declining at most 10%
+    of the answerable ones (midway between the two scores it separates)."""
+    ans = sorted(r["support"] for r in rows if r["phrase"])
+    una = sorted(r["support"] for r in rows if not r["phrase"])
+    allowed = ans[int(0.1 * len(ans))]  # below this, more than 10% of answerable ones would be declined
+    below = [s for s in una if s < allowed]
+    floor = round((max(below) + allowed) / 2, 3) if below else allowed
+    return {"floor": floor, "answerable_declined": round(sum(s < floor for s in ans) / len(ans), 3),
+            "unanswerable_declined": round(sum(s < floor for s in una) / len(una), 3)}
+
+
+def run_answers(workdir: Path, chunk_tokens: int, overlap: int, k: int = 5) -> dict:
+    """Every question through `Assistant.ask` on the bundled model (the index from `run`)."""
+    import mmsdk
+
+    index = DocumentIndex(workdir / "eval.db", chunk_tokens=chunk_tokens, overlap=overlap)
+    rows = support_scores(index, k)
+    calibration = calibrate(rows)
+    print("support floor calibration:", calibration, file=sys.stderr)
+    asst = mmsdk.load()
+    t0 = time.perf_counter()
+    for i, r in enumerate(rows):
+        result = asst.ask(r["question"], index, k=k, max_tokens=48)
+        r.update(answerable=r["phrase"] is not None, mode=result.mode, answer=result.text,
+                 correct=r["phrase"] is not None and _norm(r["phrase"]) in _norm(result.text),
+                 echo=echoes(result.text, INSTRUCTION))
+        print(f"  {i + 1}/{len(rows)} {r['mode']} {r['correct']}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - t0
     index.close()
     ans, una = [r for r in rows if r["answerable"]], [r for r in rows if not r["answerable"]]
@@ -181,8 +204,9 @@ def run_answers(workdir: Path, chunk_tokens: int, overlap: int, k: int = 5) -> d
             "modes": {m: sum(r["mode"] == m for r in ans) for m in ("model", "extractive", "declined")},
             "answerable_declined": round(sum(r["mode"] == "declined" for r in ans) / len(ans), 3),
             "unanswerable_declined": round(sum(r["mode"] == "declined" for r in una) / len(una), 3),
-            "support": {"answerable": sorted(r["support"] or 0 for r in ans),
-                        "unanswerable": sorted(r["support"] or 0 for r in una)},
+            "calibration": calibration,
+            "support": {"answerable": sorted(r["support"] for r in ans),
+                        "unanswerable": sorted(r["support"] for r in una)},
             "rows": rows}
 
 
@@ -227,6 +251,7 @@ def main(argv=None):
               f"accuracy {a['accuracy']} vs top-chunk floor {a['top_chunk_floor']}; echoes {a['echoes']}; "
               f"modes {a['modes']}; declined: answerable {a['answerable_declined']}, "
               f"unanswerable {a['unanswerable_declined']}")
+        print("support floor calibrated on this set:", a["calibration"])
         print("best-sentence support, answerable:", a["support"]["answerable"])
         print("best-sentence support, unanswerable:", a["support"]["unanswerable"])
     if args.json:

@@ -18,22 +18,52 @@ from .cache import atomic_path, cache_dir
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE = 1, 2, 3, 4, 6  # llama.cpp's and SentencePiece's token types
 _FORMAT = 2  # bump when the conversion changes, so stale cached files are rebuilt
 _BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
+# Tokens the chat format and the media encoders insert by id. Not control tokens in every vocabulary
+# (Gemma's GGUF stores <start_of_image> as user-defined), but never read out of plain text either.
+MEDIA_TOKENS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_audio>", "<end_of_audio>",
+                "<audio_soft_token>")
+_SPELLING = re.compile(r"<[^<>]{1,64}>")  # how Gemma's control tokens are spelled
 
 
 class GemmaTokenizer:
     """Text <-> ids. `encode` adds BOS when asked; decoding of a stream is left to `StreamDecoder`.
-    Control tokens written in the text (`<start_of_turn>`) are read as themselves; `decode`
-    leaves them out unless asked. Subclasses supply the vocabulary and the two directions."""
+    Control tokens written in the text (`<start_of_turn>`) are read as themselves unless
+    `parse_special=False`; `decode` leaves them out unless asked. Subclasses supply the vocabulary
+    and the two directions."""
 
     bos_id: int
     eos_ids: tuple[int, ...]
     special_ids: frozenset[int]  # control tokens
     vocab_size: int
     _token_bytes: list[bytes] | None = None
+    _controls: frozenset[str] | None = None
 
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = self._encode(text)
+    def encode(self, text: str, add_bos: bool = True, parse_special: bool = True) -> list[int]:
+        """Ids of `text`. With `parse_special=False` control-token spellings (`<end_of_turn>`, the
+        media markers) are plain characters: text from users, documents and tools never becomes one."""
+        ids = self._encode(text) if parse_special else self._encode_plain(text)
         return [self.bos_id, *ids] if add_bos else ids
+
+    def split_controls(self, text: str) -> list[str]:
+        """`text` cut around the control-token spellings in it: [text, control, text, ..., text]."""
+        if self._controls is None:
+            media = {t for t in MEDIA_TOKENS if self.token_id(t) is not None}
+            self._controls = frozenset({self.piece(i) for i in self.special_ids} | media)
+        out, last = [], 0
+        for m in _SPELLING.finditer(text):
+            if m[0] in self._controls:
+                out += [text[last:m.start()], m[0]]
+                last = m.end()
+        return out + [text[last:]]
+
+    def _encode_plain(self, text: str) -> list[int]:
+        ids = []
+        for i, piece in enumerate(self.split_controls(text)):
+            if i % 2:  # a control spelling: its "<" alone, then the rest, so no control token can match
+                ids += self._encode(piece[:1]) + self._encode(piece[1:])
+            elif piece:
+                ids += self._encode(piece)
+        return ids
 
     def decode(self, ids, skip_special: bool = True) -> str:
         ids = [int(i) for i in ids]

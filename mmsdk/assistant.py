@@ -1,4 +1,5 @@
 """`mmsdk.load()` and the `Assistant`: text generation, chat and sessions over one decoder."""
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -62,6 +63,12 @@ class Assistant:
             path=path,
         )
 
+    @functools.cached_property
+    def instruction_tuned(self) -> bool:
+        """Whether the model follows chat turns (its name or chat template says so); the bundled
+        270M is a base model, which only continues text."""
+        return chat_format.instruction_tuned(self.info.path, self.info.name)
+
     def __repr__(self):
         return f"Assistant({self.info.name!r}, {self.info.parameters / 1e6:.0f}M params, {self.info.quantization})"
 
@@ -70,15 +77,19 @@ class Assistant:
         """Tokens `text` takes, without the BOS token `generate` adds."""
         return len(self.tokenizer.encode(text, add_bos=False))
 
-    def generate(self, prompt: str, *, max_tokens: int = 256, stop=(), **sampling) -> str:
-        """Continue the raw prompt (BOS prepended, no chat template)."""
-        return "".join(self.stream(prompt, max_tokens=max_tokens, stop=stop, **sampling))
+    def generate(self, prompt: str, *, max_tokens: int = 256, stop=(), parse_special: bool = True,
+                 **sampling) -> str:
+        """Continue the raw prompt (BOS prepended, no chat template). Control tokens spelled in it
+        (`<start_of_turn>`) are read as tokens; `parse_special=False` reads them as plain text."""
+        return "".join(self.stream(prompt, max_tokens=max_tokens, stop=stop, parse_special=parse_special,
+                                   **sampling))
 
-    def stream(self, prompt: str, *, max_tokens: int = 256, stop=(), **sampling) -> Iterator[str]:
+    def stream(self, prompt: str, *, max_tokens: int = 256, stop=(), parse_special: bool = True,
+               **sampling) -> Iterator[str]:
         """Text pieces of the continuation as they are decoded."""
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
-        ids = self.tokenizer.encode(prompt)
+        ids = self.tokenizer.encode(prompt, parse_special=parse_special)
         run = _Run(self, ids, make_cache(self.config), 0, (), max_tokens, stop, sampling)
         yield from run
 
@@ -219,10 +230,10 @@ class Session:
         images, audio = list(images), list(audio)
         self.asst._check_media(images, audio)
         first = not self.ids
-        body = f"{self.system}\n\n{text}" if first and self.system else text
-        turn = chat_format.render_turn("user", media.with_media_markers(body, images, audio))
+        body = [self.system, "\n\n", text] if first and self.system else [text]  # content: never parsed
+        turn = chat_format.turn_parts("user", media.with_media_markers(body, images, audio))
         a = self.asst
-        p = media.encode_prompt(a.model, a.tokenizer, a.encoders, turn + f"{chat_format.START}model\n", images,
+        p = media.encode_prompt(a.model, a.tokenizer, a.encoders, turn + chat_format.generation_prompt(), images,
                                 audio, add_bos=first, prefix_ids=self.ids[self.n_cached:], pan_and_scan=pan_and_scan)
         todo = p.ids
         self.ids = self.ids[:self.n_cached] + todo

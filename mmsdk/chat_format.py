@@ -7,7 +7,15 @@
 
 Gemma has no system role: the system text opens the first user turn. Media parts become markers
 (`IMAGE_MARKER`, `AUDIO_MARKER`) where they stand; the encoders expand them later.
+
+A prompt is a list of parts: `Markup` is what the format writes itself (its control-token spellings
+are tokens), plain `str` is content from users, documents and tools, always read as text, so a
+message that spells `<end_of_turn>` cannot forge a turn. `encode` turns the parts into ids.
 """
+import json
+import re
+from pathlib import Path
+
 from .errors import InputError
 
 START, END = "<start_of_turn>", "<end_of_turn>"
@@ -16,50 +24,121 @@ AUDIO_MARKER = "<start_of_audio>"
 _ROLES = {"user": "user", "assistant": "model", "model": "model", "tool": "user"}
 
 
-def split_content(content) -> tuple[str, list, list]:
-    """(text with media markers, images, audio clips) from a message's content."""
+class Markup(str):
+    """Prompt text written by the chat format: control tokens spelled in it are inserted by id."""
+
+
+def as_text(parts) -> str:
+    """The prompt as one string (control tokens spelled out), for display and counting."""
+    return parts if isinstance(parts, str) else "".join(parts)
+
+
+def encode(tokenizer, parts, add_bos: bool = True) -> list[int]:
+    """Ids of a prompt: the control tokens of its `Markup` parts by id, the text between them
+    (format text and content together, as Gemma's template tokenizes it) with none parsed.
+    A bare `str` is a raw prompt, all of it markup."""
+    parts = [Markup(parts)] if isinstance(parts, str) else parts
+    ids, run = [tokenizer.bos_id] if add_bos else [], ""
+    for part in parts:
+        pieces = tokenizer.split_controls(part) if isinstance(part, Markup) else [part]
+        for i, piece in enumerate(pieces):
+            if i % 2:
+                ids += tokenizer.encode(run, add_bos=False, parse_special=False) + [tokenizer.token_id(piece)]
+                run = ""
+            else:
+                run += piece
+    return ids + tokenizer.encode(run, add_bos=False, parse_special=False)
+
+
+def count_markers(parts, marker: str) -> int:
+    """Media markers the format placed (content that spells one is text, not a marker)."""
+    parts = [Markup(parts)] if isinstance(parts, str) else parts
+    return sum(p.count(marker) for p in parts if isinstance(p, Markup))
+
+
+def split_content(content) -> tuple[list[str], list, list]:
+    """(parts: text with media markers, images, audio clips) from a message's content."""
     if isinstance(content, str):
-        return content, [], []
+        return [content], [], []
     text, images, audio = [], [], []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            text.append(part["text"])
+            text.append(str(part["text"]))
         elif kind in ("image", "image_url"):
             images.append(part.get("image", part.get("image_url")))
-            text.append(IMAGE_MARKER)
+            text.append(Markup(IMAGE_MARKER))
         elif kind in ("audio", "input_audio"):
             audio.append(part.get("audio", part.get("input_audio")))
-            text.append(AUDIO_MARKER)
+            text.append(Markup(AUDIO_MARKER))
         else:
             raise InputError(f"unknown message part {part!r}: expected type 'text', 'image' or 'audio'")
-    return "".join(text), images, audio
+    return text, images, audio
+
+
+def turn_parts(role: str, content) -> list[str]:
+    """One turn's prompt parts; `content` is a str (read as text) or parts."""
+    if role not in _ROLES:
+        raise InputError(f"unknown role {role!r}: expected one of system, user, assistant, tool")
+    body = [content] if isinstance(content, str) else list(content)
+    return [Markup(f"{START}{_ROLES[role]}\n"), *body, Markup(f"{END}\n")]
 
 
 def render_turn(role: str, text: str) -> str:
-    if role not in _ROLES:
-        raise InputError(f"unknown role {role!r}: expected one of system, user, assistant, tool")
-    return f"{START}{_ROLES[role]}\n{text}{END}\n"
+    """One turn as a string (for display; prompts are built from `turn_parts`)."""
+    return as_text(turn_parts(role, text))
 
 
-def render_messages(messages: list[dict], add_generation_prompt: bool = True) -> tuple[str, list, list]:
-    """The prompt text (without BOS) for a whole conversation, plus its images and audio in order."""
+def generation_prompt() -> list[str]:
+    """What opens the model's turn."""
+    return [Markup(f"{START}model\n")]
+
+
+def render_messages(messages: list[dict], add_generation_prompt: bool = True) -> tuple[list[str], list, list]:
+    """The prompt parts (without BOS) for a whole conversation, plus its images and audio in order."""
     system, turns, images, audio = None, [], [], []
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or "role" not in msg:
             raise InputError(f"message {i} must be a dict with 'role' and 'content', got {msg!r}")
-        text, imgs, clips = split_content(msg.get("content", ""))
+        text, imgs, clips = split_content(msg.get("content") or "")
         images += imgs
         audio += clips
         if msg["role"] == "system":
-            system = text if system is None else f"{system}\n\n{text}"
+            system = text if system is None else [*system, "\n\n", *text]
             continue
         if system is not None and msg["role"] == "user":
-            text, system = f"{system}\n\n{text}", None
-        turns.append(render_turn(msg["role"], text))
+            text, system = [*system, "\n\n", *text], None
+        turns += turn_parts(msg["role"], text)
     if system is not None:  # a system message with no user turn after it
-        turns.append(render_turn("user", system))
-    prompt = "".join(turns)
+        turns += turn_parts("user", system)
     if add_generation_prompt:
-        prompt += f"{START}model\n"
-    return prompt, images, audio
+        turns += generation_prompt()
+    return turns, images, audio
+
+
+_TUNED = re.compile(r"(^|[-_ ./])(it|instruct|chat)([-_ .]|$)", re.I)
+_BASE = re.compile(r"(^|[-_ ./])(pt|base)([-_ .]|$)", re.I)
+
+
+def instruction_tuned(path, name: str = "") -> bool:
+    """Whether a checkpoint was tuned to follow chat turns: its name says so ("-it", "instruct"),
+    or, unless the name says "pt"/"base", it ships a chat template (GGUF `tokenizer.chat_template`,
+    a folder's tokenizer_config.json or chat_template.jinja). Gemma's base models ship none in GGUF."""
+    label = f"{name} {Path(path).stem if path else ''}"
+    if _TUNED.search(label):
+        return True
+    if _BASE.search(label) or not path:
+        return False
+    return chat_template(path) is not None
+
+
+def chat_template(path) -> str | None:
+    path = Path(path)
+    if path.is_dir():
+        if (path / "chat_template.jinja").exists():
+            return (path / "chat_template.jinja").read_text()
+        config = path / "tokenizer_config.json"
+        return json.loads(config.read_text()).get("chat_template") if config.exists() else None
+    from .decoder.gguf_file import open_gguf, read_metadata
+
+    return read_metadata(open_gguf(path), skip_arrays=True).get("tokenizer.chat_template")

@@ -1,6 +1,7 @@
 """Document question answering: `DocumentIndex` (a persistent, hybrid-searchable SQLite index) and
 `answer()`, which grounds the assistant's reply in retrieved passages and cites them."""
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -8,22 +9,24 @@ from .errors import InputError
 from .rag.embedder import Embedder, default_embedder
 from .rag.errors import DocumentError
 from .rag.indexer import index_file, index_text
-from .rag.prompt import NOT_FOUND, build_prompt
+from .rag.prompt import INSTRUCTION, NOT_FOUND, build_completion_prompt, build_prompt, cited, echoes
 from .rag.search import MODES, Hit, search
 from .rag.store import Store
 
-__all__ = ["DocumentIndex", "Hit", "Answer", "answer", "MIN_SIMILARITY"]
+__all__ = ["DocumentIndex", "Hit", "Answer", "answer", "MIN_SIMILARITY", "MIN_SUPPORT"]
 log = logging.getLogger(__name__)
 
 # Cosine floor below which a passage does not count as relevant: midway between the best hit of
 # off-topic questions (max 0.244) and of answerable ones (min 0.297) in tests/eval/eval_rag.py.
 MIN_SIMILARITY = 0.27
+MIN_SUPPORT = 0.0  # calibrated below
 
 
 @dataclass(frozen=True)
 class Answer:
     text: str
     citations: list[Hit] = field(default_factory=list)  # citations[n - 1] is source [n] in the text
+    mode: str = "model"  # "model" (its reply), "extractive" (quoted passages) or "declined"
 
 
 class DocumentIndex:
@@ -42,6 +45,12 @@ class DocumentIndex:
             self._store = Store(self.path)
         except Exception as e:  # sqlite3.DatabaseError and OSError alike: name the file
             raise InputError(f"cannot open document index {str(self.path)!r}: {e}") from e
+        built_with, name = self._store.get_meta("embedder"), getattr(self.embedder, "name", None)
+        if built_with and name and built_with != name:
+            self._store.close()
+            raise InputError(f"document index {str(self.path)!r} was built with the embedder {built_with!r}, not "
+                             f"{name!r}: vectors of two embedders do not compare; open it with {built_with!r} "
+                             "or index into a new file")
 
     def add(self, path) -> int:
         """Index a .txt, .md, .html or .pdf file; return the chunks written (0 if it is unchanged)."""
@@ -91,15 +100,83 @@ class DocumentIndex:
 
 
 def answer(asst, question: str, index: DocumentIndex, k: int = 5, *, max_tokens: int = 256,
-           min_similarity: float = MIN_SIMILARITY) -> Answer:
+           min_similarity: float = MIN_SIMILARITY, min_support: float = MIN_SUPPORT) -> Answer:
     """Answer `question` from the `k` best passages of `index`, citing them as [n].
 
-    Passages less similar to the question than `min_similarity` are dropped; when none is left,
-    the model is not called and the answer says it cannot be found."""
+    Passages less similar to the question than `min_similarity` are dropped; when none is left, or
+    no sentence of them reaches `min_support`, the model is not called and the answer says it
+    cannot be found. An instruction-tuned model answers in a chat turn; a base model completes an
+    "Answer:" line. A reply that echoes the prompt or cites no source is replaced by the best-supported
+    sentences of the passages, quoted with their citation."""
     hits = [h for h in index.search(question, k=k) if h.similarity is not None and h.similarity >= min_similarity]
-    if not hits:
-        log.info("no passage reaches similarity %.2f for %r", min_similarity, question)
-        return Answer(NOT_FOUND, [])
-    prompt = build_prompt(question, [(h.source, h.location, h.text) for h in hits])
-    reply = asst.chat([{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0)
-    return Answer(reply.text.strip(), hits)
+    support = supporting_sentences(question, hits, index.embedder)
+    if not support or support[0].score < min_support:
+        log.info("no passage supports %r (similarity floor %.2f, support floor %.2f)", question, min_similarity,
+                 min_support)
+        return Answer(NOT_FOUND, [], "declined")
+    passages = [(h.source, h.location, h.text) for h in hits]
+    if getattr(asst, "instruction_tuned", False):
+        reply = asst.chat([{"role": "user", "content": build_prompt(question, passages)}], max_tokens=max_tokens,
+                          temperature=0)
+        text, told = reply.text.strip(), f"{INSTRUCTION}\nQuestion: {question}"
+    else:  # a base model continues text: one line after "Answer:", sources never parsed as control tokens
+        text = asst.generate(build_completion_prompt(question, passages), max_tokens=min(max_tokens, 64),
+                             stop=["\n"], temperature=0, parse_special=False).strip()
+        text, told = _cite_supported(text, hits), f"Question: {question}"
+    if text == NOT_FOUND:
+        return Answer(NOT_FOUND, [], "declined")
+    if not text or echoes(text, told) or not cited(text, len(hits)):
+        log.info("model reply %r echoes the prompt or cites nothing; quoting the passages instead", text[:80])
+        return Answer(quote(support), hits, "extractive")
+    return Answer(text, hits, "model")
+
+
+@dataclass(frozen=True)
+class Sentence:
+    score: float  # cosine to the question
+    source: int   # which passage, from 1 as cited
+    text: str
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def sentences(text: str) -> list[str]:
+    """A passage's sentences: paragraphs split at sentence ends, wrapped lines joined."""
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        out += [s for s in _SENTENCE_END.split(" ".join(para.split())) if len(s.split()) >= 3]
+    return out
+
+
+def supporting_sentences(question: str, hits: list[Hit], embed: Embedder) -> list[Sentence]:
+    """Every sentence (and pair of neighbouring sentences) of the passages, ranked by the embedder's
+    cosine to the question, best first."""
+    found = []
+    for n, hit in enumerate(hits, start=1):
+        sents = sentences(hit.text)
+        found += [(n, s) for s in sents] + [(n, f"{a} {b}") for a, b in zip(sents, sents[1:])]
+    if not found:
+        return []
+    vectors = embed([question] + [s for _, s in found])
+    scores = vectors[1:] @ vectors[0]
+    ranked = sorted(zip(scores.tolist(), found), key=lambda x: -x[0])
+    return [Sentence(score, n, s) for score, (n, s) in ranked]
+
+
+def quote(support: list[Sentence]) -> str:
+    """The best-supported sentences, quoted with their citation."""
+    best = support[0]
+    return f'"{best.text}" [{best.source}]'
+
+
+def _cite_supported(text: str, hits: list[Hit]) -> str:
+    """A base model's line with the citation it cannot write: [n] when passage n holds its words."""
+    words = set(re.findall(r"\w+", text.lower()))
+    if not words or cited(text, len(hits)):
+        return text
+    for n, hit in enumerate(hits, start=1):
+        held = words & set(re.findall(r"\w+", hit.text.lower()))
+        if len(held) >= 0.9 * len(words) and len(words) >= 4:
+            return f"{text} [{n}]"
+    return text

@@ -2,12 +2,14 @@
 markers into the ids, embeddings and attention groups the decoder takes."""
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .chat_format import AUDIO_MARKER, IMAGE_MARKER
+from . import chat_format
+from .chat_format import AUDIO_MARKER, IMAGE_MARKER, Markup
 from .errors import InputError, UnsupportedModalityError
 
 log = logging.getLogger(__name__)
@@ -97,24 +99,60 @@ class Prompt:
     groups: torch.Tensor | None = None  # (T,) image group per position, -1 for text
 
 
-def encode_prompt(model, tokenizer, encoders: Encoders, text: str, images=(), audio=(), *,
+def encode_prompt(model, tokenizer, encoders: Encoders, text, images=(), audio=(), *,
                   add_bos: bool = True, prefix_ids=(), pan_and_scan: bool = True) -> Prompt:
-    """Token ids for `text`; with images, also the embeddings with each image in place.
+    """Token ids for the prompt `text` (a raw string, or `chat_format` parts whose content is never
+    parsed); with images, also the embeddings with each image in place.
     `prefix_ids` are tokens already decided (a session's pending tokens) that go first."""
+    n_images = chat_format.count_markers(text, IMAGE_MARKER)
+    if encoders.gemma3n is None:
+        if audio:
+            raise UnsupportedModalityError("audio in prompts needs a Gemma 3n model with its audio tower")
+        if (images or encoders.vision is not None) and n_images != len(images):
+            raise InputError(f"the prompt has {n_images} image marker(s) ({IMAGE_MARKER}) but "
+                             f"{len(images)} image(s) were given; put one marker where each image goes")
+    if not images and not audio:
+        if encoders.gemma3n is not None:
+            from .encoders.gemma3n_fusion import expand_media_markers
+
+            expand_media_markers(_Shielded(tokenizer, text).text, 0, 0, encoders.gemma3n.config)  # stray markers
+        return Prompt([*prefix_ids, *chat_format.encode(tokenizer, text, add_bos)])
+    # The encoders expand the markers in a string: they get the markup with each content part
+    # standing as a placeholder, and a tokenizer that puts the content back as plain text.
+    shield = _Shielded(tokenizer, text)
     if encoders.gemma3n is not None:
-        return _encode_gemma3n(model, tokenizer, encoders.gemma3n, text, images, audio, add_bos, prefix_ids)
-    if audio:
-        raise UnsupportedModalityError("audio in prompts needs a Gemma 3n model with its audio tower")
-    if (images or encoders.vision is not None) and text.count(IMAGE_MARKER) != len(images):
-        raise InputError(f"the prompt has {text.count(IMAGE_MARKER)} image marker(s) ({IMAGE_MARKER}) but "
-                         f"{len(images)} image(s) were given; put one marker where each image goes")
-    if not images:
-        return Prompt([*prefix_ids, *tokenizer.encode(text, add_bos=add_bos)])
+        from .encoders.gemma3n_fusion import build_prompt as build_gemma3n
+
+        p = build_gemma3n(shield.text, images, audio, model=model, tokenizer=shield, encoders=encoders.gemma3n,
+                          add_bos=add_bos)
+        return _prepend(model, prefix_ids, Prompt(p.ids, p.embeds))
     from .encoders.fusion import build_prompt
 
-    p = build_prompt(text, list(images), model=model, tokenizer=tokenizer, tower=encoders.vision,
+    p = build_prompt(shield.text, list(images), model=model, tokenizer=shield, tower=encoders.vision,
                      image_config=encoders.image_config, pan_and_scan=pan_and_scan, add_bos=add_bos)
     return _prepend(model, prefix_ids, Prompt(p.ids, p.embeds, p.groups))
+
+
+_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")  # private-use characters: never in the format's markup
+
+
+class _Shielded:
+    """A prompt's markup with content parts as placeholders (`text`), and the tokenizer the media
+    encoders use on it after expanding their markers: content goes back in, never parsed."""
+
+    def __init__(self, tokenizer, parts):
+        parts = [Markup(parts)] if isinstance(parts, str) else parts
+        self.tokenizer, self.content = tokenizer, [p for p in parts if not isinstance(p, Markup)]
+        held = iter(range(len(self.content)))
+        self.text = "".join(p if isinstance(p, Markup) else f"\ue000{next(held)}\ue001" for p in parts)
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        pieces = _PLACEHOLDER.split(text)  # [markup, index, markup, ...]
+        parts = [self.content[int(p)] if i % 2 else Markup(p) for i, p in enumerate(pieces)]
+        return chat_format.encode(self.tokenizer, parts, add_bos)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
 
 
 def _prepend(model, prefix_ids, p: Prompt) -> Prompt:
@@ -128,17 +166,8 @@ def _prepend(model, prefix_ids, p: Prompt) -> Prompt:
     return Prompt([*prefix_ids, *p.ids], torch.cat([head, p.embeds], 1), groups)
 
 
-def _encode_gemma3n(model, tokenizer, towers, text, images, audio, add_bos, prefix_ids) -> Prompt:
-    """Gemma 3n: one view per image (no pan-and-scan), audio soft tokens; attention stays causal."""
-    from .encoders.gemma3n_fusion import build_prompt, expand_media_markers
-
-    if not images and not audio:
-        expand_media_markers(text, 0, 0, towers.config)  # stray markers are a count mismatch
-        return Prompt([*prefix_ids, *tokenizer.encode(text, add_bos=add_bos)])
-    p = build_prompt(text, images, audio, model=model, tokenizer=tokenizer, encoders=towers, add_bos=add_bos)
-    return _prepend(model, prefix_ids, Prompt(p.ids, p.embeds))
-
-
-def with_media_markers(text: str, images=(), audio=()) -> str:
-    """A user turn's text with one marker per image and audio clip in front, as a message's parts would be."""
-    return IMAGE_MARKER * len(images) + AUDIO_MARKER * len(audio) + text
+def with_media_markers(text, images=(), audio=()) -> list[str]:
+    """A user turn's parts: one marker per image and audio clip in front of the text (content, a str
+    or parts), as a message's parts would be."""
+    body = [text] if isinstance(text, str) else list(text)
+    return [Markup(IMAGE_MARKER * len(images) + AUDIO_MARKER * len(audio)), *body]

@@ -15,7 +15,13 @@ def _write(store: Store, source: str, digest: str, sections: list[Section], embe
     if not chunks:
         raise DocumentError(source, "no text to index")
     vectors = embed([c.embedding_text() for c in chunks])
-    store.replace_source(source, digest, chunks, vectors)
+    dim = store.get_meta("dim")
+    if dim is not None and int(dim) != vectors.shape[1]:
+        raise DocumentError(source, f"the index holds {dim}-dimensional vectors (embedder "
+                                    f"{store.get_meta('embedder') or 'unnamed'}) but this embedder gives "
+                                    f"{vectors.shape[1]}; open it with the embedder it was built with, "
+                                    "or use a new file")
+    store.replace_source(source, digest, chunks, vectors, getattr(embed, "name", None))
     return len(chunks)
 
 

@@ -54,12 +54,16 @@ class Store:
     def sources(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT path FROM sources ORDER BY path")]
 
-    def replace_source(self, source: str, content_hash: str, chunks: list[Chunk], vectors: np.ndarray):
-        """Write a source's chunks, replacing any older version, all in one transaction."""
+    def replace_source(self, source: str, content_hash: str, chunks: list[Chunk], vectors: np.ndarray,
+                       embedder: str | None = None):
+        """Write a source's chunks, replacing any older version, all in one transaction; the first
+        write records the vectors' dimension and the embedder's name."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         assert len(chunks) == len(vectors), "one vector per chunk"
         with self._transaction() as conn:
             dim = conn.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()
+            if embedder:
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('embedder', ?)", (embedder,))
             if dim is None:
                 conn.execute("INSERT INTO meta VALUES ('dim', ?)", (str(vectors.shape[1]),))
             elif int(dim[0]) != vectors.shape[1]:

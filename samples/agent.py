@@ -1,16 +1,21 @@
 """An on-device agent doing a two-step task with real tools: find files on disk, then compute
 with what it found.
 
-    HF_HUB_OFFLINE=1 python samples/agent.py [FOLDER]
+    HF_HUB_OFFLINE=1 python samples/agent.py [FOLDER] [--yes]
 
 The task: "How many lines do the .txt files in FOLDER have in total?" The model first calls
 `find_files` to list them, then `count_lines` on that list, then answers. With no FOLDER it makes
 a small one with three text files, so the answer can be checked.
 
+The file tools only reach inside FOLDER (the agent's root): every path is resolved, symbolic links
+included, and one that leads outside is refused with an error the model sees. Each call is shown
+and needs a "y" before it runs, unless `--yes` is given.
+
 Tool calls are decoded under a grammar, so every call parses and has valid arguments; the bundled
 270M base model only has to choose the tool and copy the paths it was given. One worked example
 conversation before the task shows it the steps; without it the base model repeats its first call.
 """
+import argparse
 import logging
 import sys
 import tempfile
@@ -31,26 +36,52 @@ EXAMPLE = [
 ]
 
 
-def find_files(folder: str, pattern: str) -> list[str]:
-    """List the files in a folder whose names match a glob pattern.
+class OutsideRoot(PermissionError):
+    """A tool was asked for a path outside the agent's root folder."""
 
-    Args:
-        folder: The folder to search.
-        pattern: A glob pattern such as *.txt.
-    """
-    root = Path(folder).expanduser()
+
+def file_tools(root) -> list:
+    """`find_files` and `count_lines`, confined to the folder `root`."""
+    root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"no such folder: {folder}")
-    return sorted(str(p) for p in root.glob(pattern) if p.is_file())
+        raise NotADirectoryError(f"the agent's root folder {str(root)!r} is not a folder")
+
+    def inside(path: str) -> Path:
+        # resolve() follows symbolic links and "..", so what is checked is where the path really leads.
+        full = (root / Path(path).expanduser()).resolve()
+        if not full.is_relative_to(root):
+            raise OutsideRoot(f"{path!r} is outside the folder this agent may use ({root}); use paths under it")
+        return full
+
+    def find_files(folder: str, pattern: str) -> list[str]:
+        """List the files in a folder whose names match a glob pattern.
+
+        Args:
+            folder: The folder to search.
+            pattern: A glob pattern such as *.txt.
+        """
+        base = inside(folder)
+        if not base.is_dir():
+            raise FileNotFoundError(f"no such folder: {folder}")
+        if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            raise OutsideRoot(f"pattern {pattern!r} must be relative to the folder, without '..'")
+        return sorted(str(p) for p in base.glob(pattern) if p.is_file() and p.resolve().is_relative_to(root))
+
+    def count_lines(paths: list[str]) -> int:
+        """Total number of lines in the given text files.
+
+        Args:
+            paths: The files to count.
+        """
+        return sum(len(inside(p).read_text(errors="replace").splitlines()) for p in paths)
+
+    return [find_files, count_lines]
 
 
-def count_lines(paths: list[str]) -> int:
-    """Total number of lines in the given text files.
-
-    Args:
-        paths: The files to count.
-    """
-    return sum(len(Path(p).read_text(errors="replace").splitlines()) for p in paths)
+def ask_user(call: mmsdk.ToolCall) -> bool:
+    """Show the call and run it only on a yes."""
+    answer = input(f"  run {call.name}({call.arguments})? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
 
 
 def make_folder(root: Path) -> int:
@@ -63,7 +94,7 @@ def make_folder(root: Path) -> int:
     return sum(len(t.splitlines()) for n, t in texts.items() if n.endswith(".txt"))
 
 
-def main(folder: str | None = None, threads: int = 1) -> int:
+def main(folder: str | None = None, threads: int = 1, assume_yes: bool = False) -> int:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         expected = None
@@ -73,14 +104,14 @@ def main(folder: str | None = None, threads: int = 1) -> int:
         task = f"How many lines do the .txt files in {folder} have in total?"
         print(f"task: {task}")
 
-        def approve(call: mmsdk.ToolCall) -> bool:
+        def shown(call: mmsdk.ToolCall) -> bool:
             print(f"  -> {call.name}({call.arguments})")
-            return True  # a real app would ask the user here
+            return True
 
         # Each turn must call a tool and each tool runs once: the model writes the arguments (the
         # folder and pattern, then the paths it was given), then answers once both have run.
-        result = asst.run_agent(task, [find_files, count_lines], max_steps=3, tool_choice="required",
-                                call_once=True, approve=approve, messages=EXAMPLE)
+        result = asst.run_agent(task, file_tools(folder), max_steps=3, tool_choice="required", call_once=True,
+                                approve=shown if assume_yes else ask_user, messages=EXAMPLE)
         for step in result.steps:
             print(f"  <- {step.call.name}: {step.error or step.result}")
         print(f"answer ({result.finish_reason}): {result.text}")
@@ -93,4 +124,8 @@ def main(folder: str | None = None, threads: int = 1) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))
+    parser = argparse.ArgumentParser(description="An agent with file tools confined to one folder.")
+    parser.add_argument("folder", nargs="?", help="the agent's root folder (default: a small example one)")
+    parser.add_argument("--yes", action="store_true", help="run tool calls without asking first")
+    args = parser.parse_args()
+    sys.exit(main(args.folder, assume_yes=args.yes))

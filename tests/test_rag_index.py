@@ -129,6 +129,28 @@ def test_another_embedder_can_be_passed_in(tmp_path):
         assert idx.search("zigzag", k=1, mode="vector")[0].source == "z"
 
 
+def test_the_index_refuses_another_embedder(tmp_path):
+    class Letters:  # a toy bag-of-letters embedder with a name, normalized
+        def __init__(self, name, letters="abcdefghijklmnopqrstuvwxyz"):
+            self.name, self.letters = name, letters
+
+        def __call__(self, texts):
+            v = np.array([[t.lower().count(c) for c in self.letters] for t in texts], np.float32) + 1e-3
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    with DocumentIndex(tmp_path / "toy.db", embedder=Letters("letters-26")) as idx:
+        idx.add_text("zzz zebra zoo", source="z")
+    with pytest.raises(InputError, match="built with the embedder 'letters-26', not 'other'"):
+        DocumentIndex(tmp_path / "toy.db", embedder=Letters("other"))
+    short = Letters("", "abc")  # no name: the dimension still tells
+    short.name = None
+    with DocumentIndex(tmp_path / "toy.db", embedder=short) as idx:
+        match = r"26-dimensional vectors \(embedder letters-26\) but this embedder gives 3"
+        with pytest.raises(InputError, match=match):
+            idx.add_text("abc", source="a")
+        assert idx.sources() == ["z"]
+
+
 def test_bad_inputs_raise_input_error(index, tmp_path):
     with pytest.raises(InputError, match="mode must be one of"):
         index.search("x", mode="fuzzy")

@@ -7,7 +7,13 @@ breaks do not matter), from any file, since pydoc repeats some passages under se
 indexing throughput, query latency, and the top-hit cosine of answerable vs off-topic questions
 (which sets `mmsdk.documents.MIN_SIMILARITY`).
 
-    HF_HUB_OFFLINE=1 python tests/eval/eval_rag.py [--json results.json]
+With `--answers` it also asks the bundled model every question through `Assistant.ask` and reports
+answer accuracy (the answer quotes the question's phrase) against the floor of quoting the top
+chunk, answers echoing the prompt, and how declining separates answerable questions from
+unanswerable ones (off-topic, and Python questions the language reference does not cover); the
+best-sentence support of both sets calibrates `mmsdk.documents.MIN_SUPPORT`.
+
+    HF_HUB_OFFLINE=1 python tests/eval/eval_rag.py [--answers] [--json results.json]
 """
 import argparse
 import json
@@ -21,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import rag_corpus  # noqa: E402
 
-from mmsdk.documents import DocumentIndex  # noqa: E402
+from mmsdk.documents import MIN_SIMILARITY, DocumentIndex, supporting_sentences  # noqa: E402
+from mmsdk.rag.prompt import INSTRUCTION, echoes  # noqa: E402
 
 # (question, topic, phrase of the answering passage)
 QUESTIONS = [
@@ -83,6 +90,16 @@ OFF_TOPIC = [
     "How do I knit a scarf for beginners?", "What is the best fertilizer for tomatoes?",
 ]
 
+# Python questions the language reference (pydoc topics) does not answer: third-party tools and tasks.
+UNANSWERABLE = OFF_TOPIC + [
+    "How do I install a package from PyPI with pip?", "How do I read a CSV file into a pandas DataFrame?",
+    "How do I plot a histogram with matplotlib?", "How do I send an HTTP GET request with the requests library?",
+    "How do I create a Django project and start its development server?",
+    "How do I connect to a PostgreSQL database with psycopg2?", "How do I train a neural network in PyTorch?",
+    "How do I deploy a Flask app behind nginx?", "How do I parse command-line options with click?",
+    "How do I publish my package to PyPI with twine?",
+]
+
 
 def _norm(text: str) -> str:
     return re.sub(r"[^0-9a-z]", "", text.lower().replace("’", "'"))
@@ -136,6 +153,63 @@ def run(workdir: Path, chunk_tokens: int, overlap: int) -> dict:
     return report
 
 
+def support_scores(index: DocumentIndex, k: int = 5) -> list[dict]:
+    """Per question: the top hit's cosine and the best sentence support `ask` declines on."""
+    rows = []
+    for question, phrase in [(q, p) for q, _, p in QUESTIONS] + [(q, None) for q in UNANSWERABLE]:
+        hits = index.search(question, k=k)
+        kept = [h for h in hits if h.similarity >= MIN_SIMILARITY]
+        support = supporting_sentences(question, kept, index.embedder)
+        rows.append({"question": question, "phrase": phrase, "top_similarity": round(hits[0].similarity, 3),
+                     "support": round(support[0].score, 3) if support else 0.0,
+                     "floor": phrase is not None and _norm(phrase) in _norm(hits[0].text)})
+    return rows
+
+
+def calibrate(rows: list[dict]) -> dict:
+    """The support floor that declines the most unanswerable questions while declining at most 10%
+    of the answerable ones (midway between the two scores it separates)."""
+    ans = sorted(r["support"] for r in rows if r["phrase"])
+    una = sorted(r["support"] for r in rows if not r["phrase"])
+    allowed = ans[int(0.1 * len(ans))]  # below this, more than 10% of answerable ones would be declined
+    below = [s for s in una if s < allowed]
+    floor = round((max(below) + allowed) / 2, 3) if below else allowed
+    return {"floor": floor, "answerable_declined": round(sum(s < floor for s in ans) / len(ans), 3),
+            "unanswerable_declined": round(sum(s < floor for s in una) / len(una), 3)}
+
+
+def run_answers(workdir: Path, chunk_tokens: int, overlap: int, k: int = 5) -> dict:
+    """Every question through `Assistant.ask` on the bundled model (the index from `run`)."""
+    import mmsdk
+
+    index = DocumentIndex(workdir / "eval.db", chunk_tokens=chunk_tokens, overlap=overlap)
+    rows = support_scores(index, k)
+    calibration = calibrate(rows)
+    print("support floor calibration:", calibration, file=sys.stderr)
+    asst = mmsdk.load()
+    t0 = time.perf_counter()
+    for i, r in enumerate(rows):
+        result = asst.ask(r["question"], index, k=k, max_tokens=48)
+        r.update(answerable=r["phrase"] is not None, mode=result.mode, answer=result.text,
+                 correct=r["phrase"] is not None and _norm(r["phrase"]) in _norm(result.text),
+                 echo=echoes(result.text, INSTRUCTION))
+        print(f"  {i + 1}/{len(rows)} {r['mode']} {r['correct']}", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - t0
+    index.close()
+    ans, una = [r for r in rows if r["answerable"]], [r for r in rows if not r["answerable"]]
+    return {"answerable": len(ans), "unanswerable": len(una), "seconds": round(seconds, 1),
+            "accuracy": round(sum(r["correct"] for r in ans) / len(ans), 3),
+            "top_chunk_floor": round(sum(r["floor"] for r in ans) / len(ans), 3),
+            "echoes": sum(r["echo"] for r in rows),
+            "modes": {m: sum(r["mode"] == m for r in ans) for m in ("model", "extractive", "declined")},
+            "answerable_declined": round(sum(r["mode"] == "declined" for r in ans) / len(ans), 3),
+            "unanswerable_declined": round(sum(r["mode"] == "declined" for r in una) / len(una), 3),
+            "calibration": calibration,
+            "support": {"answerable": sorted(r["support"] for r in ans),
+                        "unanswerable": sorted(r["support"] for r in una)},
+            "rows": rows}
+
+
 def _check_phrases(index: DocumentIndex):
     """Every phrase must appear in some stored chunk of its topic, or the question is unanswerable."""
     rows = index._store.conn.execute("SELECT s.path, c.text FROM chunks c JOIN sources s ON s.id = c.source_id").fetchall()
@@ -153,9 +227,12 @@ def main(argv=None):
     parser.add_argument("--workdir", help="keep the corpus and index here (default: a temporary folder)")
     parser.add_argument("--chunk-tokens", type=int, default=200)
     parser.add_argument("--overlap", type=int, default=40)
+    parser.add_argument("--answers", action="store_true", help="also ask the bundled model every question")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         report = run(Path(args.workdir or tmp), args.chunk_tokens, args.overlap)
+        if args.answers:
+            report["answers"] = run_answers(Path(args.workdir or tmp), args.chunk_tokens, args.overlap)
     print(f"corpus: {report['files']} files {report['formats']}, {report['chunks']} chunks, "
           f"indexed in {report['index_seconds']} s = {report['chunks_per_s']} chunks/s; {report['questions']} questions")
     print(f"{'mode':8} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'p50 ms':>8} {'p95 ms':>8}")
@@ -165,6 +242,18 @@ def main(argv=None):
         for q in m["missed"]:
             print(f"  {mode} missed@5: {q}")
     print("top-hit cosine:", report["top_similarity"])
+    if "answers" in report:
+        a = report["answers"]
+        for r in a["rows"]:
+            mark = "ok " if r["correct"] else "   " if r["answerable"] else "n/a"
+            print(f"  {mark} {r['mode']:10} sup={r['support']} {r['question'][:50]!r} -> {r['answer'][:90]!r}")
+        print(f"answers ({a['answerable']} answerable, {a['unanswerable']} unanswerable, {a['seconds']} s): "
+              f"accuracy {a['accuracy']} vs top-chunk floor {a['top_chunk_floor']}; echoes {a['echoes']}; "
+              f"modes {a['modes']}; declined: answerable {a['answerable_declined']}, "
+              f"unanswerable {a['unanswerable_declined']}")
+        print("support floor calibrated on this set:", a["calibration"])
+        print("best-sentence support, answerable:", a["support"]["answerable"])
+        print("best-sentence support, unanswerable:", a["support"]["unanswerable"])
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

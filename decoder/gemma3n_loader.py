@@ -152,7 +152,7 @@ def is_gemma3n_folder(path) -> bool:
 
 
 def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *, offload: str | None = None,
-                   group_size: int = 32, cache: bool = True):
+                   group_size: int = 32, cache: bool = True, encoders: bool = True):
     """A `LoadedText` for a Gemma 3n folder with int8 or int4 weights (int4: llama.cpp's Q4_K_M mix,
     `loader.int4_bits`, rounded to nearest with the best clip per group; GPTQ needs the float model).
 
@@ -160,7 +160,8 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
     layout and writes it to a weight-cache file, then maps that file as every later load does: the
     peak is the embedding's int8 copy plus one tensor, never the float model. The per-layer
     embedding table is mapped straight from the checkpoint (`offload="ple"`) or read into memory
-    as stored (`offload=None`); `offload="layers"` streams float weights only and is refused here."""
+    as stored (`offload=None`); `offload="layers"` streams float weights only and is refused here.
+    `encoders=False` leaves the vision and audio towers' tensors unread (text only)."""
     from .loader import LoadedText, _plan
     from .offload import MappedPerLayerEmbedding, mapped_safetensor
     from .tokenizer import load_tokenizer_json
@@ -209,7 +210,7 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
             mod.dtype = dtype
     # each int8 weight's mapped pages leave RAM once its kernel holds a packed copy
     prepack(model, torch.get_num_threads(), done=drop_resident)
-    extra = {k: v.read() for k, v in extra.items()}
+    extra = {k: v.read() for k, v in extra.items()} if encoders else {}
     loaded = LoadedText(model.eval(), tok, folder.name, "hf", quantize, extra, hf, parameters=meta["parameters"])
     release_free_memory()
     return loaded

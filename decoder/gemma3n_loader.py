@@ -12,7 +12,6 @@ then memory-maps that file, as every later load does.
 """
 import functools
 import json
-import logging
 import os
 import struct
 import warnings
@@ -30,7 +29,6 @@ from .quantize import Int4Linear, Int8Embedding, Int8Linear, prepack, quantize_,
 from .safetensors_folder import index_safetensors, split_text_tensors
 from .weights import HF_TO_NATIVE, assign_strict, expand
 
-log = logging.getLogger(__name__)
 
 GEMMA3N_ARCHITECTURES = {"gemma3n", "gemma3n_text"}
 NON_TEXT_PREFIXES = ("model.audio_tower.", "model.vision_tower.", "model.embed_audio.", "model.embed_vision.")
@@ -277,7 +275,8 @@ def _runtime_tensors(model, sources: dict, dtype: torch.dtype, group_size: int):
             step = max(1, _CHUNK // mod.embedding_dim)
             for i in range(0, mod.num_embeddings, step):
                 w = read_rows(src, i, min(i + step, mod.num_embeddings)).float()
-                weight[i:i + len(w)], scales[i:i + len(w)] = quantize_int8(rotate(w, mod.rotation) if mod.rotation else w)
+                w = rotate(w, mod.rotation) if mod.rotation else w
+                weight[i:i + len(w)], scales[i:i + len(w)] = quantize_int8(w)
             yield pre + "weight", weight
             yield pre + "scales", scales
         else:

@@ -175,9 +175,15 @@ def measure(folder: Path, offload: str | None, max_memory: int | None, dtype: st
             "model_rss": peak["VmRSS"] - before["VmRSS"]}
 
 
-def measure_real(folder: Path, quantize: str, offload: str | None, tokens: int, text_only: bool) -> dict:
+def measure_real(folder: Path, quantize: str, offload: str | None, tokens: int, text_only: bool,
+                 minmax: bool = False) -> dict:
     """One load and decode of a real-size Gemma 3n through the streamed quantized loader."""
     import torch
+
+    if minmax:  # one clip candidate (plain min-max) instead of 49: only to reach the cached load sooner
+        from mmsdk.decoder import quantize as q
+
+        q._CLIP_GRID = (1.0,)
 
     from mmsdk.assistant import Assistant
     from mmsdk.decoder import weight_cache
@@ -208,10 +214,10 @@ def measure_real(folder: Path, quantize: str, offload: str | None, tokens: int, 
             "cache_hit": cached, "load_s": round(load_s, 1), "rss_after_load": after_load["VmRSS"],
             "tok_s": round(1 / statistics.median(times), 2), "rss_before_load": before["VmRSS"],
             "peak_rss_vmhwm": int(status["VmHWM"].split()[0]) * 1024,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "rounding": "min-max" if minmax else "clip search"}
 
 
-def run_real(folder: Path, quantize: str, offloads, tokens: int, text_only: bool) -> list:
+def run_real(folder: Path, quantize: str, offloads, tokens: int, text_only: bool, minmax: bool = False) -> list:
     """First (cache cleared) and cached loads, each in its own process."""
     from mmsdk.decoder import weight_cache
 
@@ -221,11 +227,15 @@ def run_real(folder: Path, quantize: str, offloads, tokens: int, text_only: bool
             f.unlink()
         for _ in range(2):
             cmd = [sys.executable, __file__, "--real", str(folder), "--child", "real", "--offload", str(off),
-                   "--quantize", quantize, "--tokens", str(tokens)] + (["--text-only"] if text_only else [])
+                   "--quantize", quantize, "--tokens", str(tokens)] + (["--text-only"] if text_only else []) + (
+                ["--minmax"] if minmax else [])
             res = subprocess.run(cmd, check=True, capture_output=True, text=True,
                                  env={**os.environ, "PYTHONWARNINGS": "ignore"})
             out.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(json.dumps(out[-1]), flush=True)
+    if minmax:  # not the weights a normal load rounds: never leave them for one to find
+        for f in weight_cache.cache_dir("weights").glob(f"{folder.name}-*.safetensors"):
+            f.unlink()
     return out
 
 
@@ -250,15 +260,18 @@ def main():
     ap.add_argument("--real", type=Path, help="a real-size Gemma 3n folder (make_real_size_gemma3n.py)")
     ap.add_argument("--quantize", default="int4", choices=["int4", "int8"])
     ap.add_argument("--text-only", action="store_true")
+    ap.add_argument("--minmax", action="store_true",
+                    help="--real: round int4 by plain min-max (1 clip candidate, not 49), then delete the cache: "
+                         "cached-load, decode and RSS figures on a machine too busy for the first load's search")
     ap.add_argument("--no-offload", action="store_true", help="--real: also without offload (the table in RAM)")
     a = ap.parse_args()
     if a.real and a.child:
         off = None if a.offload == "None" else a.offload
-        print(json.dumps(measure_real(a.real, a.quantize, off, a.tokens, a.text_only)))
+        print(json.dumps(measure_real(a.real, a.quantize, off, a.tokens, a.text_only, a.minmax)))
         return
     if a.real:
         offloads = ["ple", None] if a.no_offload else ["ple"]
-        print(json.dumps(run_real(a.real, a.quantize, offloads, a.tokens, a.text_only), indent=1))
+        print(json.dumps(run_real(a.real, a.quantize, offloads, a.tokens, a.text_only, a.minmax), indent=1))
         return
     if a.child:
         off = None if a.offload == "None" else a.offload

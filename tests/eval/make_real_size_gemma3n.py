@@ -115,9 +115,10 @@ def write_shards(folder: Path, tensors: list, seed: int) -> None:
     for k, shard in enumerate(shards, 1):
         fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
         header, offset = {"__metadata__": {"format": "pt"}}, 0
-        for name, shape, dtype in shard:
-            header[name] = {"dtype": _ST[dtype], "shape": list(shape), "data_offsets": [offset, offset + _nbytes((name, shape, dtype))]}
-            offset += _nbytes((name, shape, dtype))
+        for t in shard:
+            name, shape, dtype = t
+            header[name] = {"dtype": _ST[dtype], "shape": list(shape), "data_offsets": [offset, offset + _nbytes(t)]}
+            offset += _nbytes(t)
             weight_map[name] = fname
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)

@@ -12,9 +12,12 @@ then memory-maps that file, as every later load does.
 """
 import functools
 import json
+import logging
 import os
 import struct
+import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -28,6 +31,8 @@ from .memory import drop_resident, map_large_allocations, release_free_memory
 from .quantize import Int4Linear, Int8Embedding, Int8Linear, prepack, quantize_, quantize_int4, quantize_int8, rotate
 from .safetensors_folder import index_safetensors, split_text_tensors
 from .weights import HF_TO_NATIVE, assign_strict, expand
+
+log = logging.getLogger(__name__)
 
 
 GEMMA3N_ARCHITECTURES = {"gemma3n", "gemma3n_text"}
@@ -180,21 +185,27 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
     release_free_memory()  # parsing the tokenizer's merges leaves ~280 MB of free heap; before the weights
 
     options = {"dtype": str(dtype), "quantize": quantize, "group_size": group_size, "layout": "gemma3n"}
-    sources = sorted({t.file for t in text.values()} | {folder / "config.json"})
-    wpath = weight_cache.cache_path(folder.name, weight_cache.cache_key(sources, options))
+    files = sorted({t.file for t in text.values()} | {folder / "config.json"})
+    wpath = weight_cache.cache_path(folder.name, weight_cache.cache_key(files, options))
     hit = weight_cache.load(wpath) if cache else None
     if hit is None:
         model, n_params, plan = _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, _plan)
         meta = {"name": folder.name, "parameters": n_params, "plan": plan}
         specs = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
-        chunks = _runtime_tensors(model, {kmap_dst: text[src] for src, kmap_dst in _text_map(cfg).items()},
-                                  dtype, group_size)
-        if not cache:  # nowhere to write: a private temporary file, removed once mapped
-            wpath = Path(os.environ.get("TMPDIR", "/tmp")) / f"mmsdk-{os.getpid()}-{folder.name}.safetensors"
-        _write_streamed(wpath, specs, chunks, meta)
-        hit = weight_cache.load(wpath)
+        sources = {ours: text[hf_name] for hf_name, ours in _text_map(cfg).items()}
+        private = Path(tempfile.gettempdir()) / f"mmsdk-{os.getpid()}-{folder.name}.safetensors"
+        try:
+            made = _runtime_tensors(model, sources, dtype, group_size)
+            _write_streamed(wpath if cache else private, specs, made, meta)
+        except OSError as e:  # a read-only or full cache folder costs the next load's time, not correctness
+            if not cache:
+                raise
+            log.warning("could not write the weight cache %s (%s); using a temporary file", wpath, e)
+            cache = False
+            _write_streamed(private, specs, _runtime_tensors(model, sources, dtype, group_size), meta)
+        hit = weight_cache.load(wpath if cache else private)
         if not cache:
-            os.unlink(wpath)  # the mapping keeps the data until the process ends
+            os.unlink(private)  # nowhere to keep it: the mapping holds the data until the process ends
     tensors, meta = hit
     with torch.device("meta"):
         model = Gemma3nText(cfg)
@@ -256,13 +267,26 @@ def _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_of)
 
 def _runtime_tensors(model, sources: dict, dtype: torch.dtype, group_size: int):
     """(name, tensor) for every entry of the quantized `model`'s state dict, each made from its
-    checkpoint tensor (`sources`: our parameter name -> LazyTensor) when its module comes up."""
+    checkpoint tensor (`sources`: our parameter name -> LazyTensor) when its module comes up.
+    Blocks of rows are rounded on a pool of torch's thread count, one intra-op thread each: ops on
+    cache-sized blocks gain less from splitting than they lose to synchronisation (a 256-row block
+    of E2B's embedding on a busy 2-core host: 190 ms on one thread, 910 ms on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            yield from _made(model, sources, dtype, group_size, pool)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _made(model, sources, dtype, group_size, pool):
     for prefix, mod in model.named_modules():
         pre = f"{prefix}." if prefix else ""
         if isinstance(mod, Int4Linear):
             w = read_rows(sources[pre + "weight"])
             rows = max(1, _CHUNK // w.shape[1])
-            parts = [quantize_int4(w[i:i + rows], group_size) for i in range(0, w.shape[0], rows)]
+            parts = list(pool.map(lambda i: quantize_int4(w[i:i + rows], group_size), range(0, w.shape[0], rows)))
             q = Int4Linear.from_codes(*(torch.cat(p) for p in zip(*parts)), group_size)
             yield from ((pre + k, v) for k, v in q.state_dict().items())
         elif isinstance(mod, Int8Linear):
@@ -273,10 +297,13 @@ def _runtime_tensors(model, sources: dict, dtype: torch.dtype, group_size: int):
             weight = torch.empty(mod.num_embeddings, mod.embedding_dim, dtype=torch.int8)
             scales = torch.empty(mod.num_embeddings)
             step = max(1, _CHUNK // mod.embedding_dim)
-            for i in range(0, mod.num_embeddings, step):
+
+            def block(i):
                 w = read_rows(src, i, min(i + step, mod.num_embeddings)).float()
                 w = rotate(w, mod.rotation) if mod.rotation else w
                 weight[i:i + len(w)], scales[i:i + len(w)] = quantize_int8(w)
+
+            list(pool.map(block, range(0, mod.num_embeddings, step)))
             yield pre + "weight", weight
             yield pre + "scales", scales
         else:
@@ -316,6 +343,8 @@ def _header(path: str, size: int, mtime_ns: int) -> tuple[int, dict]:
 def _write_streamed(path: Path, specs: dict, chunks, meta: dict) -> None:
     """A weight-cache file (`weight_cache`'s format) written as `chunks` yields its tensors: the
     header is laid out from `specs` (name -> (shape, dtype)) first, so no two tensors are ever held."""
+    weight_cache._remove_stale_parts(path)  # as weight_cache.save: killed writers' files, older formats
+    weight_cache._remove_old_formats(path)
     header = {"__metadata__": {"mmsdk": json.dumps(meta), "format": str(weight_cache.FORMAT_VERSION)}}
     offset = 0
     for i, (name, (shape, dt)) in enumerate(specs.items()):

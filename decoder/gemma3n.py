@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SLIDING
+from .gemma3 import TiedEmbedding
 from .gemma3n_config import Gemma3nTextConfig
 from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, empty_embedding, softcap, step_mask
 
@@ -191,7 +192,7 @@ class Gemma3nText(nn.Module):
         super().__init__()
         self.config = cfg
         L, P, H = cfg.num_hidden_layers, cfg.hidden_size_per_layer_input, cfg.hidden_size
-        self.embed = empty_embedding(cfg.vocab_size, H)
+        self.embed = empty_embedding(cfg.vocab_size, H, TiedEmbedding)  # quantized: an int8 head (`quantize_`)
         self.ple = PerLayerEmbedding(cfg)
         self.ple_projection = nn.Linear(H, L * P, bias=False)
         self.ple_projection_norm = _norm(P, cfg)
@@ -245,5 +246,4 @@ class Gemma3nText(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """The tied LM head, soft-capped."""
-        logits = F.linear(h, self.embed.weight)
-        return softcap(logits, self.config.final_logit_softcapping)
+        return softcap(self.embed.as_linear(h), self.config.final_logit_softcapping)

@@ -5,18 +5,35 @@ the vision tower and their embedders (`model.audio_tower.*`, `model.vision_tower
 `model.embed_audio.*`, `model.embed_vision.*`); those are handed back untouched in `extra_tensors`
 for the encoders. Tensors are read one at a time, so loading never holds two copies of the model,
 and with `offload="ple"` the per-layer embedding table is never read into memory at all.
+
+Quantized (`quantize="int8"` / `"int4"`), the decoder never exists in float: `load_quantized`
+rounds one checkpoint tensor at a time straight into the runtime layout and a weight-cache file,
+then memory-maps that file, as every later load does.
 """
+import functools
 import json
+import logging
+import os
+import struct
+import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from . import weight_cache
+from .cache import atomic_path
+from .errors import InputError, ModelLoadError
 from .gemma3n import Gemma3nText
 from .gemma3n_config import Gemma3nTextConfig
+from .memory import drop_resident, map_large_allocations, release_free_memory
+from .quantize import Int4Linear, Int8Embedding, Int8Linear, prepack, quantize_, quantize_int4, quantize_int8, rotate
 from .safetensors_folder import index_safetensors, split_text_tensors
 from .weights import HF_TO_NATIVE, assign_strict, expand
+
+log = logging.getLogger(__name__)
+
 
 GEMMA3N_ARCHITECTURES = {"gemma3n", "gemma3n_text"}
 NON_TEXT_PREFIXES = ("model.audio_tower.", "model.vision_tower.", "model.embed_audio.", "model.embed_vision.")
@@ -118,3 +135,245 @@ def load_gemma3n(folder, hf: dict | None = None, dtype: torch.dtype = torch.floa
     if offload == "layers":
         apply_offload(loaded, "layers", max_memory=max_memory)
     return loaded
+
+
+# ---- quantized: streamed from the checkpoint into the weight cache ----------------------------
+
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+# Elements quantized at once: the int4 clip search's temporaries stay under the 4 MB from which
+# allocations are fresh mappings (`memory.map_large_allocations`), each page faulted in anew.
+_CHUNK = 1 << 19
+
+
+def is_gemma3n_folder(path) -> bool:
+    """Whether `path` is a Hugging Face folder holding a Gemma 3n checkpoint."""
+    cfg = Path(path) / "config.json"
+    try:
+        return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") in GEMMA3N_ARCHITECTURES
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *, offload: str | None = None,
+                   group_size: int = 32, cache: bool = True, encoders: bool = True):
+    """A `LoadedText` for a Gemma 3n folder with int8 or int4 weights (int4: llama.cpp's Q4_K_M mix,
+    `loader.int4_bits`, rounded to nearest with the best clip per group; GPTQ needs the float model).
+
+    The first load reads one checkpoint tensor at a time into memory, rounds it into the runtime
+    layout and writes it to a weight-cache file, then maps that file as every later load does: the
+    peak is the embedding's int8 copy plus one tensor, never the float model. The per-layer
+    embedding table is mapped straight from the checkpoint (`offload="ple"`) or read into memory
+    as stored (`offload=None`); `offload="layers"` streams float weights only and is refused here.
+    `encoders=False` leaves the vision and audio towers' tensors unread (text only)."""
+    from .loader import LoadedText, _plan
+    from .offload import MappedPerLayerEmbedding, mapped_safetensor
+    from .tokenizer import load_tokenizer_json
+
+    if quantize not in ("int8", "int4"):
+        raise ValueError(f"quantize must be 'int8' or 'int4', got {quantize!r}")
+    if offload not in (None, "ple"):
+        raise InputError(f"offload={offload!r} with quantize={quantize!r}: offload='layers' streams float weights "
+                         "only; use offload='ple' (the per-layer table stays on disk) or quantize=None")
+    map_large_allocations()
+    folder = Path(folder)
+    hf = json.loads((folder / "config.json").read_text())
+    cfg = read_config(folder, hf)
+    text, extra, ple = _split(folder, hf, cfg)
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelLoadError(folder, "no tokenizer.json in the folder")
+    tok = load_tokenizer_json(folder, hf)
+    release_free_memory()  # parsing the tokenizer's merges leaves ~280 MB of free heap; before the weights
+
+    options = {"dtype": str(dtype), "quantize": quantize, "group_size": group_size, "layout": "gemma3n"}
+    files = sorted({t.file for t in text.values()} | {folder / "config.json"})
+    wpath = weight_cache.cache_path(folder.name, weight_cache.cache_key(files, options))
+    hit = weight_cache.load(wpath) if cache else None
+    if hit is None:
+        model, n_params, plan = _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, _plan)
+        meta = {"name": folder.name, "parameters": n_params, "plan": plan}
+        specs = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+        sources = {ours: text[hf_name] for hf_name, ours in _text_map(cfg).items()}
+        private = Path(tempfile.gettempdir()) / f"mmsdk-{os.getpid()}-{folder.name}.safetensors"
+        try:
+            made = _runtime_tensors(model, sources, dtype, group_size)
+            _write_streamed(wpath if cache else private, specs, made, meta)
+        except OSError as e:  # a read-only or full cache folder costs the next load's time, not correctness
+            if not cache:
+                raise
+            log.warning("could not write the weight cache %s (%s); using a temporary file", wpath, e)
+            cache = False
+            _write_streamed(private, specs, _runtime_tensors(model, sources, dtype, group_size), meta)
+        hit = weight_cache.load(wpath if cache else private)
+        if not cache:
+            os.unlink(private)  # nowhere to keep it: the mapping holds the data until the process ends
+    tensors, meta = hit
+    with torch.device("meta"):
+        model = Gemma3nText(cfg)
+        quantize_(model, meta["plan"].get, group_size, empty=True)
+    table = mapped_safetensor(ple.file, ple.name)
+    model.ple = MappedPerLayerEmbedding(model.ple, table if offload == "ple" else table.clone())
+    model.load_state_dict(tensors, strict=True, assign=True)
+    model.requires_grad_(False)
+    for mod in model.modules():
+        if isinstance(mod, Int8Embedding):
+            mod.dtype = dtype
+    # each int8 weight's mapped pages leave RAM once its kernel holds a packed copy
+    prepack(model, torch.get_num_threads(), done=drop_resident)
+    extra = {k: v.read() for k, v in extra.items()} if encoders else {}
+    loaded = LoadedText(model.eval(), tok, folder.name, "hf", quantize, extra, hf, parameters=meta["parameters"])
+    release_free_memory()
+    return loaded
+
+
+def _text_map(cfg: Gemma3nTextConfig) -> dict[str, str]:
+    """HF name -> ours, without the per-layer table (mapped, never part of the runtime weights)."""
+    kmap = key_map(cfg)
+    del kmap[PLE_KEY]
+    return kmap
+
+
+def _split(folder: Path, hf: dict, cfg: Gemma3nTextConfig):
+    """(text tensors but the PLE table, encoder tensors, the PLE table), all unread."""
+    tensors = index_safetensors(folder)
+    text, extra = split_text_tensors(tensors, _TEXT_PREFIXES, folder, "model.language_model.embed_tokens.weight")
+    stray = sorted(k for k in extra if hf.get("model_type") == "gemma3n_text" or not k.startswith(NON_TEXT_PREFIXES))
+    if stray:
+        raise ModelLoadError(folder, f"unexpected tensor {stray[0]!r}")
+    for i in range(cfg.first_kv_shared_layer, cfg.num_hidden_layers):
+        for name in _SHARED_LAYER_UNUSED:
+            text.pop(f"layers.{i}.{name}", None)
+    if PLE_KEY not in text:
+        raise ModelLoadError(folder, f"missing tensor {PLE_KEY!r}")
+    ple = text.pop(PLE_KEY)
+    want = (cfg.vocab_size_per_layer_input, cfg.num_hidden_layers * cfg.hidden_size_per_layer_input)
+    if ple.shape != want:
+        raise ModelLoadError(folder, f"tensor {ple.name!r} has shape {ple.shape}, the config implies {want}")
+    return text, extra, ple
+
+
+def _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_of):
+    """The quantized model on the meta device (shapes and dtypes only), its float parameter count
+    and its plan, after checking the checkpoint's names and shapes against the config."""
+    with torch.device("meta"):
+        model = Gemma3nText(cfg)
+        # meta stand-ins: assign_strict's checks (missing, unexpected, shapes) without reading a byte
+        assign_strict(model, {k: torch.empty(v.shape) for k, v in text.items()}, _text_map(cfg), folder, dtype)
+        n_params = sum(p.numel() for p in model.parameters())
+        plan = plan_of(model, quantize)
+        quantize_(model, plan.get, group_size, empty=True)
+    del model.ple  # mapped from the checkpoint, not part of the cache
+    return model, n_params, plan
+
+
+def _runtime_tensors(model, sources: dict, dtype: torch.dtype, group_size: int):
+    """(name, tensor) for every entry of the quantized `model`'s state dict, each made from its
+    checkpoint tensor (`sources`: our parameter name -> LazyTensor) when its module comes up.
+    Blocks of rows are rounded on a pool of torch's thread count, one intra-op thread each: ops on
+    cache-sized blocks gain less from splitting than they lose to synchronisation (a 256-row block
+    of E2B's embedding on a busy 2-core host: 190 ms on one thread, 910 ms on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            yield from _made(model, sources, dtype, group_size, pool)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _made(model, sources, dtype, group_size, pool):
+    for prefix, mod in model.named_modules():
+        pre = f"{prefix}." if prefix else ""
+        if isinstance(mod, Int4Linear):
+            w = read_rows(sources[pre + "weight"])
+            rows = max(1, _CHUNK // w.shape[1])
+            parts = list(pool.map(lambda i: quantize_int4(w[i:i + rows], group_size), range(0, w.shape[0], rows)))
+            q = Int4Linear.from_codes(*(torch.cat(p) for p in zip(*parts)), group_size)
+            yield from ((pre + k, v) for k, v in q.state_dict().items())
+        elif isinstance(mod, Int8Linear):
+            q = Int8Linear.from_float(read_rows(sources[pre + "weight"]), mod.int8_inputs, mod.rotation)
+            yield from ((pre + k, v) for k, v in q.state_dict().items())
+        elif isinstance(mod, Int8Embedding):  # 262400 rows: a block of rows at a time
+            src = sources[pre + "weight"]
+            weight = torch.empty(mod.num_embeddings, mod.embedding_dim, dtype=torch.int8)
+            scales = torch.empty(mod.num_embeddings)
+            step = max(1, _CHUNK // mod.embedding_dim)
+
+            def block(i):
+                w = read_rows(src, i, min(i + step, mod.num_embeddings)).float()
+                w = rotate(w, mod.rotation) if mod.rotation else w
+                weight[i:i + len(w)], scales[i:i + len(w)] = quantize_int8(w)
+
+            list(pool.map(block, range(0, mod.num_embeddings, step)))
+            yield pre + "weight", weight
+            yield pre + "scales", scales
+        else:
+            for name, _ in mod.named_parameters(recurse=False):
+                yield pre + name, read_rows(sources[pre + name]).to(dtype)
+
+
+def read_rows(t, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Rows start:stop of a checkpoint tensor (a `LazyTensor`), read with pread into fresh memory:
+    unlike a mapping, reading leaves none of the checkpoint's pages in this process's RSS."""
+    from .offload import pread_exact
+
+    st = os.stat(t.file)
+    n, header = _header(str(t.file), st.st_size, st.st_mtime_ns)
+    info = header[t.name]
+    with open(t.file, "rb") as f:
+        if info["dtype"] not in _ST_DTYPES:
+            raise ModelLoadError(t.file, f"tensor {t.name!r} is {info['dtype']}; expected a float type")
+        shape, (a, b) = info["shape"], info["data_offsets"]
+        rows = shape[0] if shape else 1
+        stop = rows if stop is None else stop
+        row_bytes = (b - a) // max(rows, 1)
+        out = torch.empty((stop - start) * row_bytes, dtype=torch.uint8)
+        pread_exact(f.fileno(), memoryview(out.numpy()), 8 + n + a + start * row_bytes)
+    return out.view(_ST_DTYPES[info["dtype"]]).view(stop - start, *shape[1:]) if shape else out.view(
+        _ST_DTYPES[info["dtype"]]).view(())
+
+
+@functools.lru_cache(maxsize=16)
+def _header(path: str, size: int, mtime_ns: int) -> tuple[int, dict]:
+    """A safetensors file's header length and header (parsed once per file version)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return n, json.loads(f.read(n))
+
+
+def _write_streamed(path: Path, specs: dict, chunks, meta: dict) -> None:
+    """A weight-cache file (`weight_cache`'s format) written as `chunks` yields its tensors: the
+    header is laid out from `specs` (name -> (shape, dtype)) first, so no two tensors are ever held."""
+    weight_cache._remove_stale_parts(path)  # as weight_cache.save: killed writers' files, older formats
+    weight_cache._remove_old_formats(path)
+    header = {"__metadata__": {"mmsdk": json.dumps(meta), "format": str(weight_cache.FORMAT_VERSION)}}
+    offset = 0
+    for i, (name, (shape, dt)) in enumerate(specs.items()):
+        if offset % weight_cache._ALIGN:  # aligned for the packed kernels' loads, as weight_cache.save pads
+            pad = weight_cache._ALIGN - offset % weight_cache._ALIGN
+            header[f"{weight_cache._PAD}{i}"] = {"dtype": "U8", "shape": [pad], "data_offsets": [offset, offset + pad]}
+            offset += pad
+        n = dt.itemsize
+        for s in shape:
+            n *= s
+        header[name] = {"dtype": weight_cache._NAMES[dt], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-(8 + len(blob)) % weight_cache._ALIGN)
+    written = set()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(len(blob).to_bytes(8, "little"))
+            f.write(blob)
+            f.truncate(8 + len(blob) + offset)  # pads read as zeros
+            for name, t in chunks:
+                shape, dt = specs[name]
+                if tuple(t.shape) != shape or t.dtype != dt:
+                    raise AssertionError(f"{name}: made {tuple(t.shape)} {t.dtype}, laid out {shape} {dt}")
+                f.seek(8 + len(blob) + header[name]["data_offsets"][0])
+                if t.numel():
+                    f.write(memoryview(t.contiguous().view(torch.uint8).reshape(-1).numpy()))
+                written.add(name)
+            if written != set(specs):
+                raise AssertionError(f"weights never made: {sorted(set(specs) - written)[:3]}")
+            f.flush()
+            os.fsync(f.fileno())

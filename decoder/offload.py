@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .cache import atomic_path, cache_dir
+from .errors import InputError
 from .gemma3n import PerLayerEmbedding
 from .memory import release_free_memory
 
@@ -48,6 +49,11 @@ def apply_offload(loaded, mode: str | None, max_memory: int | None = None) -> No
     if has_ple and not isinstance(model.ple, MappedPerLayerEmbedding):
         offload_ple(model)
     if mode == "layers":
+        from .quantize import Int4Linear, Int8Embedding, Int8Linear
+
+        if any(isinstance(m, (Int4Linear, Int8Linear, Int8Embedding)) for m in model.modules()):
+            raise InputError("offload='layers' streams float weights only, and this model is quantized; use "
+                             "offload='layers' with quantize=None, or offload='ple' (Gemma 3n) with quantize")
         if max_memory is None:
             raise ValueError("offload='layers' needs max_memory= (bytes the resident weights may use)")
         model.layer_streamer = LayerStreamer(model, int(max_memory))
@@ -172,13 +178,7 @@ class LayerStreamer:
 
     def _read(self, j: int, slot: int) -> int:
         start, size, _ = self.layout[j]
-        view = memoryview(self.slots[slot].numpy())[:size]
-        done = 0
-        while done < size:  # pread may return short; it releases the GIL while it copies
-            n = os.preadv(self.fd, [view[done:]], start + done)
-            if n <= 0:
-                raise OSError(f"short read from {self.path} at byte {start + done}")
-            done += n
+        pread_exact(self.fd, memoryview(self.slots[slot].numpy())[:size], start, self.path)
         return slot
 
     def _submit(self, j: int):
@@ -201,6 +201,17 @@ class LayerStreamer:
     def _leave(self, j: int) -> None:
         for p, *_ in self.layout[j][2]:
             p.data = torch.empty(0, dtype=p.dtype)
+
+
+def pread_exact(fd: int, view: memoryview, offset: int, name="file") -> None:
+    """Fill `view` from byte `offset` of open file `fd`. pread may return short; it releases the
+    GIL while it copies."""
+    done, size = 0, view.nbytes
+    while done < size:
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(f"short read from {name} at byte {offset + done}")
+        done += n
 
 
 def _nbytes(t: torch.Tensor) -> int:

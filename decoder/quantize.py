@@ -227,7 +227,9 @@ class Int8Linear(_Packed, nn.Module):
         if self.rotation:
             x = rotate(x, self.rotation)
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] > 1:  # a prompt: compute-bound, so one dense float32 matmul
+        # A prompt is compute-bound: one dense float32 matmul. So is a width not a multiple of 8, which
+        # `_weight_int8pack_mm` reads past (Gemma 3n's 4-input AltUp coefficients: garbage up to 1e38).
+        if rows.shape[0] > 1 or self.in_features % 8:
             return F.linear(x.float(), dequantize_int8(self.weight, self.scales)).to(x.dtype)
         if self._scales_bf16 is None or self._scales_bf16[0] is not self.scales:
             self._scales_bf16 = (self.scales, self.scales.to(ACT_DTYPE))

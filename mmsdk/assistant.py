@@ -38,11 +38,20 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
     if mmproj is not None and Path(path).is_dir():
         raise InputError("mmproj= goes with a .gguf model; a Hugging Face folder carries its own vision tower")
     t0 = time.perf_counter()
-    loaded = load_text(Path(path), dtype, quantize=quantize, threads=threads)
-    if offload:
-        from .decoder.offload import apply_offload
+    from .decoder.gemma3n_loader import is_gemma3n_folder, load_quantized
 
-        apply_offload(loaded, offload, max_memory=max_memory)
+    if quantize and is_gemma3n_folder(path):
+        # Streamed: rounded a tensor at a time into the weight cache, never a float model in memory
+        # (Gemma 3n E2B is 9 GB of float32 decoder); the per-layer table stays mapped with offload="ple".
+        if threads:
+            torch.set_num_threads(int(threads))
+        loaded = load_quantized(Path(path), quantize, _DTYPES[dtype], offload=offload)
+    else:
+        loaded = load_text(Path(path), dtype, quantize=quantize, threads=threads)
+        if offload:
+            from .decoder.offload import apply_offload
+
+            apply_offload(loaded, offload, max_memory=max_memory)
     log.info("loaded %s in %.1f s", path, time.perf_counter() - t0)
     return Assistant(loaded, path=str(path), dtype=_DTYPES[dtype], mmproj=mmproj)
 

@@ -9,6 +9,7 @@ from mmsdk.decoder.gemma3n_loader import load_gemma3n
 from mmsdk.decoder.kv_cache import make_cache
 from mmsdk.decoder.loader import load_text
 from mmsdk.decoder.offload import MappedPerLayerEmbedding, apply_offload
+from mmsdk.errors import InputError
 
 
 @pytest.fixture(autouse=True)
@@ -47,13 +48,20 @@ def test_ple_offload_of_a_loaded_model_writes_the_cache_file(checkpoint, tmp_pat
     assert torch.equal(_run(loaded.model), ref)
 
 
+def _close(out, ref):
+    """Streamed weights sit at other addresses (other alignment) than the in-memory ones, and
+    BLAS/oneDNN may pick other kernels, with another summation order, for them: the last bits
+    differ on some CPUs. A layer run with the wrong or a stale buffer moves logits by O(1)."""
+    return torch.allclose(out, ref, rtol=1e-5, atol=1e-4)
+
+
 def test_layers_stream_under_budget_gemma3n(checkpoint):
     ref = _run(load_text(checkpoint).model)
     model = load_gemma3n(checkpoint, offload="layers", max_memory=900_000).model
     streamer = model.layer_streamer
     assert 0 < len(streamer.streamed) < len(model.layers) and streamer.resident_bytes <= 900_000
-    assert torch.equal(_run(model), ref)
-    assert torch.equal(_run(model), ref)  # a second pass over the ring of buffers
+    assert _close(_run(model), ref)
+    assert _close(_run(model), ref)  # a second pass over the ring of buffers
 
 
 def test_layers_stream_gemma3():
@@ -67,7 +75,7 @@ def test_layers_stream_gemma3():
     layer_bytes = sum(p.numel() * 4 for p in model.layers[0].parameters())
     apply_offload(model, "layers", max_memory=256 * 64 * 4 + 64 * 4 + 3 * layer_bytes)
     assert len(model.layer_streamer.streamed) == 6
-    assert torch.equal(_run(model, vocab=256), ref)
+    assert _close(_run(model, vocab=256), ref)
 
 
 def test_budget_too_small_and_bad_modes_say_why(checkpoint):
@@ -81,3 +89,6 @@ def test_budget_too_small_and_bad_modes_say_why(checkpoint):
     with pytest.raises(ValueError, match="per-layer embeddings"):
         apply_offload(Gemma3Text(TextConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                                             num_attention_heads=1, head_dim=8)), "ple")
+    quantized = load_text(checkpoint, quantize="int8")
+    with pytest.raises(InputError, match="offload='layers' streams float weights only"):
+        apply_offload(quantized, "layers", max_memory=10**9)

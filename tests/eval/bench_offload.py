@@ -8,6 +8,14 @@
 2. `offload="layers"`: a Gemma 3 checkpoint of ~2 GB (float32) decoded in memory vs streamed under
    `--max-memory` (default 1 GB). Target: RSS within budget + 25%; reports the tok/s cost.
 
+3. `--real FOLDER` (a folder from `make_real_size_gemma3n.py`): `offload="ple"` at 4 bits on a
+   real-size Gemma 3n, through `load_quantized` (what `mmsdk.load(folder, quantize=, offload=)`
+   runs) and the public `Assistant`: first load (weight cache cleared), cached load, decode tok/s
+   and the whole process's peak RSS (VmHWM, `import torch` included). `--text-only` leaves the
+   vision and audio towers unread (in float32 they alone are ~3.9 GB on E2B).
+
+    python tests/eval/bench_offload.py --real /work/realsize/gemma-3n-E2B-it --text-only [--quantize int4]
+
 Speeds are medians over `--repeats` runs, in-memory and offloaded runs alternating.
 RSS is sampled from /proc/self/status after every decode step. `import torch` alone is ~0.5 GB of
 RSS on this build (mostly shared libraries), so the report gives the total and the part above the
@@ -167,6 +175,70 @@ def measure(folder: Path, offload: str | None, max_memory: int | None, dtype: st
             "model_rss": peak["VmRSS"] - before["VmRSS"]}
 
 
+def measure_real(folder: Path, quantize: str, offload: str | None, tokens: int, text_only: bool,
+                 minmax: bool = False) -> dict:
+    """One load and decode of a real-size Gemma 3n through the streamed quantized loader."""
+    import torch
+
+    if minmax:  # one clip candidate (plain min-max) instead of 49: only to reach the cached load sooner
+        from mmsdk.decoder import quantize as q
+
+        q._CLIP_GRID = (1.0,)
+
+    from mmsdk.assistant import Assistant
+    from mmsdk.decoder import weight_cache
+    from mmsdk.decoder.gemma3n_loader import load_quantized
+    from mmsdk.decoder.kv_cache import make_cache
+
+    torch.set_num_threads(2)
+    before = rss()
+    cached = any(weight_cache.cache_dir("weights").glob(f"{folder.name}-*.safetensors"))
+    t0 = time.perf_counter()
+    loaded = load_quantized(folder, quantize, offload=offload, encoders=not text_only)
+    asst = Assistant(loaded, path=str(folder))
+    load_s = time.perf_counter() - t0
+    after_load = rss()
+    model = asst.model
+    ids = torch.randint(0, model.config.vocab_size_per_layer_input, (tokens + 16,),
+                        generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        caches = make_cache(model.config)
+        model.logits(model(ids[None, :16], caches, torch.arange(16))[:, -1:])
+        times = []
+        for i in range(16, 16 + tokens):
+            t = time.perf_counter()
+            model.logits(model(ids[None, i:i + 1], caches, torch.tensor([i])))
+            times.append(time.perf_counter() - t)
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return {"folder": str(folder), "quantize": quantize, "offload": offload, "text_only": text_only,
+            "cache_hit": cached, "load_s": round(load_s, 1), "rss_after_load": after_load["VmRSS"],
+            "tok_s": round(1 / statistics.median(times), 2), "rss_before_load": before["VmRSS"],
+            "peak_rss_vmhwm": int(status["VmHWM"].split()[0]) * 1024,
+            "threads": torch.get_num_threads(), "rounding": "min-max" if minmax else "clip search"}
+
+
+def run_real(folder: Path, quantize: str, offloads, tokens: int, text_only: bool, minmax: bool = False) -> list:
+    """First (cache cleared) and cached loads, each in its own process."""
+    from mmsdk.decoder import weight_cache
+
+    out = []
+    for off in offloads:
+        for f in weight_cache.cache_dir("weights").glob(f"{folder.name}-*.safetensors"):
+            f.unlink()
+        for _ in range(2):
+            cmd = [sys.executable, __file__, "--real", str(folder), "--child", "real", "--offload", str(off),
+                   "--quantize", quantize, "--tokens", str(tokens)] + (["--text-only"] if text_only else []) + (
+                ["--minmax"] if minmax else [])
+            res = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            print(json.dumps(out[-1]), flush=True)
+    if minmax:  # not the weights a normal load rounds: never leave them for one to find
+        for f in weight_cache.cache_dir("weights").glob(f"{folder.name}-*.safetensors"):
+            f.unlink()
+    return out
+
+
 def run_child(folder, offload, max_memory, dtype, tokens) -> dict:
     cmd = [sys.executable, __file__, "--child", str(folder), "--offload", str(offload), "--dtype", dtype,
            "--tokens", str(tokens)] + (["--max-memory", str(max_memory)] if max_memory else [])
@@ -185,7 +257,22 @@ def main():
     ap.add_argument("--child")
     ap.add_argument("--offload")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--real", type=Path, help="a real-size Gemma 3n folder (make_real_size_gemma3n.py)")
+    ap.add_argument("--quantize", default="int4", choices=["int4", "int8"])
+    ap.add_argument("--text-only", action="store_true")
+    ap.add_argument("--minmax", action="store_true",
+                    help="--real: round int4 by plain min-max (1 clip candidate, not 49), then delete the cache: "
+                         "cached-load, decode and RSS figures on a machine too busy for the first load's search")
+    ap.add_argument("--no-offload", action="store_true", help="--real: also without offload (the table in RAM)")
     a = ap.parse_args()
+    if a.real and a.child:
+        off = None if a.offload == "None" else a.offload
+        print(json.dumps(measure_real(a.real, a.quantize, off, a.tokens, a.text_only, a.minmax)))
+        return
+    if a.real:
+        offloads = ["ple", None] if a.no_offload else ["ple"]
+        print(json.dumps(run_real(a.real, a.quantize, offloads, a.tokens, a.text_only, a.minmax), indent=1))
+        return
     if a.child:
         off = None if a.offload == "None" else a.offload
         print(json.dumps(measure(Path(a.child), off, a.max_memory, a.dtype, a.tokens)))

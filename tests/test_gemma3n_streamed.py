@@ -1,0 +1,80 @@
+"""Quantized Gemma 3n loads streamed from the checkpoint (`gemma3n_loader.load_quantized`, what
+`mmsdk.load(folder, quantize=..., offload="ple")` runs): the same weights as quantizing the float
+model in memory, the per-layer table a map of the checkpoint file, the cache mapped on a second load."""
+import pytest
+import torch
+
+import mmsdk
+from gemma3n_fixtures import hf_text_model, save
+from mmsdk.decoder.gemma3n_loader import load_quantized
+from mmsdk.decoder.kv_cache import make_cache
+from mmsdk.decoder.loader import _plan, load_text
+from mmsdk.decoder.offload import MappedPerLayerEmbedding
+from mmsdk.decoder.quantize import Int4Linear, Int8Embedding, quantize_
+from mmsdk.errors import InputError
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMSDK_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save(hf_text_model(seed=5), tmp_path_factory.mktemp("g3n_stream"))
+
+
+@torch.inference_mode()
+def _run(model, n=9, steps=3, vocab=384):
+    ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(11))
+    caches = make_cache(model.config)
+    out = [model.logits(model(ids, caches, torch.arange(n)))]
+    for s in range(steps):
+        out.append(model.logits(model(torch.tensor([[s * 13 % vocab]]), caches, torch.tensor([n + s]))))
+    return torch.cat(out, 1)
+
+
+def _mapped_file(address: int) -> str | None:
+    """The file mapped at `address` in this process, from /proc/self/maps."""
+    for line in open("/proc/self/maps"):
+        parts = line.split()
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        if lo <= address < hi:
+            return parts[5] if len(parts) > 5 else None
+    return None
+
+
+def loaded_shard(folder):
+    (shard,) = folder.glob("*.safetensors")
+    return shard.resolve()
+
+
+def test_streamed_matches_quantizing_in_memory(checkpoint, tmp_path):
+    """Rounding is per row, so reading a tensor (or the embedding a block of rows) at a time gives
+    the in-memory codes; logits differ only by kernel summation order (1e-3 of ~30-wide soft-capped
+    logits), where one wrongly mapped or rounded layer moves them by O(1). int4 is Q4_K_M's mix:
+    int4, int8 (q/k/v, some down_proj) and the int8 embedding / LM head all take part."""
+    float_model = load_text(checkpoint).model
+    ref = _run(quantize_(float_model, _plan(float_model, "int4").get, 32))
+    loaded = load_quantized(checkpoint, "int4", offload="ple")
+    model = loaded.model
+    assert loaded.quantization == "int4"
+    assert any(isinstance(m, Int4Linear) for m in model.modules()) and isinstance(model.embed, Int8Embedding)
+    # The table is the checkpoint file's own pages (a map of it), not a copy in memory.
+    assert isinstance(model.ple, MappedPerLayerEmbedding)
+    assert _mapped_file(model.ple.table.data_ptr()) == str(loaded_shard(checkpoint))
+    assert not any(name.startswith("ple.") for name, _ in model.named_parameters())
+    out = _run(model)
+    assert torch.allclose(out, ref, rtol=0, atol=1e-3), (out - ref).abs().max()
+
+    files = list((tmp_path / "cache" / "weights").glob("*.safetensors"))
+    assert len(files) == 1
+    # Later loads map the cache (nothing rewritten), here through the public path.
+    with pytest.raises(InputError, match="offload='layers' streams float weights only"):
+        mmsdk.load(checkpoint, quantize="int4", offload="layers", max_memory=10**9)
+    asst = mmsdk.load(checkpoint, quantize="int4", offload="ple")
+    assert list((tmp_path / "cache" / "weights").glob("*.safetensors")) == files
+    assert _mapped_file(asst.model.layers[0].mlp.up_proj.weight.data_ptr()) == str(files[0].resolve())
+    assert asst.info.quantization == "int4" and isinstance(asst.model.ple, MappedPerLayerEmbedding)
+    assert torch.equal(_run(asst.model), out)  # the same path run twice
+    assert isinstance(asst.generate("w1 w2 w3", max_tokens=3), str)

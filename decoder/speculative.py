@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from .errors import InputError
 from .generate import prefill
 from .kv_cache import make_cache
 
@@ -106,17 +107,17 @@ class ModelDrafter:
 
 
 def make_drafter(draft, model=None):
-    """A drafter for `draft`: "lookup", a model of the same vocabulary, or anything holding one as
-    `.model` (an `Assistant`)."""
-    if isinstance(draft, (PromptLookup, ModelDrafter)):
+    """A fresh drafter for `draft`: "lookup", a model of `model`'s vocabulary, or anything holding
+    one as `.model` (an `Assistant`); None for None."""
+    if draft is None or isinstance(draft, (PromptLookup, ModelDrafter)):
         return draft
     if draft == "lookup":
         return PromptLookup()
     drafter = getattr(draft, "model", draft)
     if not isinstance(drafter, torch.nn.Module) or not hasattr(drafter, "logits"):
-        raise ValueError(f"draft must be None, 'lookup' or a model (an Assistant) to draft with, got {draft!r}")
+        raise InputError(f"draft must be None, 'lookup' or a model (an Assistant) to draft with, got {draft!r}")
     if model is not None and drafter.config.vocab_size != model.config.vocab_size:
-        raise ValueError(f"draft model's vocabulary ({drafter.config.vocab_size} tokens) is not the model's "
+        raise InputError(f"draft model's vocabulary ({drafter.config.vocab_size} tokens) is not the model's "
                          f"({model.config.vocab_size}): a draft model must share the tokenizer")
     return ModelDrafter(drafter)
 

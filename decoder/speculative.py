@@ -26,20 +26,26 @@ from .kv_cache import make_cache
 
 class PromptLookup:
     """Drafts by n-gram lookup in the tokens so far. An index maps each n-gram (n in `ngrams`) to
-    where its latest occurrence continues, kept up to date as tokens arrive: O(1) a token."""
+    where its latest occurrence continues, kept up to date as tokens arrive: O(1) a token.
 
-    def __init__(self, ngrams: Sequence[int] = (3, 2), max_draft: int = 12):
-        self.ngrams, self.max_draft = tuple(sorted(ngrams, reverse=True)), max_draft
-        self.k = max_draft
-        self.ids: list[int] = []
-        self.index: dict[tuple[int, ...], int] = {}
+    After a pass that accepts nothing, drafting pauses for as many steps as passes have missed in a
+    row (at most `max_pause`): text that does not quote its context costs plain steps. The pause
+    ends early when the draft it held back would have been right."""
+
+    def __init__(self, ngrams: Sequence[int] = (3, 2), max_draft: int = 12, max_pause: int = 8):
+        self.ngrams, self.max_draft, self.max_pause = tuple(sorted(ngrams, reverse=True)), max_draft, max_pause
+        self.begin([])
 
     def begin(self, context: Sequence[int]) -> None:
         """The tokens before the first one `propose` continues (prompt and history)."""
         self.ids, self.index = [], {}
+        self.k, self.misses, self.pause, self.held = self.max_draft, 0, 0, None
         self.extend(context)
 
     def extend(self, tokens: Sequence[int]) -> None:
+        if self.held is not None and tokens:  # the token a held-back draft guessed has come
+            self.pause = 0 if tokens[0] == self.held else self.pause
+            self.held = None
         for t in tokens:
             self.ids.append(t)
             end = len(self.ids) - 1  # the n-grams ending before t continue with t
@@ -49,7 +55,13 @@ class PromptLookup:
 
     def propose(self, limit: int) -> list[int]:
         """Up to min(k, limit) tokens to follow the context, longest n-gram match first; [] if none."""
-        k = min(self.k, limit)
+        drafts = self.lookup(min(self.k, limit))
+        if self.pause and drafts:
+            self.held = drafts[0]
+            return []
+        return drafts
+
+    def lookup(self, k: int) -> list[int]:
         for n in self.ngrams:
             if k > 0 and len(self.ids) >= n:
                 at = self.index.get(tuple(self.ids[-n:]))
@@ -60,6 +72,11 @@ class PromptLookup:
     def feedback(self, proposed: int, accepted: int) -> None:
         """Adapt k (transformers' heuristic schedule): grow after a full match, else shrink to what
         was accepted plus one, so a pass that accepts nothing costs few rows."""
+        if not proposed:
+            self.pause = max(0, self.pause - 1)
+            return
+        self.misses = self.misses + 1 if accepted == 0 else 0
+        self.pause = min(self.misses, self.max_pause)
         self.k = min(self.max_draft, self.k + 2) if accepted == proposed else max(1, accepted + 1)
 
 

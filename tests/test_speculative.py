@@ -144,10 +144,12 @@ def test_prompt_lookup_proposes_the_latest_continuation():
     d.begin([5, 6, 7, 8, 5, 6, 9, 1, 5, 6])
     assert d.propose(10) == [9, 1, 5]  # the latest "5 6" continues with 9; capped at max_draft
     assert d.propose(2) == [9, 1]
+    d.feedback(proposed=3, accepted=0)  # a miss: k shrinks, drafting pauses a step
+    assert d.k == 1 and d.propose(10) == []
+    d.extend([9])  # the held-back draft was right: the pause ends
+    assert d.propose(10) == [1]  # "6 9" continues with 1
     d.extend([4])
-    assert d.propose(10) == []  # "6 4" and "4" never occurred
-    d.feedback(proposed=3, accepted=0)
-    assert d.k == 1
+    assert d.propose(10) == []  # "9 4" and "4" never occurred
 
 
 def _quote_prompt(asst, text: str, ask: str) -> list[int]:
@@ -160,9 +162,9 @@ def _quote_prompt(asst, text: str, ask: str) -> list[int]:
 def test_bundled_model_lookup_matches_plain_past_the_window(bundled_asst, ask):
     """Real weights, a prompt that quotes and one that does not; prompt plus reply pass the 512-token
     sliding window, so drafts are checked and rewound in a wrapped ring."""
-    text = pydoc_data.topics.topics["import"]
-    ids = _quote_prompt(bundled_asst, text[:1800], ask)
-    window = bundled_asst.config.sliding_window
+    tok, window = bundled_asst.tokenizer, bundled_asst.config.sliding_window
+    text = tok.decode(tok.encode(pydoc_data.topics.topics["import"], add_bos=False)[:window - 40])
+    ids = _quote_prompt(bundled_asst, text, ask)
     assert len(ids) < window < len(ids) + 48
     got, stats = spec_ids(bundled_asst.model, ids, 48, "lookup")
     assert got == plain_ids(bundled_asst.model, ids, 48)
@@ -174,3 +176,15 @@ def test_bundled_model_drafting_for_itself(bundled_asst):
     got, stats = spec_ids(bundled_asst.model, ids, 16, bundled_asst)
     assert got == plain_ids(bundled_asst.model, ids, 16)
     assert stats["accepted"] == stats["drafted"] > 0
+
+
+def test_gemma3n_lookup_matches_plain_greedy(tmp_path, monkeypatch):
+    """Gemma 3n's KV-shared layers attend keys the verify pass wrote: a 4-token window, rewound too."""
+    from gemma3n_fixtures import hf_text_model, save
+
+    monkeypatch.setenv("MMSDK_CACHE", str(tmp_path / "cache"))
+    asst = mmsdk.load(save(hf_text_model(seed=5), tmp_path / "g3n"), dtype="float32")
+    ids = asst.tokenizer.encode("w5 w17 w99 w3 w5 w17 w99 w3 w5 w17 w42 w7 w5 w17")
+    got, stats = spec_ids(asst.model, ids, 40, "lookup")
+    assert got == plain_ids(asst.model, ids, 40)
+    assert stats["drafted"] > 0

@@ -31,19 +31,21 @@ SECTIONS = ("global", "assert", "del", "break", "pass", "nonlocal")
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+    """The model name and the vector extensions that pick kernels."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown CPU")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(have) or 'no AVX2'})"
 
 
-def llama_bench(exe: str | None, gguf: str, threads: int) -> float | None:
-    """tg128 tok/s from llama.cpp's own llama-bench, or None where it is not found."""
+def llama_bench(exe: str | None, gguf: str, threads: int, reps: int) -> float | None:
+    """tg128 tok/s from llama.cpp's own llama-bench (mean of `reps` runs), or None where it is not found."""
     exe = exe or os.environ.get("LLAMA_BENCH") or (str(NATIVE_LLAMA_BENCH) if NATIVE_LLAMA_BENCH.exists()
                                                    else shutil.which("llama-bench"))
     if not exe:
         return None
-    out = subprocess.run([exe, "-m", gguf, "-t", str(threads), "-n", "128", "-p", "0", "-o", "json"],
+    out = subprocess.run([exe, "-m", gguf, "-t", str(threads), "-n", "128", "-p", "0", "-r", str(reps), "-o", "json"],
                          capture_output=True, text=True, check=True, timeout=600).stdout
     return float(json.loads(out)[0]["avg_ts"])
 
@@ -110,6 +112,7 @@ def main():
     ap.add_argument("--context", type=int, default=400, help="tokens of each quoted section (at most)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--llama-bench", default=None, help="llama.cpp's llama-bench (default: the native build, PATH)")
+    ap.add_argument("--llama-reps", type=int, default=5, help="llama-bench repetitions (-r) per run")
     ap.add_argument("--rows", action="store_true", help="also time passes of 1..9 rows")
     a = ap.parse_args()
 
@@ -120,7 +123,7 @@ def main():
     gguf = a.model or str(bundled_gguf())
     print(f"CPU: {cpu_model()}, {a.threads} threads; our C kernels: {'yes' if native.available() else 'no (torch)'}")
     print(f"model: {gguf}")
-    peer = [llama_bench(a.llama_bench, gguf, a.threads)]
+    peer = [llama_bench(a.llama_bench, gguf, a.threads, a.llama_reps)]
     torch.set_num_threads(a.threads)
     asst = mmsdk.load(gguf, threads=a.threads)
     tasks = prompts(asst.tokenizer, a.context)[:a.sections]
@@ -139,7 +142,7 @@ def main():
                     drafted, accepted, passes = (drafted + stats["drafted"], accepted + stats["accepted"],
                                                  passes + stats["passes"])
             same &= got["plain"] == got["lookup"]
-    peer.append(llama_bench(a.llama_bench, gguf, a.threads))
+    peer.append(llama_bench(a.llama_bench, gguf, a.threads, a.llama_reps))
     plain, lookup = statistics.median(rates["plain"]), statistics.median(rates["lookup"])
     print(f"quoting task: {len(tasks)} sections x {a.rounds} rounds, {a.tokens} tokens each, prompts "
           f"{min(map(len, tasks))}-{max(map(len, tasks))} tokens")

@@ -3,6 +3,10 @@
 Global layers keep every position (`FullCache`, grown in steps); sliding-window layers keep a ring
 of `window` slots (`RingCache`), so their memory stays flat however long the context grows.
 Both return the keys to attend plus each key's position, from which the mask is built.
+
+Speculative decoding writes drafted positions it may reject: `checkpoint(n)` before writing n more
+positions, `rewind(saved, length)` to drop every position from `length` on, as if never written.
+Positions are 0.. in order (a cache's length is its next position).
 """
 import torch
 
@@ -36,6 +40,13 @@ class FullCache:
 
     def key_positions(self) -> torch.Tensor:
         return torch.arange(self.offset)
+
+    def checkpoint(self, n: int) -> None:
+        return None  # keys past the length are never read, so dropping them is moving the length back
+
+    def rewind(self, saved: None, length: int) -> None:
+        assert 0 <= length <= self.offset, (length, self.offset)
+        self.offset = length
 
     def _hold(self, end: int) -> None:
         if end > self.k.shape[2]:
@@ -94,6 +105,24 @@ class RingCache:
     def key_positions(self) -> torch.Tensor:
         return self.pos
 
+    def checkpoint(self, n: int) -> tuple:
+        """What the next n positions (n <= window) will overwrite: the keys, values and positions a
+        window back, which later tokens still attend when those positions are rewound."""
+        assert n <= self.window, (n, self.window)
+        slots = torch.arange(self.offset, self.offset + n) % self.window
+        return self.offset, slots, self.k[:, :, slots], self.v[:, :, slots], self.pos[slots]  # copies
+
+    def rewind(self, saved: tuple, length: int) -> None:
+        """Drop positions `length`.. (all written since `saved` was taken): their slots get back what
+        they held before, so the ring is what it would be had they never been written."""
+        start, slots, k, v, pos = saved
+        assert start <= length <= self.offset, (start, length, self.offset)
+        drop = slice(length - start, None)
+        self.k[:, :, slots[drop]] = k[:, :, drop]
+        self.v[:, :, slots[drop]] = v[:, :, drop]
+        self.pos[slots[drop]] = pos[drop]
+        self.offset = length
+
     def clone(self) -> "RingCache":
         c = object.__new__(RingCache)
         c.window, c.offset = self.window, self.offset
@@ -113,6 +142,12 @@ class SharedCache:
 
     def clone(self) -> "SharedCache":
         return self  # stateless
+
+    def checkpoint(self, n: int) -> None:
+        return None
+
+    def rewind(self, saved: None, length: int) -> None:
+        pass
 
     def nbytes(self) -> int:
         return 0

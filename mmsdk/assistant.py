@@ -13,6 +13,7 @@ from .decoder.kv_cache import make_cache
 from .decoder.loader import load_text
 from .decoder.sampling import make_sampler
 from .decoder.generate import generate_step
+from .decoder.speculative import make_drafter, speculative_step
 from .decoder.tokenizer import StreamDecoder
 from .errors import ContextLengthError, InputError
 from .options import check_load_options, check_sampling
@@ -27,9 +28,11 @@ _DTYPES = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bflo
 
 
 def load(path=None, *, quantize: str | None = None, offload: str | None = None, threads: int | None = None,
-         dtype: str | None = None, max_memory: int | None = None, mmproj=None) -> "Assistant":
+         dtype: str | None = None, max_memory: int | None = None, mmproj=None, draft=None) -> "Assistant":
     """Load a model: a HF checkpoint folder or a .gguf file; with no path, the bundled Gemma 3 270M.
-    A .gguf model takes its vision tower from llama.cpp's `mmproj` file: `mmproj*.gguf` beside it, or `mmproj=`."""
+    A .gguf model takes its vision tower from llama.cpp's `mmproj` file: `mmproj*.gguf` beside it, or `mmproj=`.
+    `draft`: speculative decoding for greedy generation by default, "lookup" (n-grams of the prompt
+    and reply), or a smaller model of the same tokenizer (a path, loaded alike, or an `Assistant`)."""
     check_load_options(dtype=dtype, quantize=quantize, offload=offload, threads=threads, max_memory=max_memory)
     if path is None:
         from .bundled import bundled_gguf
@@ -53,10 +56,17 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
 
             apply_offload(loaded, offload, max_memory=max_memory)
     log.info("loaded %s in %.1f s", path, time.perf_counter() - t0)
-    return Assistant(loaded, path=str(path), dtype=_DTYPES[dtype], mmproj=mmproj)
+    if draft is not None and draft != "lookup" and not isinstance(draft, Assistant):
+        draft = load(draft, quantize=quantize, threads=threads, dtype=dtype)
+    asst = Assistant(loaded, path=str(path), dtype=_DTYPES[dtype], mmproj=mmproj)
+    make_drafter(draft, asst.model)  # checked now: a vocabulary mismatch fails here, not at the first reply
+    asst.draft = draft
+    return asst
 
 
 class Assistant:
+    draft = None  # the default drafter of greedy generation (see `load`); `draft=` per call overrides it
+
     def __init__(self, loaded, path: str = "", dtype: torch.dtype = torch.float32, mmproj=None):
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.config = self.model.config
@@ -89,7 +99,10 @@ class Assistant:
     def generate(self, prompt: str, *, max_tokens: int = 256, stop=(), parse_special: bool = True,
                  **sampling) -> str:
         """Continue the raw prompt (BOS prepended, no chat template). Control tokens spelled in it
-        (`<start_of_turn>`) are read as tokens; `parse_special=False` reads them as plain text."""
+        (`<start_of_turn>`) are read as tokens; `parse_special=False` reads them as plain text.
+        Here and in `stream`, `chat` and sessions, `draft=` ("lookup", an `Assistant` of the same
+        tokenizer, False for none) picks the speculative drafter; greedy text is the same with or
+        without one, and sampling ignores it."""
         return "".join(self.stream(prompt, max_tokens=max_tokens, stop=stop, parse_special=parse_special,
                                    **sampling))
 
@@ -165,6 +178,8 @@ class _Run:
 
     def __init__(self, asst: Assistant, ids: list[int], caches, start: int, history, max_tokens: int, stop,
                  sampling: dict, processors=(), embeds=None, groups=None):
+        self.draft = sampling.pop("draft", None)
+        self.draft = asst.draft if self.draft is None else self.draft or None
         check_sampling(sampling, max_tokens)
         ctx = asst.config.max_position_embeddings
         if start + len(ids) > ctx:
@@ -173,6 +188,8 @@ class _Run:
         self.max_tokens = min(max_tokens, ctx - start - len(ids))
         self.stop = (stop,) if isinstance(stop, str) else tuple(stop)
         self.sampler = make_sampler(**sampling)
+        # Drafts are checked against greedy picks only, and a grammar's mask follows one token at a time
+        self.greedy = not sampling.get("temperature") and not processors
         self.processors = list(processors)  # logits -> logits before sampling, e.g. a grammar's mask
         self.embeds, self.groups = embeds, groups  # the prompt's embeddings when it holds images
         self.generated: list[int] = []
@@ -181,10 +198,22 @@ class _Run:
     def __iter__(self) -> Iterator[str]:
         if self.max_tokens == 0:
             return
+        if self.draft is not None and self.greedy:
+            steps = speculative_step(self.asst.model, self.ids, self.caches, self.sampler,
+                                     make_drafter(self.draft, self.asst.model), start=self.start,
+                                     history=self.history, max_tokens=self.max_tokens, embeds=self.embeds,
+                                     groups=self.groups)
+        else:
+            steps = generate_step(self.asst.model, self.ids, self.caches, self.sampler, start=self.start,
+                                  processors=self.processors, history=self.history, embeds=self.embeds,
+                                  groups=self.groups)
+        try:
+            yield from self._pieces(steps)
+        finally:  # the caches keep every yielded token but the last, as sessions count on
+            steps.close()
+
+    def _pieces(self, steps) -> Iterator[str]:
         tok = self.asst.tokenizer
-        steps = generate_step(self.asst.model, self.ids, self.caches, self.sampler, start=self.start,
-                              processors=self.processors, history=self.history, embeds=self.embeds,
-                              groups=self.groups)
         decoder, pending = StreamDecoder(tok), ""
         for token in steps:
             self.generated.append(token)

@@ -14,7 +14,8 @@ from .decoder.sampling import make_sampler
 from .decoder.generate import generate_step
 from .decoder.tokenizer import StreamDecoder
 from .errors import ContextLengthError, InputError
-from .types import ModelInfo, Reply, Usage
+from .scoring import LogprobRecorder, check_top_logprobs, pieces_with_logprobs, score_ids
+from .types import ModelInfo, Reply, Score, Usage
 
 if TYPE_CHECKING:
     from .agent import AgentResult
@@ -75,25 +76,70 @@ class Assistant:
         """Tokens `text` takes, without the BOS token `generate` adds."""
         return len(self.tokenizer.encode(text, add_bos=False))
 
-    def generate(self, prompt: str, *, max_tokens: int = 256, stop=(), **sampling) -> str:
-        """Continue the raw prompt (BOS prepended, no chat template)."""
-        return "".join(self.stream(prompt, max_tokens=max_tokens, stop=stop, **sampling))
+    def generate(self, prompt: str, *, max_tokens: int = 256, stop=(), logprobs: bool = False,
+                 top_logprobs: int = 0, **sampling) -> str | Reply:
+        """Continue the raw prompt (BOS prepended, no chat template). With `logprobs=True` (or
+        `top_logprobs=k`): a `Reply` whose `.logprobs` has each generated token's log-probability."""
+        if not (logprobs or top_logprobs):
+            return "".join(self.stream(prompt, max_tokens=max_tokens, stop=stop, **sampling))
+        run = self._prompt_run(prompt, max_tokens, stop, sampling)
+        recorder = self._record_logprobs(run, top_logprobs)
+        text = "".join(run)
+        return Reply(text=text, usage=Usage(len(run.ids), len(run.generated)), finish_reason=run.finish_reason,
+                     logprobs=recorder.finish(run.generated))
 
-    def stream(self, prompt: str, *, max_tokens: int = 256, stop=(), **sampling) -> Iterator[str]:
-        """Text pieces of the continuation as they are decoded."""
+    def stream(self, prompt: str, *, max_tokens: int = 256, stop=(), logprobs: bool = False, top_logprobs: int = 0,
+               **sampling) -> Iterator[str]:
+        """Text pieces of the continuation as they are decoded; with `logprobs=True` each is a `Piece`
+        carrying the log-probabilities of the tokens generated since the one before."""
+        run = self._prompt_run(prompt, max_tokens, stop, sampling)
+        if logprobs or top_logprobs:
+            yield from pieces_with_logprobs(run, self._record_logprobs(run, top_logprobs))
+        else:
+            yield from run
+
+    def _prompt_run(self, prompt: str, max_tokens: int, stop, sampling: dict) -> "_Run":
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
         ids = self.tokenizer.encode(prompt)
-        run = _Run(self, ids, make_cache(self.config), 0, (), max_tokens, stop, sampling)
-        yield from run
+        return _Run(self, ids, make_cache(self.config), 0, (), max_tokens, stop, sampling)
+
+    def _record_logprobs(self, run: "_Run", top_logprobs: int) -> LogprobRecorder:
+        """Put a recorder first among `run`'s processors, so it sees the logits before any mask."""
+        recorder = LogprobRecorder(self.tokenizer, check_top_logprobs(top_logprobs, self.config.vocab_size))
+        run.processors.insert(0, recorder)
+        return recorder
+
+    def score(self, text, *, window: int | None = None) -> Score:
+        """The log-probability of every token of `text` after BOS, given the tokens before it, and
+        the perplexity over them. `text`: a str (BOS is prepended), or its token ids without BOS.
+        Texts longer than `window` tokens (default: the context length) are read in windows of
+        `window` tokens advancing by half a window (see `scoring.score_ids`)."""
+        if isinstance(text, str):
+            ids = self.tokenizer.encode(text, add_bos=False)
+        elif isinstance(text, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in text):
+            ids = list(text)
+            bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+            if bad:
+                raise InputError(f"token id {bad[0]} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+        else:
+            raise InputError(f"text must be a str or a list of token ids, got {type(text).__name__}")
+        if not ids:
+            raise InputError("text has no tokens to score")
+        ctx = self.config.max_position_embeddings
+        window = ctx if window is None else window
+        if isinstance(window, bool) or not isinstance(window, int) or not 2 <= window <= ctx:
+            raise InputError(f"window must be an int from 2 to the context length {ctx}, got {window!r}")
+        return score_ids(self.model, self.tokenizer.bos_id, ids, window)
 
     def chat(self, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto",
              constrained: bool = True, processors=(), max_tokens: int = 256, stop=(), pan_and_scan: bool = True,
-             **sampling) -> Reply:
+             logprobs: bool = False, top_logprobs: int = 0, **sampling) -> Reply:
         """Reply to a conversation in the model's chat format. With `tools` the reply may call them
         (`reply.tool_calls`; tool_choice "auto", "required", "none" or a tool's name); with `schema`
         `reply.parsed` is the validated object. Both are decoded under a grammar, so they parse
-        (`constrained=False` leaves it to the model). `processors`: extra `fn(logits, ids) -> logits`."""
+        (`constrained=False` leaves it to the model). `processors`: extra `fn(logits, ids) -> logits`.
+        `logprobs=True` / `top_logprobs=k`: `reply.logprobs` (the model's own distribution, before masks)."""
         plan = structured.plan(self.tokenizer, messages, tools=tools, schema=schema, tool_choice=tool_choice,
                                constrained=constrained, max_tokens=max_tokens)
         prompt, images, audio = chat_format.render_messages(plan.messages)
@@ -102,9 +148,10 @@ class Assistant:
                                 pan_and_scan=pan_and_scan)
         run = _Run(self, p.ids, make_cache(self.config), 0, (), max_tokens, stop, sampling,
                    [*plan.processors, *processors], embeds=p.embeds, groups=p.groups)
+        recorder = self._record_logprobs(run, top_logprobs) if logprobs or top_logprobs else None
         text, calls, parsed = plan.finish("".join(run), run.finish_reason)
         return Reply(text=text, tool_calls=calls, parsed=parsed, usage=Usage(len(p.ids), len(run.generated)),
-                     finish_reason=run.finish_reason)
+                     finish_reason=run.finish_reason, logprobs=recorder.finish(run.generated) if recorder else None)
 
     def run_agent(self, task: str, tools, *, max_steps: int = 5, approve=None, **kw) -> "AgentResult":
         """Let the model call `tools` until it answers `task` in text, at most `max_steps` turns."""

@@ -14,7 +14,7 @@ from .decoder.sampling import make_sampler
 from .decoder.generate import generate_step
 from .decoder.tokenizer import StreamDecoder
 from .errors import ContextLengthError, InputError
-from .scoring import LogprobRecorder, check_top_logprobs, pieces_with_logprobs, score_ids
+from .scoring import LogprobRecorder, check_top_logprobs, pieces_with_logprobs, score_text
 from .types import ModelInfo, Reply, Score, Usage
 
 if TYPE_CHECKING:
@@ -115,22 +115,7 @@ class Assistant:
         the perplexity over them. `text`: a str (BOS is prepended), or its token ids without BOS.
         Texts longer than `window` tokens (default: the context length) are read in windows of
         `window` tokens advancing by half a window (see `scoring.score_ids`)."""
-        if isinstance(text, str):
-            ids = self.tokenizer.encode(text, add_bos=False)
-        elif isinstance(text, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in text):
-            ids = list(text)
-            bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
-            if bad:
-                raise InputError(f"token id {bad[0]} is outside the vocabulary (0..{self.config.vocab_size - 1})")
-        else:
-            raise InputError(f"text must be a str or a list of token ids, got {type(text).__name__}")
-        if not ids:
-            raise InputError("text has no tokens to score")
-        ctx = self.config.max_position_embeddings
-        window = ctx if window is None else window
-        if isinstance(window, bool) or not isinstance(window, int) or not 2 <= window <= ctx:
-            raise InputError(f"window must be an int from 2 to the context length {ctx}, got {window!r}")
-        return score_ids(self.model, self.tokenizer.bos_id, ids, window)
+        return score_text(self.model, self.tokenizer, text, window)
 
     def chat(self, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto",
              constrained: bool = True, processors=(), max_tokens: int = 256, stop=(), pan_and_scan: bool = True,

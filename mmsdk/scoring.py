@@ -10,9 +10,31 @@ import torch
 
 from .decoder.generate import PREFILL_CHUNK
 from .decoder.kv_cache import make_cache
+from .errors import InputError
 from .types import Piece, Score, TokenLogprob
 
 HEAD_ROWS = 64  # positions per LM-head product: 64 x 262k float32 logits is 67 MB
+
+
+def score_text(model, tokenizer, text, window: int | None) -> Score:
+    """`Assistant.score`: `text` a str (tokenized without BOS) or its token ids; `window` None for
+    the context length. Bad input is an `InputError` naming it."""
+    vocab, ctx = model.config.vocab_size, model.config.max_position_embeddings
+    if isinstance(text, str):
+        ids = tokenizer.encode(text, add_bos=False)
+    elif isinstance(text, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in text):
+        ids = list(text)
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise InputError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+    else:
+        raise InputError(f"text must be a str or a list of token ids, got {type(text).__name__}")
+    if not ids:
+        raise InputError("text has no tokens to score")
+    window = ctx if window is None else window
+    if isinstance(window, bool) or not isinstance(window, int) or not 2 <= window <= ctx:
+        raise InputError(f"window must be an int from 2 to the context length {ctx}, got {window!r}")
+    return score_ids(model, tokenizer.bos_id, ids, window)
 
 
 def score_ids(model, bos: int, ids: Sequence[int], window: int) -> Score:
@@ -24,8 +46,6 @@ def score_ids(model, bos: int, ids: Sequence[int], window: int) -> Score:
     of context (transformers' strided perplexity; llama-perplexity instead scores the second half
     of non-overlapping windows)."""
     ids = [int(i) for i in ids]
-    if window < 2:
-        raise ValueError(f"window must be at least 2 tokens (BOS and one more), got {window}")
     logprobs: list[float] = []
     predicted: list[int] = []
     start, done = 0, 0  # the window's first text token; how many tokens are scored so far
@@ -105,8 +125,6 @@ def pieces_with_logprobs(run, recorder: LogprobRecorder) -> Iterator[Piece]:
 
 
 def check_top_logprobs(top_logprobs, vocab_size: int) -> int:
-    from .errors import InputError
-
     if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= vocab_size:
         raise InputError(f"top_logprobs must be an int from 0 to {vocab_size}, got {top_logprobs!r}")
     return top_logprobs

@@ -100,10 +100,10 @@ def main(argv=None) -> int:
     ref = ppl
     print(f"model {args.model}\ntext pydoc_data.topics, {n_chunks} windows x {args.ctx} tokens "
           f"({n_chunks * (args.ctx - 1 - args.ctx // 2)} scored), threads {args.threads}")
+    print("(worst window: the largest difference of the running per-window PPL from llama.cpp's)")
     for name, p, run, secs in rows:
-        print(f"{name:24} PPL {p:9.4f}  vs llama.cpp {p / ref - 1:+.3%}  ({secs:.1f} s)")
-    worst = max(abs(a / b - 1) for name, _, run, _ in rows[:-1] for a, b in zip(run, rows[-1][2]))
-    print(f"largest difference of the running per-window PPL from llama.cpp's: {worst:.3%}")
+        worst = max(abs(a / b - 1) for a, b in zip(run, rows[-1][2]))
+        print(f"{name:24} PPL {p:9.4f}  vs llama.cpp {p / ref - 1:+.3%}  worst window {worst:.3%}  ({secs:.1f} s)")
     return 0
 
 

@@ -11,7 +11,7 @@ import resource
 import sys
 import time
 
-QUALITY_WINDOW = 512  # tokens per perplexity window (BOS + 511 predicted)
+QUALITY_WINDOW = 512  # `score` windows: BOS + 511 tokens, advancing by 256 (each token sees 255+ before it)
 
 
 def corpus_text() -> str:
@@ -132,26 +132,12 @@ def transformers_speed(spec, ids, gen):
 
 
 def mmsdk_quality(spec, ids):
-    """Per-window negative log-likelihoods and top-1 predictions on the corpus ids."""
-    import torch
-    import torch.nn.functional as F
-
-    from mmsdk.decoder.kv_cache import make_cache
+    """Negative log-likelihood and top-1 predictions of the corpus ids under `Assistant.score`."""
+    from mmsdk.assistant import Assistant
 
     loaded, _ = _mmsdk_load(spec)
-    model = loaded.model
-    bos = loaded.tokenizer.bos_id
-    nll, n, top1 = 0.0, 0, []
-    with torch.inference_mode():
-        for s in range(0, len(ids) - QUALITY_WINDOW + 2, QUALITY_WINDOW - 1):
-            window = [bos, *ids[s:s + QUALITY_WINDOW - 1]]
-            x = torch.tensor([window])
-            logits = model.logits(model(x, make_cache(model.config), torch.arange(len(window))))[0, :-1].float()
-            target = x[0, 1:]
-            nll += float(F.cross_entropy(logits, target, reduction="sum"))
-            n += len(target)
-            top1.extend(logits.argmax(-1).tolist())
-    return {"nll": nll, "tokens": n, "top1": top1, "label": loaded.quantization}
+    s = Assistant(loaded, path=spec["model"]).score(ids, window=QUALITY_WINDOW)
+    return {"nll": -sum(s.logprobs), "tokens": len(s.logprobs), "top1": s.predicted, "label": loaded.quantization}
 
 
 def mmsdk_tokens(spec):

@@ -17,7 +17,8 @@ from .decoder.speculative import make_drafter, speculative_step
 from .decoder.tokenizer import StreamDecoder
 from .errors import ContextLengthError, InputError
 from .options import check_load_options, check_sampling
-from .types import ModelInfo, Reply, Usage
+from .scoring import LogprobRecorder, check_top_logprobs, pieces_with_logprobs, score_text
+from .types import ModelInfo, Reply, Score, Usage
 
 if TYPE_CHECKING:
     from .agent import AgentResult
@@ -97,31 +98,60 @@ class Assistant:
         return len(self.tokenizer.encode(text, add_bos=False))
 
     def generate(self, prompt: str, *, max_tokens: int = 256, stop=(), parse_special: bool = True,
-                 **sampling) -> str:
+                 logprobs: bool = False, top_logprobs: int = 0, **sampling) -> str | Reply:
         """Continue the raw prompt (BOS prepended, no chat template). Control tokens spelled in it
         (`<start_of_turn>`) are read as tokens; `parse_special=False` reads them as plain text.
+        With `logprobs=True` (or `top_logprobs=k`): a `Reply` whose `.logprobs` has each generated
+        token's log-probability.
         Here and in `stream`, `chat` and sessions, `draft=` ("lookup", an `Assistant` of the same
         tokenizer, False for none) picks the speculative drafter; greedy text is the same with or
         without one, and sampling ignores it."""
-        return "".join(self.stream(prompt, max_tokens=max_tokens, stop=stop, parse_special=parse_special,
-                                   **sampling))
+        if not (logprobs or top_logprobs):
+            return "".join(self.stream(prompt, max_tokens=max_tokens, stop=stop, parse_special=parse_special,
+                                       **sampling))
+        run = self._prompt_run(prompt, max_tokens, stop, sampling, parse_special)
+        recorder = self._record_logprobs(run, top_logprobs)
+        text = "".join(run)
+        return Reply(text=text, usage=Usage(len(run.ids), len(run.generated)), finish_reason=run.finish_reason,
+                     logprobs=recorder.finish(run.generated))
 
     def stream(self, prompt: str, *, max_tokens: int = 256, stop=(), parse_special: bool = True,
-               **sampling) -> Iterator[str]:
-        """Text pieces of the continuation as they are decoded."""
+               logprobs: bool = False, top_logprobs: int = 0, **sampling) -> Iterator[str]:
+        """Text pieces of the continuation as they are decoded; with `logprobs=True` each is a `Piece`
+        carrying the log-probabilities of the tokens generated since the one before."""
+        run = self._prompt_run(prompt, max_tokens, stop, sampling, parse_special)
+        if logprobs or top_logprobs:
+            yield from pieces_with_logprobs(run, self._record_logprobs(run, top_logprobs))
+        else:
+            yield from run
+
+    def _prompt_run(self, prompt: str, max_tokens: int, stop, sampling: dict, parse_special: bool = True) -> "_Run":
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
         ids = self.tokenizer.encode(prompt, parse_special=parse_special)
-        run = _Run(self, ids, make_cache(self.config), 0, (), max_tokens, stop, sampling)
-        yield from run
+        return _Run(self, ids, make_cache(self.config), 0, (), max_tokens, stop, sampling)
+
+    def _record_logprobs(self, run: "_Run", top_logprobs: int) -> LogprobRecorder:
+        """Put a recorder first among `run`'s processors, so it sees the logits before any mask."""
+        recorder = LogprobRecorder(self.tokenizer, check_top_logprobs(top_logprobs, self.config.vocab_size))
+        run.processors.insert(0, recorder)
+        return recorder
+
+    def score(self, text, *, window: int | None = None) -> Score:
+        """The log-probability of every token of `text` after BOS, given the tokens before it, and
+        the perplexity over them. `text`: a str (BOS is prepended), or its token ids without BOS.
+        Texts longer than `window` tokens (default: the context length) are read in windows of
+        `window` tokens advancing by half a window (see `scoring.score_ids`)."""
+        return score_text(self.model, self.tokenizer, text, window)
 
     def chat(self, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto",
              constrained: bool = True, processors=(), max_tokens: int = 256, stop=(), pan_and_scan: bool = True,
-             **sampling) -> Reply:
+             logprobs: bool = False, top_logprobs: int = 0, **sampling) -> Reply:
         """Reply to a conversation in the model's chat format. With `tools` the reply may call them
         (`reply.tool_calls`; tool_choice "auto", "required", "none" or a tool's name); with `schema`
         `reply.parsed` is the validated object. Both are decoded under a grammar, so they parse
-        (`constrained=False` leaves it to the model). `processors`: extra `fn(logits, ids) -> logits`."""
+        (`constrained=False` leaves it to the model). `processors`: extra `fn(logits, ids) -> logits`.
+        `logprobs=True` / `top_logprobs=k`: `reply.logprobs` (the model's own distribution, before masks)."""
         plan = structured.plan(self.tokenizer, messages, tools=tools, schema=schema, tool_choice=tool_choice,
                                constrained=constrained, max_tokens=max_tokens)
         prompt, images, audio = chat_format.render_messages(plan.messages)
@@ -130,9 +160,10 @@ class Assistant:
                                 pan_and_scan=pan_and_scan)
         run = _Run(self, p.ids, make_cache(self.config), 0, (), max_tokens, stop, sampling,
                    [*plan.processors, *processors], embeds=p.embeds, groups=p.groups)
+        recorder = self._record_logprobs(run, top_logprobs) if logprobs or top_logprobs else None
         text, calls, parsed = plan.finish("".join(run), run.finish_reason)
         return Reply(text=text, tool_calls=calls, parsed=parsed, usage=Usage(len(p.ids), len(run.generated)),
-                     finish_reason=run.finish_reason)
+                     finish_reason=run.finish_reason, logprobs=recorder.finish(run.generated) if recorder else None)
 
     def run_agent(self, task: str, tools, *, max_steps: int = 5, approve=None, **kw) -> "AgentResult":
         """Let the model call `tools` until it answers `task` in text, at most `max_steps` turns."""
@@ -188,8 +219,7 @@ class _Run:
         self.max_tokens = min(max_tokens, ctx - start - len(ids))
         self.stop = (stop,) if isinstance(stop, str) else tuple(stop)
         self.sampler = make_sampler(**sampling)
-        # Drafts are checked against greedy picks only, and a grammar's mask follows one token at a time
-        self.greedy = not sampling.get("temperature") and not processors
+        self.greedy = not sampling.get("temperature")
         self.processors = list(processors)  # logits -> logits before sampling, e.g. a grammar's mask
         self.embeds, self.groups = embeds, groups  # the prompt's embeddings when it holds images
         self.generated: list[int] = []
@@ -198,7 +228,9 @@ class _Run:
     def __iter__(self) -> Iterator[str]:
         if self.max_tokens == 0:
             return
-        if self.draft is not None and self.greedy:
+        # Drafts are checked against greedy picks only, and processors (a grammar's mask, a logprob
+        # recorder, which may join after __init__) follow one token at a time
+        if self.draft is not None and self.greedy and not self.processors:
             steps = speculative_step(self.asst.model, self.ids, self.caches, self.sampler,
                                      make_drafter(self.draft, self.asst.model), start=self.start,
                                      history=self.history, max_tokens=self.max_tokens, embeds=self.embeds,

@@ -2,12 +2,13 @@
 markers into the ids, embeddings and attention groups the decoder takes."""
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .chat_format import AUDIO_MARKER, IMAGE_MARKER
+from .encoders.media_cache import EncodeCache
 from .errors import InputError, UnsupportedModalityError
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,8 @@ class Encoders:
     vision: object = None  # a Gemma 3 vision tower (SigLIP + projector)
     image_config: object = None
     gemma3n: object = None  # a Gemma 3n checkpoint's towers (`encoders.gemma3n_fusion.Gemma3nEncoders`)
+    # Recent images' and clips' embeddings by content: a follow-up about the same picture costs only the text.
+    cache: EncodeCache = field(default_factory=EncodeCache)
 
     @property
     def modalities(self) -> frozenset:
@@ -102,7 +105,7 @@ def encode_prompt(model, tokenizer, encoders: Encoders, text: str, images=(), au
     """Token ids for `text`; with images, also the embeddings with each image in place.
     `prefix_ids` are tokens already decided (a session's pending tokens) that go first."""
     if encoders.gemma3n is not None:
-        return _encode_gemma3n(model, tokenizer, encoders.gemma3n, text, images, audio, add_bos, prefix_ids)
+        return _encode_gemma3n(model, tokenizer, encoders, text, images, audio, add_bos, prefix_ids)
     if audio:
         raise UnsupportedModalityError("audio in prompts needs a Gemma 3n model with its audio tower")
     if (images or encoders.vision is not None) and text.count(IMAGE_MARKER) != len(images):
@@ -113,7 +116,8 @@ def encode_prompt(model, tokenizer, encoders: Encoders, text: str, images=(), au
     from .encoders.fusion import build_prompt
 
     p = build_prompt(text, list(images), model=model, tokenizer=tokenizer, tower=encoders.vision,
-                     image_config=encoders.image_config, pan_and_scan=pan_and_scan, add_bos=add_bos)
+                     image_config=encoders.image_config, pan_and_scan=pan_and_scan, add_bos=add_bos,
+                     cache=encoders.cache)
     return _prepend(model, prefix_ids, Prompt(p.ids, p.embeds, p.groups))
 
 
@@ -128,14 +132,16 @@ def _prepend(model, prefix_ids, p: Prompt) -> Prompt:
     return Prompt([*prefix_ids, *p.ids], torch.cat([head, p.embeds], 1), groups)
 
 
-def _encode_gemma3n(model, tokenizer, towers, text, images, audio, add_bos, prefix_ids) -> Prompt:
+def _encode_gemma3n(model, tokenizer, encoders: Encoders, text, images, audio, add_bos, prefix_ids) -> Prompt:
     """Gemma 3n: one view per image (no pan-and-scan), audio soft tokens; attention stays causal."""
     from .encoders.gemma3n_fusion import build_prompt, expand_media_markers
 
+    towers = encoders.gemma3n
     if not images and not audio:
         expand_media_markers(text, 0, 0, towers.config)  # stray markers are a count mismatch
         return Prompt([*prefix_ids, *tokenizer.encode(text, add_bos=add_bos)])
-    p = build_prompt(text, images, audio, model=model, tokenizer=tokenizer, encoders=towers, add_bos=add_bos)
+    p = build_prompt(text, images, audio, model=model, tokenizer=tokenizer, encoders=towers, add_bos=add_bos,
+                     cache=encoders.cache)
     return _prepend(model, prefix_ids, Prompt(p.ids, p.embeds))
 
 

@@ -7,8 +7,8 @@ and more on AVX-512 VNNI (our kernels): `decoder.quantize.Int8Linear` picks whic
 q/k/v are fused into one product so their shared input is rounded once. Attention stays in float32
 through torch's SDPA, whose CPU kernel is a flash attention (no 4096 x 4096 matrix is formed).
 
-A layer keeps float32 where its int8 output strays from float32's (cosine < `min_cosine` on a probe
-batch): `accelerate_siglip_` checks each layer as it swaps it and reports what it kept.
+Quality (per-token cosine of the projected embeddings to float32, `tests/eval/eval_vision.py`):
+see the numbers there; `keep_float` leaves chosen blocks in float32 where a model needs it.
 """
 from __future__ import annotations
 
@@ -57,34 +57,14 @@ class FusedQKVAttention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The smallest per-token cosine similarity between two (..., C) outputs."""
-    return F.cosine_similarity(a.flatten(0, -2).float(), b.flatten(0, -2).float(), dim=-1).min().item()
-
-
 @torch.inference_mode()
-def accelerate_siglip_(encoder: siglip.SiglipVisionEncoder, probe: torch.Tensor | None = None,
-                       min_cosine: float = 0.9995) -> dict:
-    """Swap each block's attention and MLP linears for int8 ones, in place.
-
-    `probe`: pixels (N, 3, S, S) to check each block on: a block whose int8 output's per-token cosine to
-    its float32 output falls under `min_cosine` keeps float32 (random or unusual weights can be harsh
-    on 8-bit inputs). Without a probe every block is swapped. Returns {"int8": [...], "float32": [...]}
-    block indices."""
-    report = {"int8": [], "float32": []}
-    x = None
-    if probe is not None:
-        x = encoder.patch_embed(probe.to(encoder.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
-        x = x + encoder.pos_embed.weight
+def accelerate_siglip_(encoder: siglip.SiglipVisionEncoder, keep_float: tuple[int, ...] = ()) -> nn.Module:
+    """Swap each block's attention and MLP linears for int8 ones, in place, except the blocks in
+    `keep_float` (indices), which stay float32. Returns `encoder`."""
     for i, block in enumerate(encoder.layers):
-        attn, fc1, fc2 = block.attn, block.mlp.fc1, block.mlp.fc2
-        ref = block(x) if x is not None else None
-        block.attn = FusedQKVAttention(attn)
-        block.mlp.fc1, block.mlp.fc2 = Int8LinearBias(fc1), Int8LinearBias(fc2)
-        if ref is not None:
-            if _cosine(block(x), ref) < min_cosine:
-                block.attn, block.mlp.fc1, block.mlp.fc2 = attn, fc1, fc2
-            x = ref  # the next block's probe input is the float32 one: each block judged on its own
-        report["float32" if block.attn is attn else "int8"].append(i)
-    log.info("SigLIP: int8 in blocks %s, float32 in %s", report["int8"], report["float32"])
-    return report
+        if i in keep_float:
+            continue
+        block.attn = FusedQKVAttention(block.attn)
+        block.mlp.fc1, block.mlp.fc2 = Int8LinearBias(block.mlp.fc1), Int8LinearBias(block.mlp.fc2)
+    log.info("SigLIP: int8 linears in %d of %d blocks", len(encoder.layers) - len(keep_float), len(encoder.layers))
+    return encoder

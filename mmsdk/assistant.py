@@ -48,15 +48,16 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
 
         apply_offload(loaded, offload, max_memory=max_memory)
     log.info("loaded %s in %.1f s", path, time.perf_counter() - t0)
-    return Assistant(loaded, path=str(path), dtype=_DTYPES[dtype], mmproj=mmproj)
+    return Assistant(loaded, path=str(path), dtype=_DTYPES[dtype], mmproj=mmproj, accelerate=quantize is not None)
 
 
 class Assistant:
-    def __init__(self, loaded, path: str = "", dtype: torch.dtype = torch.float32, mmproj=None):
+    def __init__(self, loaded, path: str = "", dtype: torch.dtype = torch.float32, mmproj=None,
+                 accelerate: bool = False):
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.config = self.model.config
         self._loaded = loaded
-        self.encoders = media.load_encoders(loaded, path, dtype, mmproj=mmproj)
+        self.encoders = media.load_encoders(loaded, path, dtype, mmproj=mmproj, accelerate=accelerate)
         self.info = ModelInfo(
             name=loaded.name,
             family="gemma3n" if str(loaded.hf_config.get("model_type", "")).startswith("gemma3n") else "gemma3",

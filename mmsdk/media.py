@@ -31,8 +31,18 @@ class Encoders:
                          | ({"audio"} if g and g.audio is not None else set()))
 
 
-def load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
-    """Vision (and for Gemma 3n audio) encoders from the non-text tensors of a HF checkpoint, if it has them."""
+def load_encoders(loaded, path, dtype, mmproj=None, accelerate: bool = False) -> Encoders:
+    """Vision (and for Gemma 3n audio) encoders from the non-text tensors of a HF checkpoint, if it has them.
+    `accelerate`: swap in the int8 encoder layers (`encoders.accelerate`), as a quantized load asks."""
+    encoders = _load_encoders(loaded, path, dtype, mmproj)
+    if accelerate and encoders.vision is not None and dtype == torch.float32:
+        from .encoders.accelerate import accelerate_siglip_
+
+        accelerate_siglip_(encoders.vision.encoder)
+    return encoders
+
+
+def _load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
     from .encoders.gemma3_vision import is_vision_key, load_gemma3_vision
 
     if getattr(loaded, "source", "") == "gguf":

@@ -193,7 +193,7 @@ def work_llama(args) -> dict:
                                 "-p", "Describe this image.", "-n", "1", "-t", str(args.threads), "--temp", "0", "--chat-template", "gemma"],
                                capture_output=True, text=True, timeout=3600)
             wall = time.perf_counter() - t
-            m = re.search(r"image slice encoded in (\d+) ms", p.stdout + p.stderr)
+            m = re.search(r"(?:image slice encoded|mtmd batch encoding done) in (\d+) ms", p.stdout + p.stderr)
             if p.returncode or not m:
                 raise RuntimeError(f"llama-mtmd-cli failed ({p.returncode}): {(p.stderr or p.stdout)[-400:]}")
             if run:  # the first run warms the page cache

@@ -102,16 +102,17 @@ def test_gemma3n_tower_matches_transformers():
 
 
 def test_int8_siglip_swap_keeps_the_embeddings(gemma3):
-    """The int8 module swap (8-bit weights and input rows, fused q/k/v) on a fresh tower: every block
-    swapped, projected embeddings within the quality gate of float32 (per-token cosine >= 0.999; a
-    wrong fused q/k/v order or a lost bias gives ~0.5), and a wide image's views batched as before."""
+    """The int8 module swap (8-bit weights and input rows; q/k/v fused, as `attention=True` makes them)
+    on a fresh tower: every block swapped, projected embeddings within the quality gate of float32
+    (per-token cosine >= 0.999, the gate eval_vision.py applies at the real size), and a wide image's
+    views batched as before."""
     from mmsdk.encoders.accelerate import FusedQKVAttention, accelerate_siglip_
 
     tower = load_gemma3_vision(gemma3.state_dict(), gemma3.config.to_dict())
     batch = preprocess(noise_image(300, 900, seed=2), ImageProcessorConfig(size={"height": 224, "width": 224}))
     with torch.inference_mode():
         ref = tower(batch.pixel_values)
-        accelerate_siglip_(tower.encoder)
+        accelerate_siglip_(tower.encoder, attention=True)
         out = tower(batch.pixel_values)
         alone = tower(batch.pixel_values[1:2])
     assert all(isinstance(b.attn, FusedQKVAttention) for b in tower.encoder.layers)

@@ -33,16 +33,20 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve()
-LLAMA_BIN = Path(os.environ.get("LLAMA_CPP_BIN", Path.home() / ".cache/llama-cpp-tools/native/src/vendor/llama.cpp/build/bin"))
+LLAMA_BIN = Path(os.environ.get("LLAMA_CPP_BIN",
+                                Path.home() / ".cache/llama-cpp-tools/native/src/vendor/llama.cpp/build/bin"))
 ENGINES = ("mmsdk-f32", "mmsdk-int8", "hf-f32", "hf-bf16", "llama")
 AUDIO_RATE = 16_000
 
 
 def cpu_name() -> str:
+    """The model name with its family and model numbers (a VM may show only "AMD EPYC")."""
+    info = {}
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    name = info.get("model name") or platform.processor()
+    return f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
 
 
 def cpu_flags() -> str:
@@ -63,7 +67,8 @@ def image(h: int, w: int, seed: int):
 def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * AUDIO_RATE)) / AUDIO_RATE
-    return (0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.1 * np.sin(t))) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.1 * np.sin(t)))
+    return (tone + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -106,7 +111,8 @@ def work_mmsdk(args, encoder: str, engine: str) -> dict:
                 tower.encoder.layers = tower.encoder.layers[:args.siglip_layers]
             square, wide = image(896, 896, 1), image(600, 1800, 2)
             assert preprocess(wide, cfg).pixel_values.shape[0] == 4
-            res["one_view_s"] = timed(lambda: tower(preprocess(square, cfg, pan_and_scan=False).pixel_values), args.repeats)
+            res["one_view_s"] = timed(lambda: tower(preprocess(square, cfg, pan_and_scan=False).pixel_values),
+                                      args.repeats)
             res["pan_and_scan_4_views_s"] = timed(lambda: tower(preprocess(wide, cfg).pixel_values), args.repeats)
             res["ttft_describe_image_s"] = timed(
                 lambda: asst.describe_image(image(896, 896, next(runs)), max_tokens=1), args.repeats)
@@ -156,8 +162,8 @@ def work_hf(args, encoder: str, engine: str) -> dict:
 
             side = 896 if encoder == "siglip" else 768
             square = image(side, side, 1)
-            res["one_view_s"] = timed(lambda: encode(square, **({"do_pan_and_scan": False} if encoder == "siglip" else {})),
-                                      args.repeats)
+            no_crops = {"do_pan_and_scan": False} if encoder == "siglip" else {}
+            res["one_view_s"] = timed(lambda: encode(square, **no_crops), args.repeats)
             if encoder == "siglip":
                 wide = image(600, 1800, 2)
                 assert proc(wide, return_tensors="pt", do_pan_and_scan=True)["pixel_values"].shape[0] == 4
@@ -189,9 +195,10 @@ def work_llama(args) -> dict:
             png = Path(tmp) / f"img{run}.png"
             image(896, 896, 1000 + run).save(png)
             t = time.perf_counter()
-            p = subprocess.run([str(cli), "-m", str(bundled_gguf()), "--mmproj", str(mmproj), "--image", str(png),
-                                "-p", "Describe this image.", "-n", "1", "-t", str(args.threads), "--temp", "0", "--chat-template", "gemma"],
-                               capture_output=True, text=True, timeout=3600)
+            cmd = [str(cli), "-m", str(bundled_gguf()), "--mmproj", str(mmproj), "--image", str(png),
+                   "-p", "Describe this image.", "-n", "1", "-t", str(args.threads), "--temp", "0",
+                   "--chat-template", "gemma"]  # the 270M GGUF carries no chat template
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
             wall = time.perf_counter() - t
             m = re.search(r"(?:image slice encoded|mtmd batch encoding done) in (\d+) ms", p.stdout + p.stderr)
             if p.returncode or not m:

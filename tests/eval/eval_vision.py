@@ -9,7 +9,7 @@ views). Preprocessing time is reported apart. Prints medians; int8 also reports 
 similarity of its projected embeddings to float32's (the quality gate: >= 0.999 for every token).
 
     HF_HUB_OFFLINE=1 python tests/eval/eval_vision.py [--folder DIR] [--layers N] [--threads 2] [--repeats 3]
-        [--warmup 1] [--workloads square,wide_pan_and_scan] [--keep-float 0,26] [--json out.json]
+        [--warmup 1] [--workloads square,wide_pan_and_scan] [--int8-attention] [--keep-float 0,26] [--json out.json]
 """
 import argparse
 import json
@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--folder", help="a Gemma 3 checkpoint folder; default: random weights")
     ap.add_argument("--layers", type=int, default=0, help="keep only the first N SigLIP blocks (0: all)")
     ap.add_argument("--keep-float", default="", help="comma-separated block indices the int8 swap leaves float32")
+    ap.add_argument("--int8-attention", action="store_true", help="q/k/v/o in int8 too (default: the MLPs only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per workload")
     ap.add_argument("--warmup", type=int, choices=(0, 1), default=1,
@@ -96,7 +97,7 @@ def main():
     reference = {}
     for dtype in ("float32", "int8"):
         if dtype == "int8":  # the same tower, swapped in place: one copy of the weights in memory
-            accelerate_siglip_(tower.encoder, keep_float=keep)
+            accelerate_siglip_(tower.encoder, attention=args.int8_attention, keep_float=keep)
         for workload, pixels in batches.items():
             with torch.inference_mode():
                 t = time.perf_counter()

@@ -16,6 +16,7 @@ import torch
 from ..decoder.errors import InputError
 from .gemma3_vision import Gemma3VisionTower
 from .image_preprocess import ImageBatch, ImageProcessorConfig, preprocess
+from .media_cache import EncodeCache, content_key
 
 BOI, EOI, SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 IMAGE_MARKER = BOI  # what Gemma 3's chat template writes where an image part stands
@@ -91,17 +92,22 @@ def image_config_for(tower: Gemma3VisionTower, preprocessor_config: dict | None 
 
 @torch.inference_mode()
 def encode_images(tower: Gemma3VisionTower, images, image_config: ImageProcessorConfig, *,
-                  pan_and_scan: bool = True) -> tuple[torch.Tensor, ImageBatch]:
-    """Images → (views, tokens, hidden) embeddings; all views (whole images and crops) in one batch."""
+                  pan_and_scan: bool = True, cache: EncodeCache | None = None) -> tuple[torch.Tensor, ImageBatch]:
+    """Images → (views, tokens, hidden) embeddings; all views (whole images and crops) in one batch.
+    With a `cache`, an image whose views were encoded before is not encoded again."""
     batch = preprocess(images, image_config, pan_and_scan=pan_and_scan)
     dtype = next(tower.parameters()).dtype
-    return tower(batch.pixel_values.to(dtype)), batch
+    pixels = batch.pixel_values.to(dtype)
+    if cache is None:
+        return tower(pixels), batch
+    per_image = list(pixels.split(batch.views_per_image))
+    return torch.cat(cache.encode([content_key(p) for p in per_image], per_image, tower)), batch
 
 
 @torch.inference_mode()
 def build_prompt(text: str, images, *, model, tokenizer, tower: Gemma3VisionTower,
                  image_config: ImageProcessorConfig | None = None, pan_and_scan: bool = True,
-                 add_bos: bool = True) -> MultimodalPrompt:
+                 add_bos: bool = True, cache: EncodeCache | None = None) -> MultimodalPrompt:
     """Prompt text with one `<start_of_image>` per image → `MultimodalPrompt` for the Gemma 3 decoder.
 
     `model` gives `embed_tokens(ids)` (scaled token embeddings); `tokenizer` gives `encode(text, add_bos)`
@@ -113,7 +119,7 @@ def build_prompt(text: str, images, *, model, tokenizer, tower: Gemma3VisionTowe
     if soft_id != cfg.image_token_index:
         raise InputError(f"the tokenizer maps {SOFT} to {soft_id}, the model expects {cfg.image_token_index}")
     image_config = image_config or image_config_for(tower)
-    image_embeds, batch = encode_images(tower, images, image_config, pan_and_scan=pan_and_scan)
+    image_embeds, batch = encode_images(tower, images, image_config, pan_and_scan=pan_and_scan, cache=cache)
 
     ids = tokenizer.encode(expand_image_markers(text, batch.num_crops, cfg.mm_tokens_per_image), add_bos=add_bos)
     ids_t = torch.tensor(ids, dtype=torch.long)

@@ -31,6 +31,7 @@ from .fusion import check_marker_count, scatter
 from .gemma3n_vision import Gemma3nVisionTower, is_vision_key, load_gemma3n_vision
 from .hf_config import empty_module, hf_fields
 from .image_preprocess import GEMMA3N_IMAGE, ImageProcessorConfig, preprocess
+from .media_cache import EncodeCache, content_key
 
 log = logging.getLogger(__name__)
 
@@ -165,28 +166,47 @@ def attach_hard_tokens(model, encoders: Gemma3nEncoders) -> None:
 # ---- encoding ---------------------------------------------------------------------------------------
 
 @torch.inference_mode()
-def encode_images(tower: Gemma3nVisionTower, images, image_config: ImageProcessorConfig) -> torch.Tensor:
-    """Images → (N, 256, text hidden), one view each."""
+def encode_images(tower: Gemma3nVisionTower, images, image_config: ImageProcessorConfig,
+                  cache: EncodeCache | None = None) -> torch.Tensor:
+    """Images → (N, 256, text hidden), one view each, in one batch; with a `cache`, only those not
+    encoded before."""
     pixels = preprocess(images, image_config, pan_and_scan=False).pixel_values
-    return tower(pixels.to(next(tower.parameters()).dtype))
+    pixels = pixels.to(next(tower.parameters()).dtype)
+    if cache is None:
+        return tower(pixels)
+    views = list(pixels.split(1))
+    return torch.cat(cache.encode([content_key("image", v) for v in views], views, tower))
 
 
 @torch.inference_mode()
-def encode_audio(audio: Gemma3nAudio, clips, features: FeatureConfig, cfg: Gemma3nMediaConfig) -> torch.Tensor:
+def encode_audio(audio: Gemma3nAudio, clips, features: FeatureConfig, cfg: Gemma3nMediaConfig,
+                 cache: EncodeCache | None = None) -> torch.Tensor:
     """Clips (anything `load_audio` reads) → (N, audio_soft_tokens_per_image, text hidden): the tower's
-    tokens, padding frames and the unused tail filled with the audio padding embedding."""
+    tokens, padding frames and the unused tail filled with the audio padding embedding. With a
+    `cache`, a clip encoded before (the same samples and feature settings) is not encoded again."""
     dtype = next(audio.parameters()).dtype
     pad = audio.embedder.embed_ids(torch.tensor([cfg.vocab_size - 1]))  # (1, H)
     n, out = cfg.audio_soft_tokens_per_image, []
     for clip in clips:
         samples = clip if isinstance(clip, np.ndarray) else load_audio(clip)
-        mel, mask = log_mel(samples, features)  # the features truncate to 30 s (188 tokens)
-        emb, valid = audio(torch.from_numpy(mel)[None].to(dtype), torch.from_numpy(mask)[None])
-        emb = torch.where(valid[0, :, None], emb[0], pad)  # (T', H)
-        if emb.shape[0] > n:
-            raise InputError(f"an audio clip gives {emb.shape[0]} tokens, more than the {n} the model takes")
-        out.append(torch.cat([emb, pad.expand(n - emb.shape[0], -1)]))
+        key = content_key("audio", samples, features, n) if cache is not None else None
+        cached = cache.get(key) if cache is not None else None
+        if cached is None:
+            cached = _encode_clip(audio, samples, features, pad, n, dtype)
+            if cache is not None:
+                cache.put(key, cached)
+        out.append(cached)
     return torch.stack(out)
+
+
+def _encode_clip(audio: Gemma3nAudio, samples: np.ndarray, features: FeatureConfig, pad: torch.Tensor, n: int,
+                 dtype: torch.dtype) -> torch.Tensor:
+    mel, mask = log_mel(samples, features)  # the features truncate to 30 s (188 tokens)
+    emb, valid = audio(torch.from_numpy(mel)[None].to(dtype), torch.from_numpy(mask)[None])
+    emb = torch.where(valid[0, :, None], emb[0], pad)  # (T', H)
+    if emb.shape[0] > n:
+        raise InputError(f"an audio clip gives {emb.shape[0]} tokens, more than the {n} the model takes")
+    return torch.cat([emb, pad.expand(n - emb.shape[0], -1)])
 
 
 @dataclass
@@ -208,7 +228,7 @@ def check_tokenizer(tokenizer, cfg: Gemma3nMediaConfig, images: bool, audio: boo
 
 @torch.inference_mode()
 def build_prompt(text: str, images=(), audio=(), *, model, tokenizer, encoders: Gemma3nEncoders,
-                 add_bos: bool = True) -> Gemma3nPrompt:
+                 add_bos: bool = True, cache: EncodeCache | None = None) -> Gemma3nPrompt:
     """Prompt text with one `<start_of_image>` per image and one `<start_of_audio>` per clip →
     `Gemma3nPrompt` for the Gemma 3n decoder. Marker counts are checked before anything is encoded."""
     images, audio = list(images), list(audio)
@@ -219,9 +239,9 @@ def build_prompt(text: str, images=(), audio=(), *, model, tokenizer, encoders: 
     ids_t = torch.tensor(ids, dtype=torch.long)
     embeds = model.embed_tokens(ids_t[None])  # hard multimodal ids through their embedders
     if images:
-        embeds = scatter(embeds, ids_t, encode_images(encoders.vision, images, encoders.image_config),
+        embeds = scatter(embeds, ids_t, encode_images(encoders.vision, images, encoders.image_config, cache),
                          cfg.image_token_id, "image")
     if audio:
-        embeds = scatter(embeds, ids_t, encode_audio(encoders.audio, audio, encoders.features, cfg),
+        embeds = scatter(embeds, ids_t, encode_audio(encoders.audio, audio, encoders.features, cfg, cache),
                          cfg.audio_token_id, "audio")
     return Gemma3nPrompt(ids, embeds)

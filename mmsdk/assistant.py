@@ -59,7 +59,7 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
     log.info("loaded %s in %.1f s", path, time.perf_counter() - t0)
     if draft is not None and draft != "lookup" and not isinstance(draft, Assistant):
         draft = load(draft, quantize=quantize, threads=threads, dtype=dtype)
-    asst = Assistant(loaded, path=str(path), dtype=_DTYPES[dtype], mmproj=mmproj)
+    asst = Assistant(loaded, path=str(path), dtype=_DTYPES[dtype], mmproj=mmproj, accelerate=quantize is not None)
     make_drafter(draft, asst.model)  # checked now: a vocabulary mismatch fails here, not at the first reply
     asst.draft = draft
     return asst
@@ -68,11 +68,12 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
 class Assistant:
     draft = None  # the default drafter of greedy generation (see `load`); `draft=` per call overrides it
 
-    def __init__(self, loaded, path: str = "", dtype: torch.dtype = torch.float32, mmproj=None):
+    def __init__(self, loaded, path: str = "", dtype: torch.dtype = torch.float32, mmproj=None,
+                 accelerate: bool = False):
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.config = self.model.config
         self._loaded = loaded
-        self.encoders = media.load_encoders(loaded, path, dtype, mmproj=mmproj)
+        self.encoders = media.load_encoders(loaded, path, dtype, mmproj=mmproj, accelerate=accelerate)
         self.info = ModelInfo(
             name=loaded.name,
             family="gemma3n" if str(loaded.hf_config.get("model_type", "")).startswith("gemma3n") else "gemma3",

@@ -3,13 +3,14 @@ markers into the ids, embeddings and attention groups the decoder takes."""
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import chat_format
 from .chat_format import AUDIO_MARKER, IMAGE_MARKER, Markup
+from .encoders.media_cache import EncodeCache
 from .errors import InputError, UnsupportedModalityError
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ class Encoders:
     vision: object = None  # a Gemma 3 vision tower (SigLIP + projector)
     image_config: object = None
     gemma3n: object = None  # a Gemma 3n checkpoint's towers (`encoders.gemma3n_fusion.Gemma3nEncoders`)
+    # Recent images' and clips' embeddings by content: a follow-up about the same picture costs only the text.
+    cache: EncodeCache = field(default_factory=EncodeCache)
 
     @property
     def modalities(self) -> frozenset:
@@ -30,8 +33,18 @@ class Encoders:
                          | ({"audio"} if g and g.audio is not None else set()))
 
 
-def load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
-    """Vision (and for Gemma 3n audio) encoders from the non-text tensors of a HF checkpoint, if it has them."""
+def load_encoders(loaded, path, dtype, mmproj=None, accelerate: bool = False) -> Encoders:
+    """Vision (and for Gemma 3n audio) encoders from the non-text tensors of a HF checkpoint, if it has them.
+    `accelerate`: swap in the int8 encoder layers (`encoders.accelerate`), as a quantized load asks."""
+    encoders = _load_encoders(loaded, path, dtype, mmproj)
+    if accelerate and encoders.vision is not None and dtype == torch.float32:
+        from .encoders.accelerate import accelerate_siglip_
+
+        accelerate_siglip_(encoders.vision.encoder)
+    return encoders
+
+
+def _load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
     from .encoders.gemma3_vision import is_vision_key, load_gemma3_vision
 
     if getattr(loaded, "source", "") == "gguf":
@@ -124,12 +137,13 @@ def encode_prompt(model, tokenizer, encoders: Encoders, text, images=(), audio=(
         from .encoders.gemma3n_fusion import build_prompt as build_gemma3n
 
         p = build_gemma3n(shield.text, images, audio, model=model, tokenizer=shield, encoders=encoders.gemma3n,
-                          add_bos=add_bos)
+                          add_bos=add_bos, cache=encoders.cache)
         return _prepend(model, prefix_ids, Prompt(p.ids, p.embeds))
     from .encoders.fusion import build_prompt
 
     p = build_prompt(shield.text, list(images), model=model, tokenizer=shield, tower=encoders.vision,
-                     image_config=encoders.image_config, pan_and_scan=pan_and_scan, add_bos=add_bos)
+                     image_config=encoders.image_config, pan_and_scan=pan_and_scan, add_bos=add_bos,
+                     cache=encoders.cache)
     return _prepend(model, prefix_ids, Prompt(p.ids, p.embeds, p.groups))
 
 

@@ -115,3 +115,33 @@ def test_loads_from_checkpoint_folder(models, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelLoadError, match="model.safetensors"):
         load_gemma3n_audio(tmp_path)
+
+
+def test_a_clip_encoded_before_is_not_encoded_again(models):
+    """encode_audio with a cache runs the real tower once per distinct clip (counted by a forward hook),
+    and the cached tokens are those the tower gave."""
+    from mmsdk.encoders.audio_features import FeatureConfig
+    from mmsdk.encoders.gemma3n_fusion import Gemma3nMediaConfig, encode_audio
+    from mmsdk.encoders.media_cache import EncodeCache
+
+    _, _, ours, _ = models
+    calls = []
+    hook = ours.register_forward_hook(lambda *a: calls.append(1))
+    pad_id = ours.config.vocab_offset + SMALL["vocab_size"] - 1  # the last audio id pads
+    cfg, features, cache = Gemma3nMediaConfig(vocab_size=pad_id + 1), FeatureConfig(), EncodeCache(size=2)
+    rng = np.random.default_rng(0)
+    a, b, c = [(rng.standard_normal(16000) * 0.1).astype(np.float32) for _ in range(3)]
+    try:
+        first = encode_audio(ours, [a], features, cfg, cache)
+        again = encode_audio(ours, [a.copy()], features, cfg, cache)  # same samples, another array
+        assert len(calls) == 1
+        torch.testing.assert_close(again, first, rtol=0, atol=0)  # the stored tensor itself
+        encode_audio(ours, [b, a], features, cfg, cache)  # only b is new; a is now the most recently used
+        assert len(calls) == 2
+        encode_audio(ours, [c], features, cfg, cache)  # evicts the least recently used, b
+        encode_audio(ours, [a], features, cfg, cache)
+        assert len(calls) == 3
+        encode_audio(ours, [b], features, cfg, cache)
+        assert len(calls) == 4 and len(cache) == 2
+    finally:
+        hook.remove()

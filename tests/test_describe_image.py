@@ -88,3 +88,26 @@ def test_cli_describe(pair, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mmsdk.cli", "describe", str(bad)], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode != 0 and "bad.jpg" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_image_asked_about_again_is_not_encoded_again(pair):
+    """The second question about the same picture reuses its embeddings: the real tower's forward runs
+    once per distinct image (counted by a hook), and a different image or preprocessing runs it again."""
+    from mmsdk.encoders.media_cache import EncodeCache
+
+    _, asst, _ = pair
+    asst.encoders.cache = EncodeCache(size=2)
+    calls = []
+    hook = asst.encoders.vision.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    image = noise_image(300, 900, seed=8)  # pan-and-scan: a whole view and crops, one batch
+    try:
+        first = asst.describe_image(image, max_tokens=3)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        assert asst.describe_image(buf.getvalue(), max_tokens=3) == first  # same pixels, decoded from bytes
+        assert len(calls) == 1 and calls[0] > 1
+        asst.describe_image(image, max_tokens=3, pan_and_scan=False)  # other views: encoded
+        asst.describe_image(noise_image(300, 900, seed=9), max_tokens=3)
+        assert len(calls) == 3 and len(asst.encoders.cache) == 2
+    finally:
+        hook.remove()

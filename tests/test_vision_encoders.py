@@ -99,3 +99,24 @@ def test_gemma3n_tower_matches_transformers():
     assert out.shape == ref.shape == (2, 256, 64)
     assert (out - ref).abs().max().item() <= 1e-4
     assert (hard - hard_ref).abs().max().item() <= 1e-5
+
+
+def test_int8_siglip_swap_keeps_the_embeddings(gemma3):
+    """The int8 module swap (8-bit weights and input rows; q/k/v fused, as `attention=True` makes them)
+    on a fresh tower: every block swapped, projected embeddings within the quality gate of float32
+    (per-token cosine >= 0.999, the gate eval_vision.py applies at the real size), and a wide image's
+    views batched as before."""
+    from mmsdk.encoders.accelerate import FusedQKVAttention, accelerate_siglip_
+
+    tower = load_gemma3_vision(gemma3.state_dict(), gemma3.config.to_dict())
+    batch = preprocess(noise_image(300, 900, seed=2), ImageProcessorConfig(size={"height": 224, "width": 224}))
+    with torch.inference_mode():
+        ref = tower(batch.pixel_values)
+        accelerate_siglip_(tower.encoder, attention=True)
+        out = tower(batch.pixel_values)
+        alone = tower(batch.pixel_values[1:2])
+    assert all(isinstance(b.attn, FusedQKVAttention) for b in tower.encoder.layers)
+    cos = torch.nn.functional.cosine_similarity(out, ref, dim=-1)
+    print(f"int8 SigLIP (tiny): per-token cosine to float32 min {cos.min():.5f}")
+    assert out.shape == ref.shape and cos.min().item() >= 0.999
+    assert torch.nn.functional.cosine_similarity(alone, out[1:2], dim=-1).min().item() >= 0.999

@@ -142,10 +142,10 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 
 def sentences(text: str) -> list[str]:
-    """A passage's sentences: paragraphs split at sentence ends, wrapped lines joined."""
+    """A passage's sentences (two words or more): paragraphs split at sentence ends, wrapped lines joined."""
     out = []
     for para in re.split(r"\n\s*\n", text):
-        out += [s for s in _SENTENCE_END.split(" ".join(para.split())) if len(s.split()) >= 3]
+        out += [s for s in _SENTENCE_END.split(" ".join(para.split())) if len(s.split()) >= 2]
     return out
 
 

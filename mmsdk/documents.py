@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 # Cosine floor below which a passage does not count as relevant: midway between the best hit of
 # off-topic questions (max 0.244) and of answerable ones (min 0.297) in tests/eval/eval_rag.py.
 MIN_SIMILARITY = 0.27
-MIN_SUPPORT = 0.0  # calibrated below
+# Cosine floor for the best sentence (or sentence pair) of the kept passages. 0 leaves declining to
+# MIN_SIMILARITY; `tests/eval/eval_rag.py --answers` prints the calibrated value (answerable declined <= 10%).
+MIN_SUPPORT = 0.0
 
 
 @dataclass(frozen=True)
@@ -142,10 +144,10 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 
 def sentences(text: str) -> list[str]:
-    """A passage's sentences: paragraphs split at sentence ends, wrapped lines joined."""
+    """A passage's sentences (two words or more): paragraphs split at sentence ends, wrapped lines joined."""
     out = []
     for para in re.split(r"\n\s*\n", text):
-        out += [s for s in _SENTENCE_END.split(" ".join(para.split())) if len(s.split()) >= 3]
+        out += [s for s in _SENTENCE_END.split(" ".join(para.split())) if len(s.split()) >= 2]
     return out
 
 

@@ -233,5 +233,6 @@ def test_marker_count_mismatch_names_both_counts(pair):
     with pytest.raises(mmsdk.InputError, match=r"2 audio marker\(s\).* but 1 audio clip"):
         media.encode_prompt(asst.model, asst.tokenizer, asst.encoders, f"{BOA} {BOA}", [], [(clip(1.0), AUDIO_RATE)])
     with pytest.raises(mmsdk.InputError, match=r"1 image marker\(s\).* but 0 image"):
-        asst.chat([{"role": "user", "content": f"look {BOI}"}], max_tokens=1)
+        media.encode_prompt(asst.model, asst.tokenizer, asst.encoders, f"look {BOI}")  # a raw prompt's marker
+    asst.chat([{"role": "user", "content": f"look {BOI}"}], max_tokens=1)  # in a message it is text (issue 20)
     assert EOI in tokenizer().get_vocab()

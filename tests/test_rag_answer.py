@@ -75,8 +75,8 @@ def test_echo_and_citation_checks():
     assert echoes("Answer the question using only the numbered sources", instruction)
     assert not echoes("The kettle is covered for two years [1]", instruction)
     assert cited("two years [2], see [1] and [9]", 2) == [2, 1]
-    assert sentences("The first one is here.\nIt wraps around. Second one\nhere!\n\nok") == \
-        ["The first one is here.", "It wraps around.", "Second one here!"]
+    assert sentences("The first one is here.\nIt wraps around. Second one\nhere!\n\nok\n\nimport pdb") == \
+        ["The first one is here.", "It wraps around.", "Second one here!", "import pdb"]
 
 
 def test_nothing_relevant_means_no_model_call(index, asst):

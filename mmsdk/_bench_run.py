@@ -155,3 +155,19 @@ def bench_quality(model: str, *, threads: int, tokens: int, precisions: list[str
             entry["ppl_vs_float"] = entry["perplexity"] / math.exp(base["nll"] / base["tokens"]) - 1
         res[p] = entry
     return {"model": model, "corpus": "pydoc_data.topics", "tokens": len(ids), "results": res}
+
+
+def kernel_summary() -> str:
+    """Which kernels the quantized layers run on this CPU (as `native` chose them, once)."""
+    import torch
+
+    from mmsdk.decoder import native
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    describe = getattr(native, "describe", None)  # a kernel set that names itself
+    if describe is not None:
+        return f"{describe()}; torch {cap}"
+    if native.available():
+        return f"mmsdk C kernels (int8 AVX-512 VNNI GEMV/GEMM, int4 float32 GEMV/GEMM); torch {cap}"
+    return (f"torch fallbacks (CPU capability {cap}): int8 layers fbgemm/oneDNN dynamic int8, "
+            "int4 layers torch's _weight_int4pack_mm_for_cpu in bfloat16")

@@ -15,23 +15,12 @@ time of a load is mostly waiting for a core.
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def status_mb(key: str) -> float:
@@ -90,7 +79,7 @@ def main() -> int:
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from mmsdk._bench_llama import llama_bench, llama_load
-    from mmsdk._bench_run import kernel_summary
+    from mmsdk._bench_run import cpu_model, kernel_summary
 
     print(f"CPU: {cpu_model()}, {a.threads} threads; kernels: {kernel_summary()}")
     out = []

@@ -62,8 +62,10 @@ def llama_bench(model: str, threads: int, prompt_tokens: int, gen_tokens: int, r
 
 
 def llama_load(model: str, threads: int, bin_dir: str | None = None) -> dict:
-    """llama.cpp's model load time as it reports it (`load time`), from llama-perplexity on one
-    128-token chunk of a short text, and that process's peak RSS."""
+    """llama.cpp's start-up time to a loaded model (and its context) and that process's peak RSS,
+    from llama-perplexity on one 128-token chunk of a short text. Its log lines carry the time since
+    start (minutes.seconds.ms.us): the load is over at "llama threadpool init", once the model and
+    its context are made."""
     exe = tool("llama-perplexity", bin_dir)
     if exe is None:
         return {"error": "llama-perplexity not found (set MMSDK_LLAMA_BIN to llama.cpp's build/bin)"}
@@ -74,7 +76,13 @@ def llama_load(model: str, threads: int, bin_dir: str | None = None) -> dict:
         f.flush()
         cmd = [str(exe), "-m", model, "-t", str(threads), "-f", f.name, "-c", "128", "--chunks", "1", "-b", "128"]
         rc, out, rss = run_measured(cmd)
-    m = re.search(r"load time\s*=\s*([\d.]+) ms", out)
-    if rc != 0 or not m:
+    ready = None
+    for line in out.splitlines():
+        m = re.match(r"(\d+)\.(\d+)\.(\d+)\.(\d+) \w .*threadpool init", line)
+        if m:
+            ready = int(m[1]) * 60 + int(m[2]) + int(m[3]) / 1e3 + int(m[4]) / 1e6
+            break
+    if rc != 0 or ready is None:
         return {"error": f"llama-perplexity exit {rc}: {out.strip().splitlines()[-1:] or ['no output']}"}
-    return {"load_s": float(m[1]) / 1000, "peak_rss_mb": rss, "command": " ".join(cmd)}
+    return {"load_s": ready, "peak_rss_mb": rss,
+            "command": " ".join(cmd)}

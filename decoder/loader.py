@@ -8,6 +8,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -191,6 +192,8 @@ def _linear(gg: GGUFFile, names: list[str], mod: nn.Linear, bits: int | None, gr
     """The runtime module of a linear layer stacked from the GGUF tensors `names`."""
     kinds = {gg.tensors[n].kind for n in names}
     if bits == 4 and group_size == 32 and kinds <= set(EXACT_4BIT) and int4_supported(*mod.weight.shape, 32):
+        if len(kinds) == 1:  # stack the blocks, then decode once
+            return Int4Linear.from_codes(*q4_codes(np.concatenate([gg.raw(n) for n in names]), kinds.pop()), 32)
         parts = [q4_codes(gg.raw(n), gg.tensors[n].kind) for n in names]
         return Int4Linear.from_codes(*(torch.cat(x) for x in zip(*parts)), 32)
     w = torch.cat([gg.dequantize(n) for n in names]) if len(names) > 1 else gg.dequantize(names[0])

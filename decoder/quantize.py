@@ -58,8 +58,8 @@ _CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # shrink factors tried for 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: w ~= q * scale[:, None]. Returns (q int8 (N, K), scale float32 (N,))."""
     w = w.float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-10)
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    scale = (torch.linalg.vector_norm(w, float("inf"), dim=1) / 127.0).clamp(min=1e-10)  # max |w|, no |w| copy
+    q = (w / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
     return q, scale
 
 
@@ -259,9 +259,12 @@ class Int4Linear(nn.Module):
     @classmethod
     def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> "Int4Linear":
         """From codes (N, K) in 0..15 and a scale and zero per group, (N, K/g), as `quantize_int4` gives."""
-        m = cls(q.shape[1], q.shape[0], group_size)
+        with torch.device("meta"):  # no zero-filled buffers to throw away
+            m = cls(q.shape[1], q.shape[0], group_size)
         m.weight = pack_int4(q)
-        m.scales_and_zeros = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(ACT_DTYPE)
+        sz = torch.empty(scale.shape[1], scale.shape[0], 2, dtype=ACT_DTYPE)
+        sz[..., 0], sz[..., 1] = scale.T, zero.T
+        m.scales_and_zeros = sz
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -75,14 +75,18 @@ def configs(precisions: list[str], peers: list[str]) -> list[tuple[str, str]]:
 
 
 def bench_speed(model: str, *, threads: int, prompt_tokens: int, gen_tokens: int, precisions: list[str],
-                peers: list[str], rounds: int, cold: bool, progress=None) -> dict:
+                peers: list[str], rounds: int, cold: bool, progress=None, llama_bin: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="mmsdk-bench-") as work:
         corpus = prepare_ids(model, threads, precisions[0] if precisions else "int8")
         ids = [2, *corpus[:prompt_tokens - 1]]  # BOS + text, the same ids for every engine
         ids_path = os.path.join(work, "ids.json")
         with open(ids_path, "w") as f:
             json.dump(ids, f)
-        cfgs = configs(precisions, peers)
+        from ._bench_llama import tool
+
+        # llama.cpp's own llama-bench where it is built: it times itself, outside the rounds below
+        own_llama = "llama.cpp" in peers and model.endswith(".gguf") and tool("llama-bench", llama_bin) is not None
+        cfgs = configs(precisions, [p for p in peers if not (own_llama and p == "llama.cpp")])
         runs: dict[str, list[dict]] = {f"{e}:{p}": [] for e, p in cfgs}
         cold_load: dict[str, dict] = {}
         steps = rounds * len(cfgs) + (len(precisions) if cold else 0)
@@ -111,6 +115,8 @@ def bench_speed(model: str, *, threads: int, prompt_tokens: int, gen_tokens: int
                 progress and progress(done, steps)
     bandwidth = memory_bandwidth_gbs(threads)
     results = {}
+    if own_llama:
+        results["llama-bench:gguf"] = llama_bench_entry(model, threads, len(ids), gen_tokens, rounds, llama_bin, bandwidth)
     for name, rs in runs.items():
         ok = [r for r in rs if "error" not in r]
         entry = {"runs": len(ok), "errors": [r["error"] for r in rs if "error" in r]}
@@ -125,7 +131,45 @@ def bench_speed(model: str, *, threads: int, prompt_tokens: int, gen_tokens: int
             entry["cold_load_s"] = cold_load[name]["load_s"]
         results[name] = entry
     return {"model": model, "threads": threads, "prompt_tokens": len(ids), "gen_tokens": gen_tokens,
-            "rounds": rounds, "bandwidth_gbs": bandwidth, "results": results}
+            "rounds": rounds, "bandwidth_gbs": bandwidth, "results": results, "cpu": cpu_model(),
+            "kernels": kernel_summary()}
+
+
+def llama_bench_entry(model: str, threads: int, prompt_tokens: int, gen_tokens: int, rounds: int,
+                      llama_bin: str | None, bandwidth: float) -> dict:
+    """llama-bench's pp/tg (mean, and min-max as mean -/+ its stddev over `rounds` repetitions) and
+    llama.cpp's printed load time, in the shape of the other engines' entries."""
+    from ._bench_llama import llama_bench, llama_load
+
+    r = llama_bench(model, threads, prompt_tokens, gen_tokens, max(rounds, 2), llama_bin)
+    if "error" in r:
+        return {"runs": 0, "errors": [r["error"]]}
+    load = llama_load(model, threads, llama_bin)
+
+    def spread(mean, sd):
+        return {"median": mean, "min": mean - sd, "max": mean + sd, "n": max(rounds, 2)}
+
+    ttft = prompt_tokens / r["prefill_tps"]
+    size = os.path.getsize(model)
+    entry = {"runs": max(rounds, 2), "errors": [], "label": r.get("label") or "gguf",
+             "prefill_tps": spread(r["prefill_tps"], r["prefill_tps_stddev"]),
+             "decode_tps": spread(r["decode_tps"], r["decode_tps_stddev"]),
+             "ttft_s": spread(ttft, 0.0), "first_prompt_s": spread(ttft, 0.0),
+             "load_s": spread(load.get("load_s", float("nan")), 0.0), "peak_rss_mb": spread(r["peak_rss_mb"], 0.0),
+             "bytes_per_token": size, "command": r["command"], "cpu": r.get("cpu"), "build": r.get("build")}
+    entry["roofline_tps"] = bandwidth * 1e9 / size
+    entry["roofline_share"] = r["decode_tps"] / entry["roofline_tps"]
+    return entry
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        import platform
+
+        return platform.processor() or "unknown CPU"
 
 
 def bench_quality(model: str, *, threads: int, tokens: int, precisions: list[str], progress=None) -> dict:
@@ -155,3 +199,17 @@ def bench_quality(model: str, *, threads: int, tokens: int, precisions: list[str
             entry["ppl_vs_float"] = entry["perplexity"] / math.exp(base["nll"] / base["tokens"]) - 1
         res[p] = entry
     return {"model": model, "corpus": "pydoc_data.topics", "tokens": len(ids), "results": res}
+
+
+def kernel_summary() -> str:
+    """Which kernels the quantized layers run on this CPU (as `native` chose them, once)."""
+    import torch
+
+    from mmsdk.decoder import native
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    name = native.kernel_name()
+    if name != "torch":
+        return f"mmsdk C kernels ({name}: int8 GEMV/GEMM, int4 float32 GEMV/GEMM, fused Gemma 3 layers); torch {cap}"
+    return (f"torch fallbacks (CPU capability {cap}): int8 layers fbgemm/oneDNN dynamic int8, "
+            "int4 layers torch's _weight_int4pack_mm_for_cpu in bfloat16")

@@ -13,7 +13,11 @@ def register(sub) -> None:
     p.add_argument("--gen-tokens", type=int, default=128)
     p.add_argument("--precisions", default="float,int8,int4",
                    help="mmsdk precisions to measure, comma-separated: float, bfloat16, int8, int4, stored")
-    p.add_argument("--peers", default="", help="comma-separated peers: llama.cpp, transformers")
+    p.add_argument("--peers", default="", help="comma-separated peers: llama.cpp (its own llama-bench, or "
+                   "llama-cpp-python where llama-bench is not built), transformers")
+    p.add_argument("--llama-bin", default=None,
+                   help="llama.cpp's build/bin holding llama-bench and llama-perplexity (default: $MMSDK_LLAMA_BIN, "
+                        "else the native build in ~/.cache/llama-cpp-tools, else PATH)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; each runs every engine once, in rotating order")
     p.add_argument("--cold", action="store_true", help="also time a first load with an empty cache folder")
     p.add_argument("--quality", action="store_true",
@@ -48,10 +52,14 @@ def cmd_bench(args) -> int:
     if bad:
         raise InputError(f"--peers: unknown {bad[0]!r} (known: llama.cpp, transformers)")
     if "llama.cpp" in peers:
-        try:
-            import llama_cpp  # noqa: F401
-        except ImportError as e:
-            raise InputError("--peers llama.cpp needs llama-cpp-python (pip install 'mmsdk[bench]')") from e
+        from ._bench_llama import tool
+
+        if tool("llama-bench", args.llama_bin) is None:
+            try:
+                import llama_cpp  # noqa: F401
+            except ImportError as e:
+                raise InputError("--peers llama.cpp needs llama.cpp's llama-bench (--llama-bin DIR) or "
+                                 "llama-cpp-python (pip install 'mmsdk[bench]')") from e
     progress = _progress_bar()
     if args.quality:
         if "float" not in precisions:
@@ -62,7 +70,7 @@ def cmd_bench(args) -> int:
     else:
         res = bench_speed(str(model), threads=args.threads, prompt_tokens=args.prompt_tokens,
                           gen_tokens=args.gen_tokens, precisions=precisions, peers=peers,
-                          rounds=args.rounds, cold=args.cold, progress=progress)
+                          rounds=args.rounds, cold=args.cold, progress=progress, llama_bin=args.llama_bin)
         table = speed_table(res)
     progress(None, None)
     if args.json == "-":
@@ -99,10 +107,9 @@ def _mm(s: dict, fmt: str) -> str:
 
 
 def speed_table(res: dict) -> str:
-    from .decoder import native  # torch: not at the CLI's import
-    lines = [f"model {res['model']}  threads {res['threads']}  prompt {res['prompt_tokens']} tok  "
+    lines = [f"CPU {res.get('cpu', '?')}; kernels: {res.get('kernels', '?')}",
+             f"model {res['model']}  threads {res['threads']}  prompt {res['prompt_tokens']} tok  "
              f"decode {res['gen_tokens']} tok  rounds {res['rounds']}  memory read {res['bandwidth_gbs']:.1f} GB/s",
-             f"kernels: {native.kernel_name()} (avx512-vnni, avx2: ours; torch: torch's only)",
              "median (min-max) over rounds, each run in its own process; the prompt is timed on its second run "
              "(as llama-bench does), the first is '1st prompt'",
              f"{'engine':26} {'prefill tok/s':>20} {'decode tok/s':>18} {'TTFT s':>18} {'1st prompt s':>18} "

@@ -25,7 +25,7 @@ from .cache import atomic_path, cache_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 9  # bump when the runtime layout changes: old files are then never read
+FORMAT_VERSION = 10  # bump when the runtime layout changes: old files are then never read
 _STALE_PART_S = 600
 _ALIGN = 64  # every tensor starts on a 64-byte boundary
 _PAD = "__pad"  # temp files left by a killed writer are removed after this long

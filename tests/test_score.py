@@ -85,10 +85,12 @@ def test_greedy_logprobs_are_the_maximum_and_agree_with_score(bundled_asst):
         assert e.logprob <= 0
     assert "".join(e.text for e in r.logprobs) == r.text
     # the same tokens scored in one pass: decode-step and prompt kernels agree to quantized rounding
+    # (8-bit activations rounded in another order: up to 0.085 nats seen with the AVX2 kernels on the
+    # stored Q4_K_M mix); an off-by-one or a wrong token's logprob moves them by nats
     prompt_ids = asst.tokenizer.encode(prompt, add_bos=False)
     s = asst.score(prompt_ids + [e.token_id for e in r.logprobs])
     got = torch.tensor([e.logprob for e in r.logprobs])
-    torch.testing.assert_close(torch.tensor(s.logprobs[len(prompt_ids):]), got, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(torch.tensor(s.logprobs[len(prompt_ids):]), got, atol=0.15, rtol=0)
 
 
 def test_stream_and_chat_carry_logprobs(bundled_asst):

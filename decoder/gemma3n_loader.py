@@ -98,14 +98,7 @@ def load_gemma3n(folder, hf: dict | None = None, dtype: torch.dtype = torch.floa
     if hf is None:
         hf = json.loads((folder / "config.json").read_text())
     cfg = read_config(folder, hf)
-    tensors = index_safetensors(folder)
-    text, extra = split_text_tensors(tensors, _TEXT_PREFIXES, folder, "model.language_model.embed_tokens.weight")
-    stray = sorted(k for k in extra if hf.get("model_type") == "gemma3n_text" or not k.startswith(NON_TEXT_PREFIXES))
-    if stray:
-        raise ModelLoadError(folder, f"unexpected tensor {stray[0]!r}")
-    for i in range(cfg.first_kv_shared_layer, cfg.num_hidden_layers):
-        for name in _SHARED_LAYER_UNUSED:
-            text.pop(f"layers.{i}.{name}", None)
+    text, extra = _text_tensors(folder, hf, cfg)
 
     with torch.device("meta"):
         model = Gemma3nText(cfg)
@@ -232,8 +225,9 @@ def _text_map(cfg: Gemma3nTextConfig) -> dict[str, str]:
     return kmap
 
 
-def _split(folder: Path, hf: dict, cfg: Gemma3nTextConfig):
-    """(text tensors but the PLE table, encoder tensors, the PLE table), all unread."""
+def _text_tensors(folder: Path, hf: dict, cfg: Gemma3nTextConfig):
+    """(text tensors by native name, encoder tensors), all unread; stray names refused, and the
+    unused K/V projections of KV-shared layers (released checkpoints carry them) left out."""
     tensors = index_safetensors(folder)
     text, extra = split_text_tensors(tensors, _TEXT_PREFIXES, folder, "model.language_model.embed_tokens.weight")
     stray = sorted(k for k in extra if hf.get("model_type") == "gemma3n_text" or not k.startswith(NON_TEXT_PREFIXES))
@@ -242,6 +236,12 @@ def _split(folder: Path, hf: dict, cfg: Gemma3nTextConfig):
     for i in range(cfg.first_kv_shared_layer, cfg.num_hidden_layers):
         for name in _SHARED_LAYER_UNUSED:
             text.pop(f"layers.{i}.{name}", None)
+    return text, extra
+
+
+def _split(folder: Path, hf: dict, cfg: Gemma3nTextConfig):
+    """(text tensors but the PLE table, encoder tensors, the PLE table), all unread."""
+    text, extra = _text_tensors(folder, hf, cfg)
     if PLE_KEY not in text:
         raise ModelLoadError(folder, f"missing tensor {PLE_KEY!r}")
     ple = text.pop(PLE_KEY)

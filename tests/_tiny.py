@@ -47,3 +47,36 @@ def write_tiny_gemma3(folder: Path, seed: int = 0, **overrides):
     build_gemma_tokenizer(tokens, types).save(str(Path(folder) / "tokenizer.json"))
     (Path(folder) / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>"}))
     return model
+
+
+def gemma3_gguf_writer(path, tc, name: str, file_type):
+    """A `gguf.GGUFWriter` holding a tiny Gemma 3's metadata (text config `tc`, the tiny vocabulary),
+    as llama.cpp's converter writes it; the caller adds the tensors. Returns (writer, tokens)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch="gemma3")
+    w.add_name(name)
+    w.add_file_type(file_type)
+    w.add_block_count(tc.num_hidden_layers)
+    w.add_context_length(tc.max_position_embeddings)
+    w.add_embedding_length(tc.hidden_size)
+    w.add_feed_forward_length(tc.intermediate_size)
+    w.add_head_count(tc.num_attention_heads)
+    w.add_head_count_kv(tc.num_key_value_heads)
+    w.add_key_length(tc.head_dim)
+    w.add_value_length(tc.head_dim)
+    w.add_layer_norm_rms_eps(tc.rms_norm_eps)
+    w.add_rope_freq_base(1_000_000.0)
+    w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    w.add_rope_scaling_factor(8.0)
+    w.add_sliding_window(tc.sliding_window)
+    tokens, types = tiny_vocab()
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_types(types)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    return w, tokens

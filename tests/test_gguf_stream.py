@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny import tiny_text_config, tiny_vocab
+from _tiny import gemma3_gguf_writer, tiny_text_config
 
 from mmsdk.decoder.gguf_file import GGUFFile, q4_codes
 from mmsdk.decoder.quantize import Int4Linear, Int8Embedding, Int8Linear
@@ -96,31 +96,7 @@ def write_quantized_gguf(ref, path):
     from gguf.quants import dequantize, quantize
 
     tc = ref.config
-    w = gguf.GGUFWriter(str(path), arch="gemma3")
-    w.add_name("tiny-gemma3-q4")
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-    w.add_block_count(tc.num_hidden_layers)
-    w.add_context_length(tc.max_position_embeddings)
-    w.add_embedding_length(tc.hidden_size)
-    w.add_feed_forward_length(tc.intermediate_size)
-    w.add_head_count(tc.num_attention_heads)
-    w.add_head_count_kv(tc.num_key_value_heads)
-    w.add_key_length(tc.head_dim)
-    w.add_value_length(tc.head_dim)
-    w.add_layer_norm_rms_eps(tc.rms_norm_eps)
-    w.add_rope_freq_base(1_000_000.0)
-    w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-    w.add_rope_scaling_factor(8.0)
-    w.add_sliding_window(tc.sliding_window)
-    tokens, types = tiny_vocab()
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores([0.0] * len(tokens))
-    w.add_token_types(types)
-    w.add_bos_token_id(2)
-    w.add_eos_token_id(1)
-    w.add_unk_token_id(3)
-    w.add_pad_token_id(0)
+    w, tokens = gemma3_gguf_writer(path, tc, "tiny-gemma3-q4", gguf.LlamaFileType.MOSTLY_Q4_0)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, tc.num_hidden_layers)
     order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     state = ref.state_dict()

@@ -5,6 +5,9 @@ from pathlib import Path
 import numpy as np
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audio"
+# Whisper base's words differ by CPU (CTranslate2 picks its kernels by instruction set): on an AMD Zen 3
+# it hears "The quick round fox jump ..." (2 of 13 words, 0.154). A broken pipeline is far above this.
+MAX_WER = 0.25
 
 
 def words(text: str) -> list[str]:

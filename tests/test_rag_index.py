@@ -171,7 +171,7 @@ def test_cli_batch_with_corrupt_pdf(docs, tmp_path, capsys):
 
     assert args.func(args) == 1
     err = capsys.readouterr().err
-    assert [line for line in err.splitlines() if "error" in line][0].startswith("mmsdk: error: cannot index")
+    assert [line for line in err.splitlines() if "error" in line][0].startswith("error: cannot index")
     assert "broken.pdf" in err and "3 indexed, 0 unchanged, 1 failed" in err
     with DocumentIndex(db) as idx:
         assert sorted(idx.sources()) == sorted(str(f.resolve()) for f in files if f.name != "broken.pdf")

@@ -42,4 +42,5 @@ def test_docs_qa_sample(monkeypatch, capsys):
 
 def test_agent_sample_completes_its_two_step_task(capsys):
     sample = runpy.run_path(str(SAMPLES / "agent.py"), run_name="sample")
-    assert sample["main"](threads=2) == 0, capsys.readouterr().out  # 0: count_lines gave the true total
+    # assume_yes: the sample asks before each tool call, and a test has no one to answer
+    assert sample["main"](threads=2, assume_yes=True) == 0, capsys.readouterr().out  # 0: count_lines gave the true total

@@ -155,7 +155,7 @@ def test_prompt_lookup_proposes_the_latest_continuation():
 
 def _quote_prompt(asst, text: str, ask: str) -> list[int]:
     prompt, _, _ = chat_format.render_messages([{"role": "user", "content": f"{ask}\n\n{text}"}])
-    return asst.tokenizer.encode(prompt)
+    return chat_format.encode(asst.tokenizer, prompt)
 
 
 @pytest.mark.parametrize("ask", ["Repeat the following text exactly, word for word:",

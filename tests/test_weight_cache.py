@@ -136,7 +136,7 @@ def test_bundled_model_cached_load_matches_first_load(tmp_path, bundled_path, mo
     def no_parse(*a, **k):
         raise AssertionError("a cached load must not parse the GGUF")
 
-    monkeypatch.setattr("mmsdk.decoder.loader.open_gguf", no_parse)
+    monkeypatch.setattr("mmsdk.decoder.loader.GGUFFile", no_parse)
     again = load_text(gguf, None, quantize="int4")
     assert isinstance(again.model.layers[0].attn.o_proj, Int4Linear)
     assert isinstance(again.model.layers[0].attn.qkv_proj, Int8Linear)  # Q4_K_M's mix

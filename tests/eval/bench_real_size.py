@@ -83,6 +83,8 @@ def main() -> int:
 
     print(f"CPU: {cpu_model()}, {a.threads} threads; kernels: {kernel_summary()}")
     out = []
+    if a.cache_root:
+        os.makedirs(a.cache_root, exist_ok=True)
     for model in a.models:
         size_gb = model.stat().st_size / 1e9
         cache = tempfile.mkdtemp(prefix="mmsdk-realsize-", dir=a.cache_root)

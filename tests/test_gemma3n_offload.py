@@ -37,7 +37,9 @@ def test_ple_mapped_from_the_checkpoint(checkpoint):
     model = load_gemma3n(checkpoint, offload="ple").model
     assert isinstance(model.ple, MappedPerLayerEmbedding)
     assert not any("ple." in name for name, _ in model.named_parameters())
-    assert torch.equal(_run(model), ref)
+    # the mapped table's rows are the file's bytes, but the model around them is another allocation (kernels
+    # may sum in another order); a wrong or misaligned row moves the logits by O(1)
+    torch.testing.assert_close(_run(model), ref, rtol=1e-5, atol=1e-4)
 
 
 def test_ple_offload_of_a_loaded_model_writes_the_cache_file(checkpoint, tmp_path):
@@ -45,7 +47,7 @@ def test_ple_offload_of_a_loaded_model_writes_the_cache_file(checkpoint, tmp_pat
     ref = _run(loaded.model)
     apply_offload(loaded, "ple")
     assert list((tmp_path / "cache" / "offload").glob("ple-*.safetensors"))
-    assert torch.equal(_run(loaded.model), ref)
+    torch.testing.assert_close(_run(loaded.model), ref, rtol=1e-5, atol=1e-4)  # as above
 
 
 def _close(out, ref):

@@ -60,3 +60,16 @@ def edit_config(folder: Path, **changes) -> None:
     text = cfg.get("text_config", cfg)
     text.update(changes)
     (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@torch.inference_mode()
+def prefill_then_steps(model, *, steps: int, seed: int, stride: int, n: int = 9, vocab: int = 384) -> torch.Tensor:
+    """Logits of an n-token random prompt, then of `steps` cached decode steps (token s * stride), in one tensor."""
+    from mmsdk.decoder.kv_cache import make_cache
+
+    ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+    caches = make_cache(model.config)
+    out = [model.logits(model(ids, caches, torch.arange(n)))]
+    for s in range(steps):
+        out.append(model.logits(model(torch.tensor([[s * stride % vocab]]), caches, torch.tensor([n + s]))))
+    return torch.cat(out, 1)

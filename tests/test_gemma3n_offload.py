@@ -2,19 +2,16 @@
 import pytest
 import torch
 
-from gemma3n_fixtures import hf_text_model, save
+from gemma3n_fixtures import hf_text_model, prefill_then_steps, save
 from mmsdk.decoder.config import TextConfig
 from mmsdk.decoder.gemma3 import Gemma3Text
 from mmsdk.decoder.gemma3n_loader import load_gemma3n
-from mmsdk.decoder.kv_cache import make_cache
 from mmsdk.decoder.loader import load_text
 from mmsdk.decoder.offload import MappedPerLayerEmbedding, apply_offload
 from mmsdk.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMSDK_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("mmsdk_cache")  # each test its own empty cache folder
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +19,8 @@ def checkpoint(tmp_path_factory):
     return save(hf_text_model(seed=3), tmp_path_factory.mktemp("g3n_off"))
 
 
-@torch.inference_mode()
-def _run(model, n=9, steps=4, vocab=384):
-    ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(7))
-    caches = make_cache(model.config)
-    out = [model.logits(model(ids, caches, torch.arange(n)))]
-    for s in range(steps):
-        out.append(model.logits(model(torch.tensor([[s * 11 % vocab]]), caches, torch.tensor([n + s]))))
-    return torch.cat(out, 1)
+def _run(model, vocab=384):
+    return prefill_then_steps(model, steps=4, seed=7, stride=11, vocab=vocab)
 
 
 def test_ple_mapped_from_the_checkpoint(checkpoint):

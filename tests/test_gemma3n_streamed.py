@@ -5,18 +5,15 @@ import pytest
 import torch
 
 import mmsdk
-from gemma3n_fixtures import hf_text_model, save
+from gemma3n_fixtures import hf_text_model, prefill_then_steps, save
 from mmsdk.decoder.gemma3n_loader import load_quantized
-from mmsdk.decoder.kv_cache import make_cache
 from mmsdk.decoder.loader import _plan, load_text
 from mmsdk.decoder.offload import MappedPerLayerEmbedding
 from mmsdk.decoder.quantize import Int4Linear, Int8Embedding, quantize_
 from mmsdk.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMSDK_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("mmsdk_cache")  # each test its own empty cache folder
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +21,8 @@ def checkpoint(tmp_path_factory):
     return save(hf_text_model(seed=5), tmp_path_factory.mktemp("g3n_stream"))
 
 
-@torch.inference_mode()
-def _run(model, n=9, steps=3, vocab=384):
-    ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(11))
-    caches = make_cache(model.config)
-    out = [model.logits(model(ids, caches, torch.arange(n)))]
-    for s in range(steps):
-        out.append(model.logits(model(torch.tensor([[s * 13 % vocab]]), caches, torch.tensor([n + s]))))
-    return torch.cat(out, 1)
+def _run(model):
+    return prefill_then_steps(model, steps=3, seed=11, stride=13)
 
 
 def _mapped_file(address: int) -> str | None:

@@ -28,9 +28,9 @@ EXAMPLE = [
     {"role": "user", "content": "How many lines do the .md files in /notes have in total?"},
     {"role": "assistant", "content": "", "tool_calls": [
         mmsdk.ToolCall("find_files", {"folder": "/notes", "pattern": "*.md"})]},
-    {"role": "tool", "content": '["/notes/a.md", "/notes/b.md"]'},
+    {"role": "tool", "content": '["a.md", "b.md"]'},
     {"role": "assistant", "content": "", "tool_calls": [
-        mmsdk.ToolCall("count_lines", {"paths": ["/notes/a.md", "/notes/b.md"]})]},
+        mmsdk.ToolCall("count_lines", {"paths": ["a.md", "b.md"]})]},
     {"role": "tool", "content": "12"},
     {"role": "assistant", "content": "The .md files in /notes have 12 lines in total."},
 ]
@@ -54,7 +54,7 @@ def file_tools(root) -> list:
         return full
 
     def find_files(folder: str, pattern: str) -> list[str]:
-        """List the files in a folder whose names match a glob pattern.
+        """List the files in a folder whose names match a glob pattern, as paths relative to the root.
 
         Args:
             folder: The folder to search.
@@ -65,13 +65,16 @@ def file_tools(root) -> list:
             raise FileNotFoundError(f"no such folder: {folder}")
         if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
             raise OutsideRoot(f"pattern {pattern!r} must be relative to the folder, without '..'")
-        return sorted(str(p) for p in base.glob(pattern) if p.is_file() and p.resolve().is_relative_to(root))
+        found = (p.resolve() for p in base.glob(pattern) if p.is_file())
+        # Relative paths: short to copy into the next call (a small model copies a long absolute path
+        # badly), and they do not show the model where the root lies on disk.
+        return sorted(str(p.relative_to(root)) for p in found if p.is_relative_to(root))
 
     def count_lines(paths: list[str]) -> int:
         """Total number of lines in the given text files.
 
         Args:
-            paths: The files to count.
+            paths: The files to count, relative to the root (as find_files gives them).
         """
         return sum(len(inside(p).read_text(errors="replace").splitlines()) for p in paths)
 

@@ -29,8 +29,9 @@ def folders(tmp_path):
 
 def test_paths_under_the_root_work(folders):
     root, _, find_files, count_lines = folders
-    assert find_files(str(root), "**/*.txt") == [str(root / "a.txt"), str(root / "sub" / "b.txt")]
-    assert find_files("sub", "*.txt") == [str(root / "sub" / "b.txt")]  # relative to the root
+    # paths come back relative to the root, so the model copies short strings into the next call
+    assert find_files(str(root), "**/*.txt") == ["a.txt", "sub/b.txt"]
+    assert find_files("sub", "*.txt") == ["sub/b.txt"]  # a folder relative to the root
     assert count_lines(["a.txt", str(root / "sub" / "b.txt")]) == 3
 
 
@@ -49,7 +50,8 @@ def test_find_files_never_lists_outside(folders):
         find_files(str(outside), "*.txt")
     with pytest.raises(sample.OutsideRoot, match="without '..'"):
         find_files(str(root), "../outside/*.txt")
-    assert str(root / "link.txt") not in find_files(str(root), "*.txt")  # a link out is not listed
+    listed = find_files(str(root), "*.txt")
+    assert "a.txt" in listed and "link.txt" not in listed  # a link out is not listed
 
 
 def test_a_refused_path_goes_back_to_the_model_and_nothing_is_read(folders):

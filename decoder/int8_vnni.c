@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include "kernels.h"
+#include "int4_q8.h"
 
 /* r (K floats) times a block-diagonal Sylvester-Hadamard matrix, blocks of `block` (a power of two,
    16 or more), scaled to be orthonormal: the fast Walsh-Hadamard transform, K log2(block) adds. */
@@ -141,114 +142,6 @@ void int8_linear(const float *x, long M, long K, long block, const int8_t *w, co
     free(qs);
 }
 
-/* ---- one row times a 4-bit weight in torch's own CPU layout (float32 input) -----------------
-   `_convert_weight_to_int4pack_for_cpu` stores blocks of 64 output channels; for each input k a
-   block holds 32 bytes, channel j < 32 in the low nibble of byte j and channel j >= 32 in the high
-   nibble of byte j - 32. scales_and_zeros (K/group, N, 2) bfloat16: w = (q - 8) * scale + zero, so
-   over a group x . w = scale * (x . q) + (zero - 8 scale) * sum(x). Reading the layout the prompt
-   path packs means no second copy of the weight. */
-AI __m512 u8_to_ps(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
-
-static void int4_gemv(const float *x, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
-               float *y, long N) {
-    #pragma omp parallel for schedule(static)
-    for (long b = 0; b < N / 64; b++) {
-        const uint8_t *wb = w + b * K * 32;
-        const __m256i nibble = _mm256_set1_epi8(0x0F);
-        __m512 y0 = _mm512_setzero_ps(), y1 = y0, y2 = y0, y3 = y0;
-        for (long g0 = 0; g0 < K; g0 += group) {
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            float sum = 0.f;
-            for (long k = g0; k < g0 + group; k++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(wb + k * 32));
-                const __m256i lo = _mm256_and_si256(v, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-                const __m512 xk = _mm512_set1_ps(x[k]);
-                a0 = _mm512_fmadd_ps(u8_to_ps(_mm256_castsi256_si128(lo)), xk, a0);
-                a1 = _mm512_fmadd_ps(u8_to_ps(_mm256_extracti128_si256(lo, 1)), xk, a1);
-                a2 = _mm512_fmadd_ps(u8_to_ps(_mm256_castsi256_si128(hi)), xk, a2);
-                a3 = _mm512_fmadd_ps(u8_to_ps(_mm256_extracti128_si256(hi, 1)), xk, a3);
-                sum += x[k];
-            }
-            /* each (scale, zero) pair is one 32-bit word: bfloat16 scale low, zero high */
-            const uint32_t *sz = scales_and_zeros + (g0 / group) * N + b * 64;
-            const __m512i high = _mm512_set1_epi32((int)0xFFFF0000);
-#define GROUP_OUT(i, a, yi) { \
-                const __m512i p = _mm512_loadu_si512(sz + 16 * i); \
-                const __m512 sc = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16)), ze = _mm512_castsi512_ps(_mm512_and_si512(p, high)); \
-                yi = _mm512_fmadd_ps(sc, a, yi); \
-                yi = _mm512_fmadd_ps(_mm512_fnmadd_ps(_mm512_set1_ps(8.f), sc, ze), _mm512_set1_ps(sum), yi); }
-            GROUP_OUT(0, a0, y0) GROUP_OUT(1, a1, y1) GROUP_OUT(2, a2, y2) GROUP_OUT(3, a3, y3)
-#undef GROUP_OUT
-        }
-        _mm512_storeu_ps(y + b * 64, y0), _mm512_storeu_ps(y + b * 64 + 16, y1);
-        _mm512_storeu_ps(y + b * 64 + 32, y2), _mm512_storeu_ps(y + b * 64 + 48, y3);
-    }
-}
-
-/* Many rows times a 4-bit weight in torch's layout, float32 throughout: a prompt is compute-bound,
-   so each thread dequantizes one block of 64 channels at a time into a float panel (K x 64, held
-   in L2) and runs register tiles of 6 rows x 64 channels over it, every row reusing the panel.
-   Our products reach 8-bit inputs only through a rotation the 4-bit weights do not carry (GGUF
-   stores them unrotated), so these keep float inputs. */
-#define FMA(m, n) if (MR > m) c##m##n = _mm512_fmadd_ps(a##m, b##n, c##m##n)
-#define FROW(m) if (MR > m) { const __m512 a##m = _mm512_set1_ps(x[(long)(m) * K + k]); \
-        FMA(m, 0); FMA(m, 1); FMA(m, 2); FMA(m, 3); }
-#define FOUT(m) if (MR > m) { float *o = y + (long)(m) * N; _mm512_storeu_ps(o, c##m##0); \
-        _mm512_storeu_ps(o + 16, c##m##1); _mm512_storeu_ps(o + 32, c##m##2); _mm512_storeu_ps(o + 48, c##m##3); }
-
-AI void float_tile(const int MR, const float *x, long K, const float *panel, float *y, long N) {
-    const __m512 z = _mm512_setzero_ps();
-    __m512 c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z,
-           c20 = z, c21 = z, c22 = z, c23 = z, c30 = z, c31 = z, c32 = z, c33 = z,
-           c40 = z, c41 = z, c42 = z, c43 = z, c50 = z, c51 = z, c52 = z, c53 = z;
-    for (long k = 0; k < K; k++) {
-        const float *p = panel + k * 64;
-        const __m512 b0 = _mm512_loadu_ps(p), b1 = _mm512_loadu_ps(p + 16), b2 = _mm512_loadu_ps(p + 32),
-                     b3 = _mm512_loadu_ps(p + 48);
-        FROW(0); FROW(1); FROW(2); FROW(3); FROW(4); FROW(5);
-    }
-    FOUT(0); FOUT(1); FOUT(2); FOUT(3); FOUT(4); FOUT(5);
-}
-
-static void int4_matmul(const float *x, long M, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
-                 float *y, long N) {
-    #pragma omp parallel
-    {
-        float *panel = aligned_alloc(64, sizeof(float) * K * 64);
-        const __m256i nibble = _mm256_set1_epi8(0x0F);
-        const __m512i high = _mm512_set1_epi32((int)0xFFFF0000);
-        #pragma omp for schedule(static)
-        for (long b = 0; b < N / 64; b++) {
-            for (long k = 0; k < K; k++) {  /* w = (q - 8) scale + zero, as int4_gemv reads it */
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(w + (b * K + k) * 32));
-                const __m256i lo = _mm256_and_si256(v, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-                const __m128i q[4] = {_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1),
-                                      _mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1)};
-                const uint32_t *sz = scales_and_zeros + (k / group) * N + b * 64;
-                for (int i = 0; i < 4; i++) {
-                    const __m512i pair = _mm512_loadu_si512(sz + 16 * i);
-                    const __m512 sc = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
-                    const __m512 ze = _mm512_castsi512_ps(_mm512_and_si512(pair, high));
-                    const __m512 qf = _mm512_sub_ps(u8_to_ps(q[i]), _mm512_set1_ps(8.f));
-                    _mm512_storeu_ps(panel + k * 64 + 16 * i, _mm512_fmadd_ps(qf, sc, ze));
-                }
-            }
-            for (long m = 0; m < M; m += 6) {
-                const float *xm = x + m * K;
-                float *ym = y + m * N + b * 64;
-                switch (M - m < 6 ? M - m : 6) {
-                case 6: float_tile(6, xm, K, panel, ym, N); break;
-                case 5: float_tile(5, xm, K, panel, ym, N); break;
-                case 4: float_tile(4, xm, K, panel, ym, N); break;
-                case 3: float_tile(3, xm, K, panel, ym, N); break;
-                case 2: float_tile(2, xm, K, panel, ym, N); break;
-                default: float_tile(1, xm, K, panel, ym, N);
-                }
-            }
-        }
-        free(panel);
-    }
-}
 
 /* ---- one decoded token through one Gemma 3 layer, in one call --------------------------------
    The same computation as gemma3.Block for one row (B = T = 1), float32 activations, every
@@ -322,14 +215,6 @@ void geglu(const float *gu, long M, long I, float *out) {
         }
 }
 
-/* Rows x (M, K) times a 4-bit weight in torch's layout: one row streams it, more run the GEMM. */
-void int4_linear(const float *x, long M, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
-                 float *y, long N) {
-    if (M == 1)
-        int4_gemv(x, K, w, scales_and_zeros, group, y, N);
-    else
-        int4_matmul(x, M, K, w, scales_and_zeros, group, y, N);
-}
 
 static void linear_rows(const Linear *w, const float *x, long M, float *y) {
     if (w->group > 0)

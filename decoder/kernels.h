@@ -4,6 +4,8 @@
 #ifndef MMSDK_KERNELS_H
 #define MMSDK_KERNELS_H
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define AI static inline __attribute__((always_inline))
@@ -24,6 +26,16 @@ void pack_blocks(const int8_t *w, long N, long K, int8_t *blocks, int32_t *comp)
             comp[b * 16 + n] = 128 * sum;
         }
     }
+}
+
+/* nothing sensible to compute without the memory; a clear death beats a wrong answer */
+static inline void *must_malloc(size_t bytes) {
+    void *p = malloc(bytes);
+    if (p == NULL) {
+        fprintf(stderr, "mmsdk kernels: out of memory (%zu bytes)\n", bytes);
+        abort();
+    }
+    return p;
 }
 
 /* One projection of a layer (decoder/fused.py's `_Linear`). */

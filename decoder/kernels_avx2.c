@@ -18,6 +18,7 @@
 #include <stdlib.h>
 
 #include "kernels.h"
+#include "int4_q8.h"
 
 /* ---- scratch kept from call to call ---------------------------------------------------------
    One buffer per purpose and calling thread, grown when a call needs more: a decoded token
@@ -41,15 +42,6 @@ static void *scratch(Scratch *s, size_t bytes) {
 
 static void scratch_trim(Scratch *s) {
     if (s->bytes > KEEP_BYTES) free(s->p), s->p = NULL, s->bytes = 0;
-}
-
-static void *must_malloc(size_t bytes) {
-    void *p = malloc(bytes);
-    if (p == NULL) {
-        fprintf(stderr, "mmsdk kernels: out of memory (%zu bytes)\n", bytes);
-        abort();
-    }
-    return p;
 }
 
 AI float hsum8(__m256 v) {
@@ -186,131 +178,6 @@ void int8_linear(const float *x, long M, long K, long block, const int8_t *w, co
     quantize_rows(x, M, K, block, q, u, qs);
     int8_matmul(q, u, qs, M, K, w, ws, y, N);
     scratch_trim(&codes);
-}
-
-/* ---- rows times a 4-bit weight in torch's own CPU layout (float32 input) ---------------------
-   `_convert_weight_to_int4pack_for_cpu` stores blocks of BN output channels, BN = 64 where torch
-   runs its AVX-512 code and 32 where it runs AVX2 (native.py finds which and calls int4_layout);
-   for each input k a block holds BN/2 bytes, channel j < BN/2 in the low nibble of byte j and
-   channel j >= BN/2 in the high nibble of byte j - BN/2. scales_and_zeros (K/group, N, 2) bfloat16:
-   w = (q - 8) * scale + zero, so over a group x . w = scale * (x . q) + (zero - 8 scale) * sum(x).
-   Reading the layout the prompt path packs means no second copy of the weight. */
-static long int4_block = 64;
-
-/* Which block width torch packs with on this machine (32 or 64), set once when the library loads. */
-void int4_layout(long block) { int4_block = block; }
-
-AI __m256 u8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }  /* the low 8 bytes */
-
-/* The BN codes of one input k (BN/2 bytes at wk) as BN/8 registers of 8 floats, channels in order. */
-AI void codes(const int BN, const uint8_t *wk, __m256 q[8]) {
-    const __m128i nibble = _mm_set1_epi8(0x0F);
-    for (int half = 0; half < BN / 32; half++) {  /* 16 bytes: channels 16 half + 0..15 and BN/2 + the same */
-        const __m128i v = _mm_loadu_si128((const __m128i *)(wk + 16 * half));
-        const __m128i lo = _mm_and_si128(v, nibble), hi = _mm_and_si128(_mm_srli_epi16(v, 4), nibble);
-        q[2 * half] = u8_to_ps(lo), q[2 * half + 1] = u8_to_ps(_mm_srli_si128(lo, 8));
-        q[BN / 16 + 2 * half] = u8_to_ps(hi), q[BN / 16 + 2 * half + 1] = u8_to_ps(_mm_srli_si128(hi, 8));
-    }
-}
-
-/* scale (low half) and zero (high half) of 8 (scale, zero) bfloat16 pairs, one 32-bit word each */
-AI __m256 bf16_low(__m256i p) { return _mm256_castsi256_ps(_mm256_slli_epi32(p, 16)); }
-AI __m256 bf16_high(__m256i p) { return _mm256_castsi256_ps(_mm256_and_si256(p, _mm256_set1_epi32((int)0xFFFF0000))); }
-
-AI void int4_gemv(const int BN, const float *x, long K, const uint8_t *w, const uint32_t *scales_and_zeros,
-                  long group, float *y, long N) {
-    #pragma omp parallel for schedule(static)
-    for (long b = 0; b < N / BN; b++) {
-        const uint8_t *wb = w + b * K * (BN / 2);
-        float out[BN];  /* the group sums fill the registers; the running outputs wait in L1 */
-        memset(out, 0, sizeof(out));
-        for (long g0 = 0; g0 < K; g0 += group) {
-            __m256 a[8], q[8];
-            for (int i = 0; i < BN / 8; i++) a[i] = _mm256_setzero_ps();
-            float sum = 0.f;
-            for (long k = g0; k < g0 + group; k++) {
-                codes(BN, wb + k * (BN / 2), q);
-                const __m256 xk = _mm256_set1_ps(x[k]);
-                for (int i = 0; i < BN / 8; i++) a[i] = _mm256_fmadd_ps(q[i], xk, a[i]);
-                sum += x[k];
-            }
-            const uint32_t *sz = scales_and_zeros + (g0 / group) * N + b * BN;
-            for (int i = 0; i < BN / 8; i++) {
-                const __m256i p = _mm256_loadu_si256((const __m256i *)(sz + 8 * i));
-                const __m256 sc = bf16_low(p), ze = bf16_high(p);
-                __m256 o = _mm256_fmadd_ps(sc, a[i], _mm256_loadu_ps(out + 8 * i));
-                o = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8.f), sc, ze), _mm256_set1_ps(sum), o);
-                _mm256_storeu_ps(out + 8 * i, o);
-            }
-        }
-        memcpy(y + b * BN, out, sizeof(out));
-    }
-}
-
-/* Many rows times a 4-bit weight, float32 throughout: a prompt is compute-bound, so each thread
-   dequantizes one block of BN channels at a time into a float panel (K x BN, held in L2) and runs
-   register tiles of 6 rows x 16 channels over it, every row reusing the panel. */
-#define FMA(m, n) if (MR > m) c##m##n = _mm256_fmadd_ps(a##m, b##n, c##m##n)
-#define FROW(m) if (MR > m) { const __m256 a##m = _mm256_set1_ps(x[(m) * K + k]); FMA(m, 0); FMA(m, 1); }
-#define FOUT(m) if (MR > m) { _mm256_storeu_ps(y + (m) * N, c##m##0); _mm256_storeu_ps(y + (m) * N + 8, c##m##1); }
-
-AI void float_tile(const int MR, const float *x, long K, const float *panel, long stride, float *y, long N) {
-    const __m256 z = _mm256_setzero_ps();
-    __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
-    for (long k = 0; k < K; k++) {
-        const __m256 b0 = _mm256_loadu_ps(panel + k * stride), b1 = _mm256_loadu_ps(panel + k * stride + 8);
-        FROW(0); FROW(1); FROW(2); FROW(3); FROW(4); FROW(5);
-    }
-    FOUT(0); FOUT(1); FOUT(2); FOUT(3); FOUT(4); FOUT(5);
-}
-#undef FMA
-#undef FROW
-#undef FOUT
-
-AI void int4_matmul(const int BN, const float *x, long M, long K, const uint8_t *w, const uint32_t *scales_and_zeros,
-                    long group, float *y, long N) {
-    #pragma omp parallel
-    {
-        float *panel = must_malloc(sizeof(float) * K * BN);
-        #pragma omp for schedule(static)
-        for (long b = 0; b < N / BN; b++) {
-            for (long k = 0; k < K; k++) {  /* w = (q - 8) scale + zero, as int4_gemv reads it */
-                __m256 q[8];
-                codes(BN, w + (b * K + k) * (BN / 2), q);
-                const uint32_t *sz = scales_and_zeros + (k / group) * N + b * BN;
-                for (int i = 0; i < BN / 8; i++) {
-                    const __m256i p = _mm256_loadu_si256((const __m256i *)(sz + 8 * i));
-                    _mm256_storeu_ps(panel + k * BN + 8 * i,
-                                     _mm256_fmadd_ps(_mm256_sub_ps(q[i], _mm256_set1_ps(8.f)), bf16_low(p), bf16_high(p)));
-                }
-            }
-            for (long m = 0; m < M; m += 6)
-                for (int c = 0; c < BN; c += 16) {
-                    const float *xm = x + m * K, *p = panel + c;
-                    float *ym = y + m * N + b * BN + c;
-                    switch (M - m < 6 ? M - m : 6) {
-                    case 6: float_tile(6, xm, K, p, BN, ym, N); break;
-                    case 5: float_tile(5, xm, K, p, BN, ym, N); break;
-                    case 4: float_tile(4, xm, K, p, BN, ym, N); break;
-                    case 3: float_tile(3, xm, K, p, BN, ym, N); break;
-                    case 2: float_tile(2, xm, K, p, BN, ym, N); break;
-                    default: float_tile(1, xm, K, p, BN, ym, N);
-                    }
-                }
-        }
-        free(panel);
-    }
-}
-
-/* Rows x (M, K) times a 4-bit weight in torch's layout: one row streams it, more run the GEMM. */
-void int4_linear(const float *x, long M, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
-                 float *y, long N) {
-    if (int4_block == 32)
-        M == 1 ? int4_gemv(32, x, K, w, scales_and_zeros, group, y, N)
-               : int4_matmul(32, x, M, K, w, scales_and_zeros, group, y, N);
-    else
-        M == 1 ? int4_gemv(64, x, K, w, scales_and_zeros, group, y, N)
-               : int4_matmul(64, x, M, K, w, scales_and_zeros, group, y, N);
 }
 
 /* ---- float helpers: exp, GELU, norms --------------------------------------------------------- */

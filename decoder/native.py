@@ -46,8 +46,9 @@ class Kernel(NamedTuple):
 
 
 KERNELS = (
-    Kernel("avx512-vnni", "int8_vnni.c", ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"),
-           ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni")),
+    # fma: int4_q8.h's AVX2 code (every AVX-512 CPU has it; -mavx512f does not imply it)
+    Kernel("avx512-vnni", "int8_vnni.c", ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma"),
+           ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma")),
     Kernel("avx2", "kernels_avx2.c", ("avx2", "fma"), ("-mavx2", "-mfma")),
 )
 
@@ -156,15 +157,12 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_compile(cc, kernel)))  # after torch: the library shares torch's OpenMP runtime
     except (OSError, subprocess.CalledProcessError) as e:
         return _fail(f"could not build the {kernel.name} kernels ({getattr(e, 'stderr', None) or e})")
-    lib.kernel, lib.missing = kernel, set()
+    lib.kernel = kernel
     for name, argtypes in ENTRY_POINTS.items():
         if (fn := getattr(lib, name, None)) is not None:  # a source without it: that call stays torch's
             fn.argtypes = argtypes
-    if hasattr(lib, "int4_layout"):  # the source reads either of torch's 4-bit layouts: say which one
-        lib.int4_layout.argtypes = [_n]
-        lib.int4_layout(int4_block())
-    elif int4_block() != 64:  # int8_vnni.c reads torch's AVX-512 layout only
-        lib.missing.add("int4_linear")
+    lib.int4_layout.argtypes = [_n]  # the 4-bit kernels read either of torch's layouts: say which one
+    lib.int4_layout(int4_block())
     log.info("kernels: %s (%s)", kernel.name, kernel.source)
     return lib
 
@@ -172,7 +170,7 @@ def library() -> ctypes.CDLL | None:
 def available(*entry_points: str) -> bool:
     """Whether our kernels run here and export these entry points (default: the int8 product's)."""
     lib = library()
-    return lib is not None and all(hasattr(lib, name) and name not in lib.missing for name in entry_points or INT8)
+    return lib is not None and all(hasattr(lib, name) for name in entry_points or INT8)
 
 
 @functools.cache

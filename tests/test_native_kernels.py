@@ -221,18 +221,54 @@ def test_int4_products_read_torchs_layout():
     from mmsdk.decoder.quantize import Int4Linear, dequantize_int4
 
     torch.manual_seed(0)
-    for n, k, group in [(128, 64, 32), (640, 2048, 128)]:
+    for n, k, group in [(128, 64, 32), (64, 512, 64), (128, 512, 256), (640, 2048, 128)]:
         codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)  # random codes: from_float's clip search is slow
         m = Int4Linear.from_codes(codes, torch.rand(n, k // group) + 0.5, torch.randn(n, k // group), group)
         w = dequantize_int4(*_codes(m, group))
         for rows in (1, 2, 5, 6, 13):  # one row streams the weight; more run the GEMM, tiles of 6 and their rests
             x = torch.randn(rows, k)
             y = native.int4_linear(x, m.weight, m.scales_and_zeros, group)
-            assert rel_err(y, x @ w.T) < 1e-5
+            # the rows meet the codes with 8-bit inputs, rounded per 32 (int4_q8.h): exact up to float
+            # sums against that rounding, and within 8-bit rounding (~1e-2) of the float product
+            eight_bit = rows == 1 or native.kernel_name() == "avx2"  # AVX-512 prompts keep float inputs
+            assert rel_err(y, (q8_groups(x) if eight_bit else x) @ w.T) < 1e-5
+            assert rel_err(y, x @ w.T) < (1e-2 if eight_bit else 1e-5)
             # and torch's own kernel on the same buffers (bfloat16 inputs: ~3e-3), so a misread layout
             # cannot pass by being misread the same way here
             theirs = torch._weight_int4pack_mm_for_cpu(x.bfloat16(), m.weight, group, m.scales_and_zeros).float()
             assert rel_err(y, theirs) < 1e-2
+
+
+@needs_native
+@pytest.mark.parametrize("block", [32, 64])
+def test_int4_products_read_both_block_widths(block):
+    """torch packs 4-bit weights in blocks of 64 channels on AVX-512 CPUs and 32 on AVX2 ones; this
+    machine's torch makes one of them, so both are laid out here by hand (`_pack`, the inverse of
+    `_codes`) and read by the kernels set to that width, one row and many."""
+    from mmsdk.decoder.quantize import dequantize_int4
+
+    torch.manual_seed(1)
+    n, k, group = 128, 256, 64
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)
+    scale, zero = (torch.rand(n, k // group) + 0.5).bfloat16(), torch.randn(n, k // group).bfloat16()
+    sz = torch.stack([scale.T, zero.T], -1).contiguous()
+    w = dequantize_int4(codes, scale.float(), zero.float())
+    lib = native.library()
+    try:
+        lib.int4_layout(block)
+        for rows in (1, 7):
+            x = torch.randn(rows, k)
+            y = native.int4_linear(x, _pack(codes, block), sz, group)
+            assert rel_err(y, q8_groups(x) @ w.T) < 1e-5
+    finally:
+        lib.int4_layout(native.int4_block())
+
+
+def _pack(q, block):
+    """Codes (N, K) -> torch's packed int4 layout with blocks of `block` channels (see `_codes`)."""
+    n, k = q.shape
+    b = q.reshape(n // block, block, k).permute(0, 2, 1)  # (blocks, K, block)
+    return (b[..., :block // 2] | (b[..., block // 2:] << 4)).contiguous().reshape(n, k // 2)
 
 
 def test_int4_layout_probe_finds_torchs_block():
@@ -246,11 +282,19 @@ def test_int4_layout_probe_finds_torchs_block():
     assert torch.equal(_codes(m, 32)[0], q)  # exactness is the point: a layout read
 
 
+def q8_groups(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to 8 bits in groups of 32 inputs, one scale (max |x| -> 127) each, as int4_q8.h does."""
+    g = x.reshape(*x.shape[:-1], -1, 32)
+    top = g.abs().amax(-1, keepdim=True)
+    q = torch.round(g * torch.where(top > 0, 127.0 / top, 0.0))
+    return (q * (top / 127.0)).reshape(x.shape)
+
+
 def _codes(m, group):
     """The codes and the (bfloat16-rounded) scales and zeros an `Int4Linear` holds, unpacked."""
     n, k, block = m.out_features, m.in_features, native.int4_block()
     b = m.weight.reshape(n // block, k, block // 2)
-    q = torch.cat([b & 15, b >> 4], -1).permute(0, 2, 1).reshape(n, k)  # see int4_gemv's notes
+    q = torch.cat([b & 15, b >> 4], -1).permute(0, 2, 1).reshape(n, k)  # see int4_linear's notes in the kernel sources
     sz = m.scales_and_zeros.float().transpose(0, 1)  # (N, K/g, 2)
     return q, sz[..., 0], sz[..., 1]
 

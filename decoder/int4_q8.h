@@ -1,0 +1,268 @@
+/* Rows times a 4-bit weight with 8-bit inputs: every 4-bit layer, for a decoded token and a prompt.
+
+   The weight stays in torch's CPU int4 layout, so no second copy of it is made: blocks of BN output channels, BN
+   = 64 where torch runs AVX-512 and 32 where it runs AVX2; for each input k a block holds BN/2
+   bytes, channel j < BN/2 in the low nibble of byte j, channel j >= BN/2 in the high one of byte
+   j - BN/2. scales_and_zeros (K/group, N, 2) bfloat16: w = (q - 8) * scale + zero.
+
+   The input row is rounded to 8 bits in groups of 32 (one scale each, as llama.cpp's Q8_0), so the
+   codes meet in integer products: _mm256_maddubs_epi16 takes the unsigned weight codes (0..15)
+   times the signed input codes and sums each pair into int16. Per channel and group of 32 inputs:
+   sum q x = 16 pair sums of at most 2 x 15 x 127, under int16's 32767 in 8 of them, so each int16
+   lane gathers 8 maddubs before one widening to float per group; then
+   x . w = sum over groups of scale sx (sum q xq) + (zero - 8 scale) * sum x.
+   Integer products need ~4x fewer instructions per weight than converting every code to float,
+   so one row streams the weight at memory speed on 2 cores, and a prompt runs at integer speed
+   (~1.5-2x the float32 GEMM that dequantized each block, on AMD Zen 3).
+
+   AVX2 instructions only: the AVX-512 library compiles the same code (the CPUs that have AVX-512
+   have AVX2), with twice the registers for BN = 64. */
+#ifndef MMSDK_INT4_Q8_H
+#define MMSDK_INT4_Q8_H
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "kernels.h"
+
+#define Q8_GROUP 32
+#ifndef Q8_ROWS
+#define Q8_ROWS 4
+#endif
+
+/* x (K floats) -> codes xq (K), a scale per group of 32 (xs) and each group's sum of sx * xq (xsum) */
+static void quantize_q8_groups(const float *x, long K, int8_t *xq, float *xs, float *xsum) {
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    for (long g = 0; g < K / Q8_GROUP; g++) {
+        const float *r = x + g * Q8_GROUP;
+        __m256 v[4], peak = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(r + 8 * i), peak = _mm256_max_ps(peak, _mm256_andnot_ps(sign, v[i]));
+        __m128 p = _mm_max_ps(_mm256_castps256_ps128(peak), _mm256_extractf128_ps(peak, 1));
+        p = _mm_max_ps(p, _mm_movehl_ps(p, p));
+        const float top = _mm_cvtss_f32(_mm_max_ss(p, _mm_movehdup_ps(p)));
+        const __m256 inv = _mm256_set1_ps(top > 0.f ? 127.f / top : 0.f);
+        __m256i c[4];
+        for (int i = 0; i < 4; i++) c[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));  /* nearest, ties to even */
+        /* 32 int32 -> 32 int8 in order: packs work per 128-bit lane, the permute puts the lanes back */
+        const __m256i c16 = _mm256_packs_epi32(c[0], c[1]), d16 = _mm256_packs_epi32(c[2], c[3]);
+        const __m256i c8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(c16, d16), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(xq + g * Q8_GROUP), c8);
+        const __m256i s16 = _mm256_madd_epi16(_mm256_add_epi16(c16, d16), _mm256_set1_epi16(1));  /* the 32 codes' sum */
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s16), _mm256_extracti128_si256(s16, 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+        xs[g] = top / 127.f;
+        xsum[g] = xs[g] * (float)_mm_cvtsi128_si32(s);
+    }
+}
+
+/* One block of BN channels: y[0..BN) = x . w for the prepared input row (xq, xs, xsum). */
+AI void int4_q8_block(const int BN, const int8_t *xq, const float *xs, const float *xsum, long K, const uint8_t *wb,
+                      const uint32_t *sz, long group, long N, float *y) {
+    enum { R = 8 };  /* int16 accumulators: BN / 8 of them, 8 channels x 2 input pairs each */
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    /* input bytes (k, k+1) to every 16-bit lane of the low half, (k+2, k+3) to the high half */
+    const __m256i pairs = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                           2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000);
+    const long stride = BN / 2;  /* bytes per input k */
+    __m256 out[R], offset[R];
+    for (int i = 0; i < BN / 8; i++) out[i] = offset[i] = _mm256_setzero_ps();
+    float wsum = 0.f;  /* sum x over the current weight group */
+    const uint32_t *szg = sz;  /* the current weight group's (scale, zero) pairs */
+    const long per = group / Q8_GROUP;  /* input groups per weight group, counted down: no division in the loop */
+    long left = per;
+    for (long g = 0; g < K / Q8_GROUP; g++) {
+        __m256i acc[R];
+        for (int i = 0; i < BN / 8; i++) acc[i] = _mm256_setzero_si256();
+        for (long k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k += 4) {
+            const __m256i xa = _mm256_shuffle_epi8(_mm256_set1_epi32(*(const int32_t *)(xq + k)), pairs);
+            const uint8_t *wk = wb + k * stride;
+            for (int c = 0; c < BN / 32; c++) {  /* 16 bytes: channels 16c.. (low nibbles) and BN/2 + 16c.. (high) */
+                const __m256i a = _mm256_loadu2_m128i((const __m128i *)(wk + 2 * stride + 16 * c), (const __m128i *)(wk + 16 * c));
+                const __m256i b = _mm256_loadu2_m128i((const __m128i *)(wk + 3 * stride + 16 * c), (const __m128i *)(wk + stride + 16 * c));
+                const __m256i alo = _mm256_and_si256(a, nibble), blo = _mm256_and_si256(b, nibble);
+                const __m256i ahi = _mm256_and_si256(_mm256_srli_epi16(a, 4), nibble), bhi = _mm256_and_si256(_mm256_srli_epi16(b, 4), nibble);
+                /* interleaved (k, k+1) codes of 8 channels: a pair sum per channel per maddubs lane */
+                acc[2 * c] = _mm256_add_epi16(acc[2 * c], _mm256_maddubs_epi16(_mm256_unpacklo_epi8(alo, blo), xa));
+                acc[2 * c + 1] = _mm256_add_epi16(acc[2 * c + 1], _mm256_maddubs_epi16(_mm256_unpackhi_epi8(alo, blo), xa));
+                acc[BN / 16 + 2 * c] = _mm256_add_epi16(acc[BN / 16 + 2 * c], _mm256_maddubs_epi16(_mm256_unpacklo_epi8(ahi, bhi), xa));
+                acc[BN / 16 + 2 * c + 1] = _mm256_add_epi16(acc[BN / 16 + 2 * c + 1], _mm256_maddubs_epi16(_mm256_unpackhi_epi8(ahi, bhi), xa));
+            }
+        }
+        /* acc[i] holds channels 8i..8i+7 (low half: inputs k, k+1 of each 4; high half: k+2, k+3) */
+        const __m256 s = _mm256_set1_ps(xs[g]);
+        for (int i = 0; i < BN / 8; i++) {
+            const __m256i v = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[i])),
+                                               _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[i], 1)));
+            const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(szg + 8 * i)), 16));
+            out[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(scale, s), out[i]);
+        }
+        wsum += xsum[g];
+        if (--left == 0) {  /* the weight group ends: its (zero - 8 scale) * sum x */
+            const __m256 sum = _mm256_set1_ps(wsum);
+            for (int i = 0; i < BN / 8; i++) {
+                const __m256i p = _mm256_loadu_si256((const __m256i *)(szg + 8 * i));
+                const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(p, 16)), zero = _mm256_castsi256_ps(_mm256_and_si256(p, high));
+                offset[i] = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8.f), scale, zero), sum, offset[i]);
+            }
+            wsum = 0.f, szg += N, left = per;
+        }
+    }
+    for (int i = 0; i < BN / 8; i++) _mm256_storeu_ps(y + 8 * i, _mm256_add_ps(out[i], offset[i]));
+}
+
+/* y (N) = x (K) W^T for a 4-bit weight in torch's layout (K a multiple of 32 and of `group`). */
+AI void int4_q8_gemv(const int BN, const float *x, long K, const uint8_t *w, const uint32_t *scales_and_zeros,
+                     long group, float *y, long N) {
+    int8_t xq[K];
+    float xs[K / Q8_GROUP], xsum[K / Q8_GROUP];
+    quantize_q8_groups(x, K, xq, xs, xsum);
+    #pragma omp parallel for schedule(static)
+    for (long b = 0; b < N / BN; b++)  /* BN spelled out here: OpenMP outlines this body before constants propagate */
+        if (BN == 32) int4_q8_block(32, xq, xs, xsum, K, w + b * K * 16, scales_and_zeros + b * 32, group, N, y + b * 32);
+        else int4_q8_block(64, xq, xs, xsum, K, w + b * K * 32, scales_and_zeros + b * 64, group, N, y + b * 64);
+}
+/* ---- many rows: a prompt --------------------------------------------------------------------
+   Each thread takes one block of BN channels at a time and unpacks its codes once into bytes laid
+   out as the int8 kernels' blocks (16 channels x 4 inputs: 64 bytes, each channel's 4 codes side
+   by side), so every row meets them in register tiles of up to 6 rows x 16 channels: per 4 inputs
+   a row's 4 codes are broadcast and maddubs'ed against 16 channels, summed in int16 over the 32
+   inputs of a group (as in the one-row case), then widened to float with the group's scales. */
+
+/* Block b's codes -> panel (BN/16 sub-blocks, each (K/4, 16, 4) bytes): a 4 x 16 byte transpose. */
+AI void unpack_block(const int BN, const uint8_t *wb, long K, uint8_t *panel) {
+    const __m128i nibble = _mm_set1_epi8(0x0F);
+    for (long k = 0; k < K; k += 4) {
+        const uint8_t *wk = wb + k * (BN / 2);
+        for (int c = 0; c < BN / 32; c++) {
+            __m128i lo[4], hi[4];
+            for (int j = 0; j < 4; j++) {
+                const __m128i v = _mm_loadu_si128((const __m128i *)(wk + j * (BN / 2) + 16 * c));
+                lo[j] = _mm_and_si128(v, nibble), hi[j] = _mm_and_si128(_mm_srli_epi16(v, 4), nibble);
+            }
+            for (int h = 0; h < 2; h++) {  /* low nibbles: channels 16c..; high: BN/2 + 16c.. */
+                const __m128i *q = h ? hi : lo;
+                const __m128i t0 = _mm_unpacklo_epi8(q[0], q[1]), t1 = _mm_unpackhi_epi8(q[0], q[1]);
+                const __m128i t2 = _mm_unpacklo_epi8(q[2], q[3]), t3 = _mm_unpackhi_epi8(q[2], q[3]);
+                uint8_t *out = panel + (h * BN / 32 + c) * 16 * K + k * 16;
+                _mm_storeu_si128((__m128i *)out, _mm_unpacklo_epi16(t0, t2));
+                _mm_storeu_si128((__m128i *)(out + 16), _mm_unpackhi_epi16(t0, t2));
+                _mm_storeu_si128((__m128i *)(out + 32), _mm_unpacklo_epi16(t1, t3));
+                _mm_storeu_si128((__m128i *)(out + 48), _mm_unpackhi_epi16(t1, t3));
+            }
+        }
+    }
+}
+
+/* Rows m < MR of the prepared inputs times one sub-block of 16 channels (codes p, (K/4, 16, 4)),
+   with its scales sc and offsets off (zero - 8 scale), (K/group, 16) floats each. */
+#define Q8_DOT(m) if (MR > m) { const __m256i a = _mm256_set1_epi32(*(const int32_t *)(xq + (m) * K + k)); \
+        c##m##0 = _mm256_add_epi16(c##m##0, _mm256_maddubs_epi16(b0, a)); \
+        c##m##1 = _mm256_add_epi16(c##m##1, _mm256_maddubs_epi16(b1, a)); }
+#define Q8_FLUSH(m) if (MR > m) { const __m256 s = _mm256_set1_ps(xs[(m) * G + g]); \
+        out[m][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(c##m##0, ones)), _mm256_mul_ps(s0, s), out[m][0]); \
+        out[m][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(c##m##1, ones)), _mm256_mul_ps(s1, s), out[m][1]); \
+        wsum[m] += xsum[(m) * G + g]; }
+
+AI void q8_tile(const int MR, const int8_t *xq, const float *xs, const float *xsum, long K, const uint8_t *p,
+                const float *sc, const float *off, long group, float *y, long N) {
+    const long G = K / Q8_GROUP;
+    const __m256i ones = _mm256_set1_epi16(1), z = _mm256_setzero_si256();
+    __m256 out[6][2];
+    float wsum[6] = {0};
+    for (int m = 0; m < MR; m++) out[m][0] = out[m][1] = _mm256_setzero_ps();
+    const long per = group / Q8_GROUP;  /* input groups per weight group, counted down: no division in the loop */
+    long left = per;
+    for (long g = 0; g < G; g++) {
+        __m256i c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
+        for (long k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k += 4) {
+            const __m256i b0 = _mm256_loadu_si256((const __m256i *)(p + k * 16));
+            const __m256i b1 = _mm256_loadu_si256((const __m256i *)(p + k * 16 + 32));
+            Q8_DOT(0) Q8_DOT(1) Q8_DOT(2) Q8_DOT(3) Q8_DOT(4) Q8_DOT(5)
+        }
+        const __m256 s0 = _mm256_loadu_ps(sc), s1 = _mm256_loadu_ps(sc + 8);
+        Q8_FLUSH(0) Q8_FLUSH(1) Q8_FLUSH(2) Q8_FLUSH(3) Q8_FLUSH(4) Q8_FLUSH(5)
+        if (--left == 0) {  /* the weight group ends: its offset times sum x */
+            const __m256 o0 = _mm256_loadu_ps(off), o1 = _mm256_loadu_ps(off + 8);
+            sc += 16, off += 16, left = per;
+            for (int m = 0; m < MR; m++) {
+                const __m256 sum = _mm256_set1_ps(wsum[m]);
+                out[m][0] = _mm256_fmadd_ps(o0, sum, out[m][0]), out[m][1] = _mm256_fmadd_ps(o1, sum, out[m][1]);
+                wsum[m] = 0.f;
+            }
+        }
+    }
+    for (int m = 0; m < MR; m++) _mm256_storeu_ps(y + m * N, out[m][0]), _mm256_storeu_ps(y + m * N + 8, out[m][1]);
+}
+#undef Q8_DOT
+#undef Q8_FLUSH
+
+/* y (M, N) = x (M, K) W^T for a 4-bit weight in torch's layout, the rows rounded as the one-row case. */
+AI void int4_q8_matmul(const int BN, const float *x, long M, long K, const uint8_t *w, const uint32_t *scales_and_zeros,
+                       long group, float *y, long N) {
+    const long G = K / Q8_GROUP, GW = K / group;
+    int8_t *xq = must_malloc(M * K + 2 * sizeof(float) * M * G);
+    float *xs = (float *)(xq + M * K), *xsum = xs + M * G;  /* K is a multiple of 32: aligned */
+    #pragma omp parallel for if (M > 8)
+    for (long m = 0; m < M; m++) quantize_q8_groups(x + m * K, K, xq + m * K, xs + m * G, xsum + m * G);
+    #pragma omp parallel
+    {
+        uint8_t *panel = must_malloc(BN * K);
+        float *sc = must_malloc(2 * sizeof(float) * GW * BN), *off = sc + GW * BN;
+        #pragma omp for schedule(static)
+        for (long b = 0; b < N / BN; b++) {
+            unpack_block(BN, w + b * K * (BN / 2), K, panel);
+            for (int s = 0; s < BN / 16; s++)  /* each sub-block's (scale, zero - 8 scale), by group */
+                for (long gw = 0; gw < GW; gw++)
+                    for (int n = 0; n < 16; n++) {
+                        const uint32_t pair = scales_and_zeros[gw * N + b * BN + 16 * s + n];
+                        const uint32_t lo = pair << 16, hi = pair & 0xFFFF0000u;
+                        float scale, zero;
+                        memcpy(&scale, &lo, 4), memcpy(&zero, &hi, 4);
+                        sc[(s * GW + gw) * 16 + n] = scale, off[(s * GW + gw) * 16 + n] = zero - 8.f * scale;
+                    }
+            for (int s = 0; s < BN / 16; s++) {
+                const uint8_t *p = panel + s * 16 * K;
+                const float *scs = sc + s * GW * 16, *offs = off + s * GW * 16;
+                for (long m = 0; m < M; m += Q8_ROWS) {
+                    const int8_t *xm = xq + m * K;
+                    const float *xsm = xs + m * G, *xsumm = xsum + m * G;
+                    float *ym = y + m * N + b * BN + 16 * s;
+                    switch (M - m < Q8_ROWS ? M - m : Q8_ROWS) {
+#if Q8_ROWS == 6
+                    case 6: q8_tile(6, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
+                    case 5: q8_tile(5, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
+#endif
+                    case 4: q8_tile(4, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
+                    case 3: q8_tile(3, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
+                    case 2: q8_tile(2, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
+                    default: q8_tile(1, xm, xsm, xsumm, K, p, scs, offs, group, ym, N);
+                    }
+                }
+            }
+        }
+        free(panel);
+        free(sc);
+    }
+    free(xq);
+}
+
+/* ---- the entry points ---------------------------------------------------------------------- */
+
+static long int4_block = 64;
+
+/* Which block width torch packs with on this machine (32 or 64), set once when the library loads. */
+void int4_layout(long block) { int4_block = block; }
+
+/* Rows x (M, K) times a 4-bit weight in torch's layout: one row streams it, more run the GEMM. */
+void int4_linear(const float *x, long M, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
+                 float *y, long N) {
+    if (int4_block == 32)
+        M == 1 ? int4_q8_gemv(32, x, K, w, scales_and_zeros, group, y, N)
+               : int4_q8_matmul(32, x, M, K, w, scales_and_zeros, group, y, N);
+    else
+        M == 1 ? int4_q8_gemv(64, x, K, w, scales_and_zeros, group, y, N)
+               : int4_q8_matmul(64, x, M, K, w, scales_and_zeros, group, y, N);
+}
+#endif

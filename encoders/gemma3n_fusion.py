@@ -15,20 +15,23 @@ Attention stays causal over media tokens (Gemma 3n has no bidirectional image gr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..decoder.errors import InputError, ModelLoadError
 from .audio_features import FeatureConfig, log_mel
 from .audio_gemma3n import AUDIO_PREFIXES, AudioConfig, Gemma3nAudio, load_hf_audio_state
 from .audio_io import load_audio
 from .fusion import check_marker_count, scatter
-from .gemma3n_vision import Gemma3nVisionTower, is_vision_key, load_gemma3n_vision
+from .gemma3n_vision import Gemma3nVisionConfig, Gemma3nVisionTower, is_vision_key, load_gemma3n_vision
 from .hf_config import empty_module, hf_fields
 from .image_preprocess import GEMMA3N_IMAGE, ImageProcessorConfig, preprocess
 from .media_cache import EncodeCache, content_key
@@ -88,37 +91,63 @@ def expand_media_markers(text: str, n_images: int, n_audio: int, cfg: Gemma3nMed
 class HardTokenEmbedder:
     """Replaces the text-table embedding of multimodal-vocabulary ids by their embedder's output:
     vision ids in [vision offset, audio offset), audio ids from the audio offset (transformers'
-    `Gemma3nModel.forward`). Not an `nn.Module`, so attaching it leaves the decoder's state dict as is."""
+    `Gemma3nModel.forward`). Not an `nn.Module`, so attaching it leaves the decoder's state dict as is.
+    A tower is reached (and so built, `Gemma3nEncoders`) only when one of its ids comes."""
 
-    def __init__(self, vision_embedder=None, audio_embedder=None):
-        self.vision, self.audio = vision_embedder, audio_embedder
+    def __init__(self, encoders: "Gemma3nEncoders"):
+        self.encoders = encoders
 
     def __call__(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """ids (B, T), x (B, T, H) text embeddings → x with the multimodal ids re-embedded."""
-        ranges = []
-        audio_start = self.audio.vocab_offset if self.audio is not None else None
-        if self.vision is not None:
-            ranges.append((self.vision, self.vision.vocab_offset, audio_start))
-        if self.audio is not None:
-            ranges.append((self.audio, audio_start, None))
+        enc, ranges = self.encoders, []
+        if enc.has("vision"):
+            ranges.append(("vision", enc.vocab_offsets["vision"], enc.vocab_offsets.get("audio")))
+        if enc.has("audio"):
+            ranges.append(("audio", enc.vocab_offsets["audio"], None))
         out = x
-        for embedder, lo, hi in ranges:
+        for kind, lo, hi in ranges:
             mask = (ids >= lo) & (ids < hi) if hi is not None else ids >= lo
             if bool(mask.any()):
                 out = out.clone() if out is x else out
-                out[mask] = embedder.embed_ids(ids[mask]).to(x.dtype)
+                out[mask] = getattr(enc, kind).embedder.embed_ids(ids[mask]).to(x.dtype)
         return out
 
 
-@dataclass
 class Gemma3nEncoders:
-    """What a Gemma 3n checkpoint carries beside its decoder (None where it lacks the modality)."""
+    """What a Gemma 3n checkpoint carries beside its decoder. Each tower is built from the checkpoint's
+    (memory-mapped) tensors the first time it is used: E2B's vision and audio towers are ~1B float32
+    parameters (~4 GB), which a text-only conversation never needs in memory."""
 
-    config: Gemma3nMediaConfig
-    vision: Gemma3nVisionTower | None = None
-    image_config: ImageProcessorConfig = GEMMA3N_IMAGE
-    audio: Gemma3nAudio | None = None
-    features: FeatureConfig | None = None
+    def __init__(self, config: Gemma3nMediaConfig, *, vision=None, audio=None, vocab_offsets: dict | None = None,
+                 image_config: ImageProcessorConfig = GEMMA3N_IMAGE, features: FeatureConfig | None = None):
+        # vision, audio: a tower, a function that builds it, or None where the checkpoint has none
+        self.config, self.image_config, self.features = config, image_config, features
+        self.vocab_offsets = vocab_offsets or {}  # first id of each tower's hard vocabulary
+        self._towers = {"vision": vision, "audio": audio}
+        self._lock = threading.Lock()
+
+    def has(self, kind: str) -> bool:
+        return self._towers[kind] is not None
+
+    def loaded(self, kind: str) -> bool:
+        return isinstance(self._towers[kind], nn.Module)
+
+    def _tower(self, kind: str):
+        with self._lock:  # two threads asking at once build it once
+            t = self._towers[kind]
+            if t is not None and not isinstance(t, nn.Module):
+                log.info("building the Gemma 3n %s tower", kind)
+                with torch.inference_mode(False):  # first use may be inside a generate: still normal tensors
+                    t = self._towers[kind] = t()
+            return t
+
+    @property
+    def vision(self) -> Gemma3nVisionTower | None:
+        return self._tower("vision")
+
+    @property
+    def audio(self) -> Gemma3nAudio | None:
+        return self._tower("audio")
 
 
 def split_preprocessor_config(d: dict) -> tuple[dict, dict]:
@@ -132,35 +161,43 @@ def split_preprocessor_config(d: dict) -> tuple[dict, dict]:
 
 def load_gemma3n_encoders(tensors: dict, hf_config: dict, path, dtype: torch.dtype = torch.float32) -> Gemma3nEncoders:
     """The vision tower and audio tower (each with its embedder) of a Gemma 3n checkpoint's non-text
-    tensors, with the image and feature settings of its preprocessor_config.json when there is one."""
+    tensors, built on first use, with the image and feature settings of its preprocessor_config.json
+    when there is one. The settings are checked here, at load."""
     cfg = Gemma3nMediaConfig.from_hf(hf_config)
     pre = Path(path) / "preprocessor_config.json"
     image_hf, audio_hf = split_preprocessor_config(json.loads(pre.read_text())) if pre.is_file() else ({}, {})
-    out = Gemma3nEncoders(cfg)
+    vision = audio = features = None
+    offsets, image_config = {}, GEMMA3N_IMAGE
     if any(is_vision_key(k) for k in tensors):
-        out.vision = load_gemma3n_vision(tensors, hf_config, path=path, dtype=dtype)
-        out.image_config = ImageProcessorConfig.from_hf({**dataclasses.asdict(GEMMA3N_IMAGE), **image_hf})
+        vision = functools.partial(load_gemma3n_vision, tensors, hf_config, path=path, dtype=dtype)
+        offsets["vision"] = Gemma3nVisionConfig.from_hf(hf_config.get("vision_config") or {}).vocab_offset
+        image_config = ImageProcessorConfig.from_hf({**dataclasses.asdict(GEMMA3N_IMAGE), **image_hf})
     if any(k.startswith(AUDIO_PREFIXES) for k in tensors):
         audio_cfg = AudioConfig.from_hf(hf_config.get("audio_config") or {})
         text_hidden = (hf_config.get("text_config") or {}).get("hidden_size", 2048)
-        out.audio = empty_module(lambda c: Gemma3nAudio(c, text_hidden), audio_cfg)
-        load_hf_audio_state(out.audio, tensors, path, dtype)
-        out.audio.eval()
+        audio = functools.partial(_load_audio, tensors, audio_cfg, text_hidden, path, dtype)
+        offsets["audio"] = audio_cfg.vocab_offset
         # Without a preprocessor_config.json the features are as wide as the tower's input.
         try:
-            out.features = FeatureConfig.from_hf({"feature_size": audio_cfg.input_feat_size, **audio_hf})
+            features = FeatureConfig.from_hf({"feature_size": audio_cfg.input_feat_size, **audio_hf})
         except ValueError as e:
             raise ModelLoadError(pre, str(e)) from e
-        if out.features.feature_size != audio_cfg.input_feat_size:
-            raise ModelLoadError(pre, f"feature_size {out.features.feature_size}, but the audio tower takes "
+        if features.feature_size != audio_cfg.input_feat_size:
+            raise ModelLoadError(pre, f"feature_size {features.feature_size}, but the audio tower takes "
                                       f"{audio_cfg.input_feat_size} mel bins")
-    return out
+    return Gemma3nEncoders(cfg, vision=vision, audio=audio, vocab_offsets=offsets, image_config=image_config,
+                           features=features)
+
+
+def _load_audio(tensors: dict, audio_cfg: AudioConfig, text_hidden: int, path, dtype: torch.dtype) -> Gemma3nAudio:
+    audio = empty_module(lambda c: Gemma3nAudio(c, text_hidden), audio_cfg)
+    load_hf_audio_state(audio, tensors, path, dtype)
+    return audio.eval()
 
 
 def attach_hard_tokens(model, encoders: Gemma3nEncoders) -> None:
     """Make the decoder's `embed_tokens` embed multimodal ids through the encoders' embedders."""
-    model.hard_tokens = HardTokenEmbedder(encoders.vision.embedder if encoders.vision is not None else None,
-                                          encoders.audio.embedder if encoders.audio is not None else None)
+    model.hard_tokens = HardTokenEmbedder(encoders)
 
 
 # ---- encoding ---------------------------------------------------------------------------------------

@@ -28,9 +28,9 @@ class Encoders:
 
     @property
     def modalities(self) -> frozenset:
-        g = self.gemma3n
-        return frozenset({"text"} | ({"image"} if self.vision is not None or (g and g.vision is not None) else set())
-                         | ({"audio"} if g and g.audio is not None else set()))
+        g = self.gemma3n  # asks whether it has a tower, without building it
+        return frozenset({"text"} | ({"image"} if self.vision is not None or (g and g.has("vision")) else set())
+                         | ({"audio"} if g and g.has("audio") else set()))
 
 
 def load_encoders(loaded, path, dtype, mmproj=None, accelerate: bool = False) -> Encoders:

@@ -64,7 +64,8 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def saved(tmp_path_factory):
+    """The reference model and the folder it is saved in."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     ref = reference()
     folder = tmp_path_factory.mktemp("g3n_mm")
@@ -75,8 +76,13 @@ def pair(tmp_path_factory):
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "size": {"height": 128, "width": 128}, "do_normalize": False, "image_processor_type": "SiglipImageProcessorFast",
         "feature_size": AUDIO["input_feat_size"], "feature_extractor_type": "Gemma3nAudioFeatureExtractor"}))
-    asst = mmsdk.load(folder, dtype="float32")
-    return ref, asst
+    return ref, folder
+
+
+@pytest.fixture(scope="module")
+def pair(saved):
+    ref, folder = saved
+    return ref, mmsdk.load(folder, dtype="float32")
 
 
 def clip(seconds: float, seed: int = 0) -> np.ndarray:
@@ -114,10 +120,15 @@ def render(content) -> tuple[str, list, list]:
     return chat_format.render_messages([{"role": "user", "content": content}])
 
 
-def test_info_and_modalities(pair):
-    _, asst = pair
+def test_info_and_modalities_and_towers_built_on_first_use(saved):
+    asst = mmsdk.load(saved[1], dtype="float32")
     assert asst.info.family == "gemma3n"
     assert asst.info.modalities == {"text", "image", "audio"}
+    g = asst.encoders.gemma3n  # a text-only conversation never holds the towers (E2B's: ~4 GB in float32)
+    asst.generate("Hello", max_tokens=2)
+    assert not g.loaded("vision") and not g.loaded("audio")
+    asst.describe_image(noise_image(64, 64), max_tokens=1, pan_and_scan=False)
+    assert g.loaded("vision") and not g.loaded("audio")
 
 
 @pytest.mark.parametrize("kind", ["image", "audio"])

@@ -220,8 +220,8 @@ def linear(x: torch.Tensor, w: Int8Blocks, rotation: int | None = None) -> torch
 
 def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.Tensor, group: int) -> torch.Tensor:
     """x (..., K) times a 4-bit weight in torch's CPU layout (`quantize.Int4Linear`'s buffers, read as
-    they are), in float32: one row streams the weight (`int4_gemv`), more rows run a GEMM over
-    dequantized panels (`int4_matmul`). Float32 (..., N) out."""
+    they are), the rows rounded to 8 bits per 32 inputs and multiplied in integers (`int4_q8.h`):
+    one row streams the weight, more run a GEMM. Float32 (..., N) out."""
     K, N = x.shape[-1], scales_and_zeros.shape[1]
     rows = x.reshape(-1, K).float().contiguous()
     y = torch.empty(rows.shape[0], N)

@@ -22,8 +22,8 @@ Kernels, one set of weights for prefill (many rows, compute-bound) and decode (o
   `_weight_int8pack_mm` in bfloat16; a prompt dequantizes the weight and runs one float32 matmul.
 - int4: rounded here to nearest (best clip per group), or by GPTQ where a calibration text can be
   run (`gptq.py`, as the loader does), held in torch's packed CPU int4 layout. Float32 inputs go
-  through our kernels, which read that layout as it is: one row streams it (`int4_gemv`), a prompt
-  dequantizes it a 64-channel panel at a time into a float32 GEMM (`int4_matmul`). Elsewhere
+  through our kernels (`int4_q8.h`), which read that layout as it is, with each input row rounded
+  to 8 bits per 32 (llama.cpp's Q8_0): integer products for one row and for a prompt. Elsewhere
   (bfloat16 inputs, no kernels) torch's `_weight_int4pack_mm_for_cpu` dequantizes inside a
   bfloat16 product (float32 inputs take its path ~30x slower).
 """

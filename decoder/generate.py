@@ -38,29 +38,22 @@ def prefill(model, ids: Sequence[int], caches: list, start: int, *, chunk: int =
 @torch.inference_mode()
 def generate_step(model, prompt_ids: Sequence[int], caches: list, sampler: Callable, *, start: int = 0,
                   processors: Sequence[LogitsProcessor] = (), history: Sequence[int] = (),
-                  embeds: torch.Tensor | None = None, groups: torch.Tensor | None = None,
-                  slot=None) -> Iterator[int]:
+                  embeds: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> Iterator[int]:
     """Yield sampled token ids forever (the caller stops). Each token is fed to the model only when
-    the next one is asked for, so after the caller stops, the last yielded id is not in the cache.
-    With a `batch.Slot` the feeding is offered to a scheduler, which may run it batched with other
-    sequences' (`batch.decode_batch`) before asking for the next token."""
+    the next one is asked for, so after the caller stops, the last yielded id is not in the cache."""
     h = prefill(model, prompt_ids, caches, start, embeds=embeds, groups=groups)
     pos = start + (len(prompt_ids) if embeds is None else embeds.shape[1])
     seen = [*history, *prompt_ids]
     generated: list[int] = []
-    logits = model.logits(h)[0, -1]
     while True:
+        logits = model.logits(h)[0, -1]
         for proc in processors:
             logits = proc(logits, generated)
         token = sampler(logits, seen)
         seen.append(token)
         generated.append(token)
-        if slot is not None:
-            slot.offer(token, pos, caches)
         yield token
-        logits = slot.take() if slot is not None else None
-        if logits is None:
-            logits = model.logits(model(torch.tensor([[token]]), caches, torch.tensor([pos])))[0, -1]
+        h = model(torch.tensor([[token]]), caches, torch.tensor([pos]))
         pos += 1
 
 
@@ -76,12 +69,11 @@ class Step:
 def stream_generate(model, tokenizer, prompt_ids: Sequence[int], caches: list, sampler: Callable, *,
                     max_tokens: int, stop: Sequence[str] = (), start: int = 0, history: Sequence[int] = (),
                     processors: Sequence[LogitsProcessor] = (), drafter=None, embeds: torch.Tensor | None = None,
-                    groups: torch.Tensor | None = None, slot=None) -> Iterator[Step]:
+                    groups: torch.Tensor | None = None) -> Iterator[Step]:
     """A `Step` per generated token until an end-of-turn token (kept in the ids, not the text), a
     stop string (the text ends before it) or `max_tokens`. With a `drafter` and no processors the
     tokens come from `speculative_step` (the same ids for a greedy sampler). Once it ends or the
-    caller closes it, the caches hold every yielded token but the last, as sessions count on.
-    `slot`: see `generate_step` (not with a drafter)."""
+    caller closes it, the caches hold every yielded token but the last, as sessions count on."""
     if max_tokens <= 0:
         return
     if drafter is not None and not processors:
@@ -91,20 +83,15 @@ def stream_generate(model, tokenizer, prompt_ids: Sequence[int], caches: list, s
                                  max_tokens=max_tokens, embeds=embeds, groups=groups)
     else:
         steps = generate_step(model, prompt_ids, caches, sampler, start=start, processors=processors,
-                              history=history, embeds=embeds, groups=groups, slot=slot)
+                              history=history, embeds=embeds, groups=groups)
     detokenizer, stops = StreamDecoder(tokenizer), StopStrings(stop)
     try:
         for n, token in enumerate(steps, 1):
-            done = token in tokenizer.eos_ids or n >= max_tokens
-            if slot is not None and done:
-                slot.withdraw()  # no scheduler should feed a token that ends the sequence
             if token in tokenizer.eos_ids:
                 yield Step(token, stops.push(detokenizer.flush())[0] + stops.flush(), "stop")
                 return
             text, hit = stops.push(detokenizer.push(token))
             if hit:
-                if slot is not None:
-                    slot.withdraw()
                 yield Step(token, text, "stop")
                 return
             if n >= max_tokens:

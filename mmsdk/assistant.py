@@ -234,7 +234,6 @@ class _Run:
         self.embeds, self.groups = embeds, groups  # the prompt's embeddings when it holds images
         self.generated: list[int] = []
         self.finish_reason = "length"
-        self.slot = None  # a `batch.Slot` when a scheduler batches this run's decode steps with others
 
     def steps(self) -> Iterator[Step]:
         """The generation a token at a time (`generate.stream_generate`'s steps), recorded here."""
@@ -245,7 +244,7 @@ class _Run:
                                     max_tokens=self.max_tokens, stop=self.stop, start=self.start,
                                     history=self.history, processors=self.processors,
                                     drafter=make_drafter(self.draft, self.asst.model) if use_draft else None,
-                                    embeds=self.embeds, groups=self.groups, slot=None if use_draft else self.slot):
+                                    embeds=self.embeds, groups=self.groups):
             self.generated.append(step.token)
             self.finish_reason = step.finish_reason or self.finish_reason
             yield step

@@ -117,11 +117,7 @@ class Server:
 
         self.asst, self.api_key = asst, api_key
         self.allow_files = Path(allow_files).resolve() if allow_files else None
-        from .decoder.batch import can_batch, decode_batch
-
-        self.batching = can_batch(asst.model)
-        self.scheduler = Scheduler(max_concurrency, max_queue,
-                                   (lambda slots: decode_batch(asst.model, slots)) if self.batching else None)
+        self.scheduler = Scheduler(max_concurrency, max_queue)
         self.embedder = embedder or default_embedder()
         self.model_id = re.sub(r"[^a-z0-9.]+", "-", asst.info.name.lower()).strip("-")  # "Gemma 3 270m": gemma-3-270m
         self.embedding_id = getattr(self.embedder, "name", "embedder")
@@ -147,16 +143,10 @@ class Server:
             raise ApiError(404, f"model {name!r} is not served here for {kind}; use {' or '.join(map(repr, allowed))}",
                            "model", code="model_not_found")
 
-    def slot(self):
-        """A `batch.Slot` for a generation whose decode steps may be batched with others', or None."""
-        from .decoder.batch import Slot
-
-        return Slot() if self.batching else None
-
-    async def run(self, start, slot=None) -> Job:
+    async def run(self, start) -> Job:
         """Queue `start` (called on the worker) and wait for its first event, so a bad request fails
         with its status before any response is sent. Returns the job with that event put back."""
-        job = Job(start, asyncio.get_running_loop(), slot)
+        job = Job(start, asyncio.get_running_loop())
         try:
             self.scheduler.submit(job)
         except QueueFull as e:
@@ -225,8 +215,7 @@ def create_app(asst, **kw) -> FastAPI:
     async def chat_completions(req: ChatRequest):
         server.check_model(req.model, "chat")
         kw = _chat_kwargs(req, server)
-        slot = server.slot()
-        job = await server.run(lambda: _chat_job(server.asst, kw, slot), slot)
+        job = await server.run(lambda: _chat_job(server.asst, kw))
         created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
@@ -238,8 +227,7 @@ def create_app(asst, **kw) -> FastAPI:
         server.check_model(req.model, "chat")
         prompt = _completion_prompt(req)
         max_tokens, stop, sampling = req.max_tokens if req.max_tokens is not None else 16, _stops(req.stop), _sampling(req)
-        slot = server.slot()
-        job = await server.run(lambda: _completion_job(server.asst, prompt, max_tokens, stop, sampling, slot), slot)
+        job = await server.run(lambda: _completion_job(server.asst, prompt, max_tokens, stop, sampling))
         created, cid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
@@ -467,10 +455,9 @@ def _allowed_file(url: str, where: str, allow_files: Path | None) -> str:
     return str(resolved)
 
 
-def _chat_job(asst, kw: dict, slot):
+def _chat_job(asst, kw: dict):
     """On the worker: one chat generation, an item per token, then the parsed end."""
     run, plan, recorder = asst._chat_run(**kw)
-    run.slot = slot
     streaming_text = not plan.specs  # tool calls are parsed from the whole text at the end
     given, pieces = 0, []
     for step in run.steps():
@@ -506,9 +493,8 @@ def _completion_prompt(req: CompletionRequest) -> str:
     return prompt
 
 
-def _completion_job(asst, prompt: str, max_tokens: int, stop: list[str], sampling: dict, slot):
+def _completion_job(asst, prompt: str, max_tokens: int, stop: list[str], sampling: dict):
     run = asst._prompt_run(prompt, max_tokens, stop, sampling)
-    run.slot = slot
     for step in run.steps():
         yield {"text": step.text, "logprobs": []}
     yield {"end": True, "finish_reason": run.finish_reason, "tool_calls": [], "text": None,

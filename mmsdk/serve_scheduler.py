@@ -2,11 +2,9 @@
 
 A job is an iterator made on the worker (so tokenizing, media encoding and prefill run there too);
 the worker keeps up to `max_active` of them going and advances each by one item per round (one
-generated token for a generation), so every stream moves while others run. Generations that offer
-their next forward in a `batch.Slot` have it run together at the start of the round (`batch_step`,
-one pass over the weights for all of them); each keeps its own KV cache. A new job's prompt is
-prefilled in its first turn, between two rounds of the others. A job whose client went away is
-closed at its next turn, which frees its cache.
+generated token for a generation), so every stream moves while others run. Each sequence has its
+own KV cache: decode steps are interleaved, not batched through the layers together. A job whose
+client went away is closed at its next turn, which frees its cache.
 """
 import asyncio
 import collections
@@ -28,9 +26,9 @@ class Job:
 
     _ids = itertools.count()
 
-    def __init__(self, start: Callable[[], Iterator], loop: asyncio.AbstractEventLoop, slot=None):
+    def __init__(self, start: Callable[[], Iterator], loop: asyncio.AbstractEventLoop):
         self.id = next(self._ids)
-        self.start, self.loop, self.slot = start, loop, slot
+        self.start, self.loop = start, loop
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = False  # set by the request when its client disconnects
         self.iterator: Iterator | None = None
@@ -55,9 +53,8 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, max_active: int = 4, max_queue: int = 16, batch_step: Callable[[list], None] | None = None):
-        self.max_active, self.max_queue, self.batch_step = max_active, max_queue, batch_step
-        self.batched_steps = self.batched_rows = 0
+    def __init__(self, max_active: int = 4, max_queue: int = 16):
+        self.max_active, self.max_queue = max_active, max_queue
         self.waiting: collections.deque[Job] = collections.deque()
         self.active: list[Job] = []
         self.freed = 0  # jobs closed because their client went away
@@ -75,8 +72,7 @@ class Scheduler:
             self._wake.notify()
 
     def stats(self) -> dict:
-        return {"active": len(self.active), "waiting": len(self.waiting), "freed_on_disconnect": self.freed,
-                "batched_steps": self.batched_steps, "batched_rows": self.batched_rows}
+        return {"active": len(self.active), "waiting": len(self.waiting), "freed_on_disconnect": self.freed}
 
     def stop(self) -> None:
         with self._wake:
@@ -93,25 +89,8 @@ class Scheduler:
                     return
                 while self.waiting and len(self.active) < self.max_active:
                     self.active.append(self.waiting.popleft())
-            self._batch()
             for job in list(self.active):
                 self._advance(job)
-
-    def _batch(self) -> None:
-        """Run the offered forwards of all waiting sequences as one batch (two or more)."""
-        jobs = [j for j in self.active if j.slot is not None and j.slot.token is not None and not j.cancelled]
-        if self.batch_step is None or len(jobs) < 2:
-            return
-        try:
-            self.batch_step([j.slot for j in jobs])
-        except Exception as e:  # noqa: BLE001 - their caches may be half written: these requests fail
-            log.exception("a batched step failed")
-            for job in jobs:
-                job._emit("error", e)
-                self._finish(job)
-            return
-        self.batched_steps += 1
-        self.batched_rows += len(jobs)
 
     def _advance(self, job: Job) -> None:
         """One item of `job`; a job that ends, fails or was cancelled leaves the active set."""

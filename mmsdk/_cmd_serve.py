@@ -13,7 +13,8 @@ def register(sub) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: no key)")
     p.add_argument("--allow-files", metavar="DIR",
                    help="let image_url parts name local files under DIR (default: data URLs only)")
-    p.add_argument("--max-body-mb", type=float, default=32, help="largest request body in MiB (default 32); more is 413")
+    p.add_argument("--max-body-mb", type=float, default=32,
+                   help="largest request body in MiB (default 32); a larger one gets 413")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_serve)
 

@@ -12,7 +12,7 @@ from . import chat_format, media, structured
 from .decoder.kv_cache import make_cache
 from .decoder.loader import load_text
 from .decoder.sampling import make_sampler
-from .decoder.generate import Step, stream_generate
+from .decoder.generate import PREFILL_CHUNK, Step, prefill, stream_generate
 from .decoder.speculative import make_drafter
 from .errors import ContextLengthError, InputError
 from .options import check_load_options, check_sampling, check_stop
@@ -112,7 +112,7 @@ class Assistant:
         run = self._prompt_run(prompt, max_tokens, stop, sampling, parse_special)
         recorder = self._record_logprobs(run, top_logprobs)
         text = "".join(run)
-        return Reply(text=text, usage=Usage(len(run.ids), len(run.generated)), finish_reason=run.finish_reason,
+        return Reply(text=text, usage=Usage(run.prompt_tokens, len(run.generated)), finish_reason=run.finish_reason,
                      logprobs=recorder.finish(run.generated))
 
     def stream(self, prompt: str, *, max_tokens: int = 256, stop=(), parse_special: bool = True,
@@ -157,12 +157,13 @@ class Assistant:
                                              stop=stop, pan_and_scan=pan_and_scan, logprobs=logprobs,
                                              top_logprobs=top_logprobs, sampling=sampling)
         text, calls, parsed = plan.finish("".join(run), run.finish_reason)
-        return Reply(text=text, tool_calls=calls, parsed=parsed, usage=Usage(len(run.ids), len(run.generated)),
+        return Reply(text=text, tool_calls=calls, parsed=parsed, usage=Usage(run.prompt_tokens, len(run.generated)),
                      finish_reason=run.finish_reason, logprobs=recorder.finish(run.generated) if recorder else None)
 
     def _chat_run(self, messages, *, tools, schema, tool_choice, constrained, processors, max_tokens, stop,
-                  pan_and_scan, logprobs, top_logprobs, sampling) -> tuple["_Run", structured.Plan, LogprobRecorder | None]:
-        """`chat`'s generation, not yet run (the server steps it), with the plan that parses its text."""
+                  pan_and_scan, logprobs, top_logprobs, sampling) -> tuple:
+        """`chat`'s generation, not yet run (the server steps it): (the `_Run`, the `structured.Plan` that
+        parses its text, the `LogprobRecorder` or None)."""
         plan = structured.plan(self.tokenizer, messages, tools=tools, schema=schema, tool_choice=tool_choice,
                                constrained=constrained, max_tokens=max_tokens)
         prompt, images, audio = chat_format.render_messages(plan.messages)
@@ -232,8 +233,19 @@ class _Run:
         self.greedy = not sampling.get("temperature")
         self.processors = list(processors)  # logits -> logits before sampling, e.g. a grammar's mask
         self.embeds, self.groups = embeds, groups  # the prompt's embeddings when it holds images
+        self.prompt_tokens = len(ids)
         self.generated: list[int] = []
         self.finish_reason = "length"
+
+    def prefill_ahead(self, chunk: int = PREFILL_CHUNK) -> Iterator[None]:
+        """Feed the prompt but its last `chunk` tokens into the caches, a chunk per step, so a scheduler
+        runs other sequences between chunks; generating then starts from the rest, as `prefill` would.
+        A prompt holding media goes in one piece (no image is split)."""
+        while self.embeds is None and len(self.ids) > chunk:
+            prefill(self.asst.model, self.ids[:chunk], self.caches, self.start, chunk=chunk)
+            self.history = [*self.history, *self.ids[:chunk]]
+            self.start, self.ids = self.start + chunk, self.ids[chunk:]
+            yield
 
     def steps(self) -> Iterator[Step]:
         """The generation a token at a time (`generate.stream_generate`'s steps), recorded here."""

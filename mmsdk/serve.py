@@ -27,7 +27,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from .errors import ContextLengthError, InputError, MMSDKError
+from .errors import ContextLengthError, MMSDKError
+from .options import check_sampling
 from .serve_scheduler import Job, QueueFull, Scheduler
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,9 @@ def create_app(asst, **kw) -> FastAPI:
     async def completions(req: CompletionRequest):
         server.check_model(req.model, "chat")
         prompt = _completion_prompt(req)
-        max_tokens, stop, sampling = req.max_tokens if req.max_tokens is not None else 16, _stops(req.stop), _sampling(req)
+        max_tokens = req.max_tokens if req.max_tokens is not None else 16
+        stop, sampling = _stops(req.stop), _sampling(req)
+        check_sampling(sampling, max_tokens)
         job = await server.run(lambda: _completion_job(server.asst, prompt, max_tokens, stop, sampling))
         created, cid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
@@ -312,8 +315,9 @@ class LimitBody:
         await self.app(scope, replay, send)
 
     async def _reject(self, size, scope, receive, send):
-        await _error_response(413, f"request body is {size} bytes or more; the most this server takes is "
-                                   f"{self.limit}", "invalid_request_error", code="request_too_large")(scope, receive, send)
+        response = _error_response(413, f"request body is {size} bytes or more; the most this server takes is "
+                                        f"{self.limit}", "invalid_request_error", code="request_too_large")
+        await response(scope, receive, send)
 
 
 # ---- chat ------------------------------------------------------------------------------------------------
@@ -349,7 +353,8 @@ def _chat_kwargs(req: ChatRequest, server: Server) -> dict:
     if req.tools:
         bad = [t for t in req.tools if t.get("type") != "function" or not isinstance(t.get("function"), dict)]
         if bad:
-            raise ApiError(400, f"each tool must be {{'type': 'function', 'function': {{...}}}}, got {bad[0]!r}", "tools")
+            raise ApiError(400, f"each tool must be {{'type': 'function', 'function': {{...}}}}, got {bad[0]!r}",
+                           "tools")
         tools = [t["function"] for t in req.tools]
     tool_choice = req.tool_choice or "auto"
     if isinstance(tool_choice, dict):
@@ -377,9 +382,11 @@ def _chat_kwargs(req: ChatRequest, server: Server) -> dict:
     if not 0 <= top <= 20:
         raise ApiError(400, f"top_logprobs must be from 0 to 20, got {top}", "top_logprobs")
     ctx = server.asst.info.context_length
+    sampling, stop = _sampling(req), _stops(req.stop)
+    check_sampling(sampling, ctx if max_tokens is None else max_tokens)  # before queueing: a bad value never waits
     return {"messages": messages, "tools": tools, "schema": schema, "tool_choice": tool_choice, "constrained": True,
-            "processors": (), "max_tokens": ctx if max_tokens is None else max_tokens, "stop": _stops(req.stop),
-            "pan_and_scan": True, "logprobs": req.logprobs, "top_logprobs": top, "sampling": _sampling(req)}
+            "processors": (), "max_tokens": ctx if max_tokens is None else max_tokens, "stop": stop,
+            "pan_and_scan": True, "logprobs": req.logprobs, "top_logprobs": top, "sampling": sampling}
 
 
 def _message(m: dict, i: int, allow_files: Path | None) -> dict:
@@ -458,6 +465,7 @@ def _allowed_file(url: str, where: str, allow_files: Path | None) -> str:
 def _chat_job(asst, kw: dict):
     """On the worker: one chat generation, an item per token, then the parsed end."""
     run, plan, recorder = asst._chat_run(**kw)
+    yield from run.prefill_ahead()  # a long prompt a chunk per turn: the other streams keep flowing
     streaming_text = not plan.specs  # tool calls are parsed from the whole text at the end
     given, pieces = 0, []
     for step in run.steps():
@@ -468,7 +476,7 @@ def _chat_job(asst, kw: dict):
     reason = run.finish_reason
     text, calls, _ = plan.finish("".join(pieces), reason) if plan.specs else (None, [], None)
     yield {"end": True, "finish_reason": "tool_calls" if calls else reason, "tool_calls": calls,
-           "text": None if streaming_text else text, "prompt_tokens": len(run.ids),
+           "text": None if streaming_text else text, "prompt_tokens": run.prompt_tokens,
            "completion_tokens": len(run.generated)}
 
 
@@ -495,10 +503,11 @@ def _completion_prompt(req: CompletionRequest) -> str:
 
 def _completion_job(asst, prompt: str, max_tokens: int, stop: list[str], sampling: dict):
     run = asst._prompt_run(prompt, max_tokens, stop, sampling)
+    yield from run.prefill_ahead()
     for step in run.steps():
         yield {"text": step.text, "logprobs": []}
     yield {"end": True, "finish_reason": run.finish_reason, "tool_calls": [], "text": None,
-           "prompt_tokens": len(run.ids), "completion_tokens": len(run.generated)}
+           "prompt_tokens": run.prompt_tokens, "completion_tokens": len(run.generated)}
 
 
 async def _collect(job: Job) -> dict:

@@ -8,6 +8,9 @@ client went away is closed at its next turn, which frees its cache.
 """
 import asyncio
 import collections
+import ctypes
+import ctypes.util
+import functools
 import itertools
 import logging
 import threading
@@ -83,6 +86,8 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
+                if not (self.waiting or self.active or self._stopping):
+                    _release_freed_memory()
                 while not (self.waiting or self.active or self._stopping):
                     self._wake.wait()
                 if self._stopping:
@@ -110,7 +115,8 @@ class Scheduler:
             job._emit("error", e)
             self._finish(job)
         else:
-            job._emit("item", item)
+            if item is not None:  # None: a step of work with nothing to report (a prompt chunk fed)
+                job._emit("item", item)
 
     def _finish(self, job: Job, freed: bool = False) -> None:
         close = getattr(job.iterator, "close", None)
@@ -119,3 +125,17 @@ class Scheduler:
         job.iterator = None
         self.active.remove(job)
         self.freed += freed
+
+
+def _release_freed_memory() -> None:
+    """Give the pages freed by finished requests (KV caches, activations) back to the system when the
+    worker goes idle: glibc's malloc keeps them otherwise, and the server's RSS would ratchet up."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    libc = ctypes.util.find_library("c")  # None off glibc (macOS, musl): nothing to do there
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None

@@ -87,3 +87,15 @@ def test_streamed_text_is_the_decode_of_the_generated_ids(bundled_asst):
     steps = list(stream_generate(a.model, a.tokenizer, ids, make_cache(a.config), make_sampler(), max_tokens=32,
                                  stop=[stop]))
     assert steps[-1].finish_reason == "stop" and "".join(s.text for s in steps) == out.text[:out.text.find(stop)]
+
+
+def test_prefill_ahead_gives_the_same_reply(bundled_asst):
+    """The server feeds a long prompt a chunk per scheduler turn; the reply is the one of a whole prefill."""
+    prompt = " ".join(topics["assert"].split() * 4)[:3000]
+    whole = bundled_asst._prompt_run(prompt, 6, (), {})
+    text = "".join(whole)
+    ahead = bundled_asst._prompt_run(prompt, 6, (), {})
+    chunks = sum(1 for _ in ahead.prefill_ahead())
+    assert whole.prompt_tokens > 512 and chunks == (whole.prompt_tokens - 1) // 256
+    assert "".join(ahead) == text and ahead.generated == whole.generated  # the same chunks: the same ids
+    assert ahead.prompt_tokens == whole.prompt_tokens

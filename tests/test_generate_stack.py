@@ -78,13 +78,13 @@ def test_stop_strings_across_pieces():
 def test_streamed_text_is_the_decode_of_the_generated_ids(bundled_asst):
     a = bundled_asst
     ids = a.tokenizer.encode("The history of the printing press")
-    out = generate(a.model, a.tokenizer, ids, make_cache(a.config), make_sampler(), max_tokens=32)
-    assert len(out.tokens) == 32 and out.finish_reason == "length"
+    out = generate(a.model, a.tokenizer, ids, make_cache(a.config), make_sampler(), max_tokens=24)
+    assert len(out.tokens) == 24 and out.finish_reason == "length"
     assert out.text == a.tokenizer.decode(out.tokens)
-    assert "".join(a.stream("The history of the printing press", max_tokens=32)) == out.text  # the Assistant's path
+    assert "".join(a.stream("The history of the printing press", max_tokens=24)) == out.text  # the Assistant's path
     # A stop string taken from the reply cuts it there, in the stack itself
     stop = out.text[10:16]
-    steps = list(stream_generate(a.model, a.tokenizer, ids, make_cache(a.config), make_sampler(), max_tokens=32,
+    steps = list(stream_generate(a.model, a.tokenizer, ids, make_cache(a.config), make_sampler(), max_tokens=24,
                                  stop=[stop]))
     assert steps[-1].finish_reason == "stop" and "".join(s.text for s in steps) == out.text[:out.text.find(stop)]
 

@@ -35,10 +35,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """(base URL, log path) of one server for the whole file: two sequences at once, one waiting."""
-    port, log = free_port(), tmp_path_factory.mktemp("serve") / "server.log"
+    """(base URL, folder it may read images from) of one server for the whole file: two sequences
+    at once, one waiting."""
+    folder = tmp_path_factory.mktemp("serve")
+    port, log, allowed = free_port(), folder / "server.log", folder / "allowed"
+    allowed.mkdir()
     cmd = [sys.executable, "-m", "mmsdk.cli", "serve", "--port", str(port), "--api-key", KEY, "--threads", "2",
-           "--max-concurrency", "2", "--max-queue", "1", "--max-body-mb", "1"]
+           "--max-concurrency", "2", "--max-queue", "1", "--max-body-mb", "1", "--allow-files", str(allowed)]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -53,7 +56,7 @@ def server(tmp_path_factory):
                 time.sleep(0.5)
         else:
             pytest.fail(f"server did not come up: {log.read_text()[-2000:]}")
-        yield url, log
+        yield url, allowed
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -203,10 +206,21 @@ def test_errors(server, client):
     image = [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
                                           {"type": "image_url", "image_url": {"url": url}}]}]
     code, msg = status_of(lambda: client.chat.completions.create(model=MODEL, messages=image))
-    assert code == 400 and "image" in msg
-    local = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]
-    code, msg = status_of(lambda: client.chat.completions.create(model=MODEL, messages=local))
-    assert code == 400 and "--allow-files" in msg
+    assert code == 400 and "takes no image input" in msg
+
+    def image_at(path):
+        return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(path)}}]}]
+    (server[1] / "red.png").write_bytes(buf.getvalue())
+    code, msg = status_of(lambda: client.chat.completions.create(model=MODEL, messages=image_at("/etc/passwd")))
+    assert code == 400 and "not a file under the allowed folder" in msg
+    code, msg = status_of(lambda: client.chat.completions.create(model=MODEL,  # read, then refused by the model
+                                                                 messages=image_at(server[1] / "red.png")))
+    assert code == 400 and "takes no image input" in msg
+    clip = {"type": "input_audio", "input_audio": {"data": base64.b64encode(AUDIO.read_bytes()).decode(),
+                                                   "format": "wav"}}
+    code, msg = status_of(lambda: client.chat.completions.create(model=MODEL, messages=[
+        {"role": "user", "content": [clip]}]))
+    assert code == 400 and "takes no audio input" in msg
     # Over the context: both numbers in the message
     long = [{"role": "user", "content": "word " * 33000}]
     code, msg = status_of(lambda: client.chat.completions.create(model=MODEL, messages=long, max_tokens=4))

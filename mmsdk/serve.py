@@ -123,7 +123,8 @@ class Server:
         self.model_id = re.sub(r"[^a-z0-9.]+", "-", asst.info.name.lower()).strip("-")  # "Gemma 3 270m": gemma-3-270m
         self.embedding_id = getattr(self.embedder, "name", "embedder")
         self.created = int(time.time())
-        threading.Thread(target=self._warm, name="mmsdk-serve-warm", daemon=True).start()
+        self.warming = threading.Thread(target=self._warm, name="mmsdk-serve-warm", daemon=True)
+        self.warming.start()
 
     def _warm(self) -> None:
         """Load the embedder and the speech model beside the first requests, so the first embeddings or
@@ -204,7 +205,8 @@ def create_app(asst, **kw) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": server.model_id, **server.scheduler.stats()}
+        return {"status": "ok", "model": server.model_id, "warming": server.warming.is_alive(),
+                **server.scheduler.stats()}
 
     @app.get("/v1/models")
     async def models():

@@ -47,13 +47,14 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sys.stderr,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    for _ in range(600):  # up, and done loading the embedder and speech model (measured apart from that)
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                if r.status == 200:
+                if r.status == 200 and not json.loads(r.read())["warming"]:
                     return proc, url
         except OSError:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     proc.kill()
     raise SystemExit("the server did not come up")
 

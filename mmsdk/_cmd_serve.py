@@ -15,6 +15,8 @@ def register(sub) -> None:
                    help="let image_url parts name local files under DIR (default: data URLs only)")
     p.add_argument("--max-body-mb", type=float, default=32,
                    help="largest request body in MiB (default 32); a larger one gets 413")
+    p.add_argument("--prefix-cache-mb", type=float, default=256,
+                   help="memory for KV caches of prompt prefixes, reused by prompts that start alike (0: off)")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_serve)
 
@@ -25,6 +27,8 @@ def cmd_serve(args) -> int:
     for name in ("max_concurrency", "max_queue"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.prefix_cache_mb < 0:
+        raise InputError(f"--prefix-cache-mb must be >= 0, got {args.prefix_cache_mb}")
     if args.max_body_mb <= 0:
         raise InputError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
     if not 0 <= args.port <= 65535:
@@ -40,5 +44,6 @@ def cmd_serve(args) -> int:
     print(f"loading {args.model or 'the bundled Gemma 3 270M'} ...", file=sys.stderr)
     asst = mmsdk.load(args.model, threads=args.threads)
     serve(asst, host=args.host, port=args.port, api_key=args.api_key, max_concurrency=args.max_concurrency,
-          max_queue=args.max_queue, allow_files=args.allow_files, max_body=int(args.max_body_mb * 2**20))
+          max_queue=args.max_queue, allow_files=args.allow_files, max_body=int(args.max_body_mb * 2**20),
+          prefix_cache_bytes=int(args.prefix_cache_mb * 2**20))
     return 0

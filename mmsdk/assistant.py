@@ -237,15 +237,31 @@ class _Run:
         self.generated: list[int] = []
         self.finish_reason = "length"
 
-    def prefill_ahead(self, chunk: int = PREFILL_CHUNK) -> Iterator[None]:
+    def prefill_ahead(self, chunk: int = PREFILL_CHUNK, prefix_cache=None) -> Iterator[None]:
         """Feed the prompt but its last `chunk` tokens into the caches, a chunk per step, so a scheduler
         runs other sequences between chunks; generating then starts from the rest, as `prefill` would.
-        A prompt holding media goes in one piece (no image is split)."""
-        while self.embeds is None and len(self.ids) > chunk:
+        With a `PrefixCache` (its chunk is used) the longest prefix it holds is taken instead of fed,
+        and the prefixes fed are offered to it. A prompt holding media goes in one piece (no image is split)."""
+        if self.embeds is not None:
+            return
+        if prefix_cache is not None and self.start == 0:
+            chunk, total = prefix_cache.chunk, len(self.ids) - 1  # the last token is left to generation
+            n, caches = prefix_cache.lookup(self.ids, total)
+            if n:
+                self.caches[:] = caches
+                self._fed(n)
+        else:
+            prefix_cache = None
+        while len(self.ids) > chunk:
             prefill(self.asst.model, self.ids[:chunk], self.caches, self.start, chunk=chunk)
-            self.history = [*self.history, *self.ids[:chunk]]
-            self.start, self.ids = self.start + chunk, self.ids[chunk:]
+            self._fed(chunk)
+            if prefix_cache is not None and prefix_cache.keeps(self.start, total):
+                prefix_cache.add(self.history, self.caches)
             yield
+
+    def _fed(self, n: int) -> None:
+        self.history = [*self.history, *self.ids[:n]]
+        self.start, self.ids = self.start + n, self.ids[n:]
 
     def steps(self) -> Iterator[Step]:
         """The generation a token at a time (`generate.stream_generate`'s steps), recorded here."""

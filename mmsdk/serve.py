@@ -113,12 +113,14 @@ class Server:
     """What the endpoints share: the assistant, the scheduler, the embedder and the served names."""
 
     def __init__(self, asst, *, api_key: str | None = None, max_concurrency: int = 4, max_queue: int = 16,
-                 allow_files: str | None = None, embedder=None):
+                 allow_files: str | None = None, embedder=None, prefix_cache_bytes: int = 256 * 2**20):
+        from .decoder.prefix_cache import PrefixCache
         from .rag.embedder import default_embedder
 
         self.asst, self.api_key = asst, api_key
         self.allow_files = Path(allow_files).resolve() if allow_files else None
         self.scheduler = Scheduler(max_concurrency, max_queue)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.embedder = embedder or default_embedder()
         self.model_id = re.sub(r"[^a-z0-9.]+", "-", asst.info.name.lower()).strip("-")  # "Gemma 3 270m": gemma-3-270m
         self.embedding_id = getattr(self.embedder, "name", "embedder")
@@ -206,7 +208,8 @@ def create_app(asst, **kw) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": server.model_id, "warming": server.warming.is_alive(),
-                **server.scheduler.stats()}
+                **server.scheduler.stats(),
+                "prefix_cache": server.prefix_cache.stats() if server.prefix_cache is not None else None}
 
     @app.get("/v1/models")
     async def models():
@@ -218,7 +221,7 @@ def create_app(asst, **kw) -> FastAPI:
     async def chat_completions(req: ChatRequest):
         server.check_model(req.model, "chat")
         kw = _chat_kwargs(req, server)
-        job = await server.run(lambda: _chat_job(server.asst, kw))
+        job = await server.run(lambda: _chat_job(server.asst, kw, server.prefix_cache))
         created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
@@ -232,7 +235,8 @@ def create_app(asst, **kw) -> FastAPI:
         max_tokens = req.max_tokens if req.max_tokens is not None else 16
         stop, sampling = _stops(req.stop), _sampling(req)
         check_sampling(sampling, max_tokens)
-        job = await server.run(lambda: _completion_job(server.asst, prompt, max_tokens, stop, sampling))
+        job = await server.run(lambda: _completion_job(server.asst, prompt, max_tokens, stop, sampling,
+                                                       server.prefix_cache))
         created, cid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
@@ -464,10 +468,11 @@ def _allowed_file(url: str, where: str, allow_files: Path | None) -> str:
     return str(resolved)
 
 
-def _chat_job(asst, kw: dict):
+def _chat_job(asst, kw: dict, prefix_cache):
     """On the worker: one chat generation, an item per token, then the parsed end."""
     run, plan, recorder = asst._chat_run(**kw)
-    yield from run.prefill_ahead()  # a long prompt a chunk per turn: the other streams keep flowing
+    # A long prompt a chunk per turn (the other streams keep flowing), from the longest prefix kept
+    yield from run.prefill_ahead(prefix_cache=prefix_cache)
     streaming_text = not plan.specs  # tool calls are parsed from the whole text at the end
     given, pieces = 0, []
     for step in run.steps():
@@ -503,9 +508,9 @@ def _completion_prompt(req: CompletionRequest) -> str:
     return prompt
 
 
-def _completion_job(asst, prompt: str, max_tokens: int, stop: list[str], sampling: dict):
+def _completion_job(asst, prompt: str, max_tokens: int, stop: list[str], sampling: dict, prefix_cache):
     run = asst._prompt_run(prompt, max_tokens, stop, sampling)
-    yield from run.prefill_ahead()
+    yield from run.prefill_ahead(prefix_cache=prefix_cache)
     for step in run.steps():
         yield {"text": step.text, "logprobs": []}
     yield {"end": True, "finish_reason": run.finish_reason, "tool_calls": [], "text": None,

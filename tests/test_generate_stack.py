@@ -7,6 +7,7 @@ import pytest
 
 from mmsdk.decoder.generate import StopStrings, generate, stream_generate
 from mmsdk.decoder.kv_cache import make_cache
+from mmsdk.decoder.prefix_cache import PrefixCache
 from mmsdk.decoder.sampling import make_sampler
 from mmsdk.decoder.tokenizer import StreamDecoder
 
@@ -99,3 +100,22 @@ def test_prefill_ahead_gives_the_same_reply(bundled_asst):
     assert whole.prompt_tokens > 512 and chunks == (whole.prompt_tokens - 1) // 256
     assert "".join(ahead) == text and ahead.generated == whole.generated  # the same chunks: the same ids
     assert ahead.prompt_tokens == whole.prompt_tokens
+
+
+def test_prefix_cache_reuses_a_shared_prefix(bundled_asst):
+    """A prompt sharing a long prefix with an earlier one is fed only from where they part, and gives
+    the reply a cold prefill in the same chunks gives (the same computation, so the same ids)."""
+    a = bundled_asst
+    doc = " ".join(topics["assert"].split() * 4)[:1600]
+    cache = PrefixCache(chunk=128)
+    first = a._prompt_run(doc + "\nQuestion: what is assert for?", 4, (), {})
+    assert sum(1 for _ in first.prefill_ahead(prefix_cache=cache)) >= 2
+    "".join(first)
+    assert cache.stats()["prefixes"] == 2
+    warm = a._prompt_run(doc + "\nQuestion: when is it skipped?", 4, (), {})
+    fed_warm = sum(1 for _ in warm.prefill_ahead(prefix_cache=cache))
+    cold = a._prompt_run(doc + "\nQuestion: when is it skipped?", 4, (), {})
+    fed_cold = sum(1 for _ in cold.prefill_ahead(chunk=128))
+    assert cache.hits == 1 and cache.hit_tokens >= len(a.tokenizer.encode(doc)) - 128
+    assert fed_warm == 0 < fed_cold
+    assert "".join(warm) == "".join(cold) and warm.generated == cold.generated

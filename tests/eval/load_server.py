@@ -6,6 +6,7 @@ chat replies equal the ones the idle server gave for the same prompt), that ever
 
     python tests/eval/load_server.py --requests 300 --concurrency 8
     python tests/eval/load_server.py --decode-rate     # 1 stream vs 4 at once, and a 5th's time to first token
+    python tests/eval/load_server.py --prefix          # a prompt sharing a ~1,000-token prefix: warm vs cold
 """
 import argparse
 import json
@@ -71,6 +72,9 @@ def main() -> int:
     ap.add_argument("--decode-rate", action="store_true",
                     help="instead: aggregate decode tok/s of 1 and of 4 concurrent streams, and the time to "
                          "first token of a new request while 4 run")
+    ap.add_argument("--prefix", action="store_true",
+                    help="instead: time to first token of a prompt sharing a ~1,000-token prefix with the one "
+                         "before (the prefix cache) against a prompt of new text, alternating, 3 rounds")
     args = ap.parse_args()
     if args.decode_rate:
         args.max_concurrency = max(args.max_concurrency, 5)
@@ -83,9 +87,9 @@ def main() -> int:
         return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                               max_tokens=args.max_tokens, temperature=0, **kw)
 
-    if args.decode_rate:
+    if args.decode_rate or args.prefix:
         try:
-            return decode_rate(client, model, args)
+            return decode_rate(client, model, args) if args.decode_rate else prefix_reuse(client, model)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -161,6 +165,28 @@ def main() -> int:
     print(f"server RSS: {rss_before:.0f} MB before, {rss_after:.0f} MB after ({rss_after / rss_before - 1:+.1%}); "
           f"health after: {health}")
     return 1 if problems else 0
+
+
+def prefix_reuse(client, model: str, rounds: int = 3) -> int:
+    """Each round: a new document (~1,000 tokens of the CPython docs) with a question, cold; then the same
+    document with another question, which the prefix cache starts from where they part."""
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics[k] for k in sorted(topics))
+    client.completions.create(model=model, prompt="warm up", max_tokens=1, temperature=0)
+    cold, warm = [], []
+    for r in range(rounds):
+        doc = text[20_000 * (r + 1):20_000 * (r + 1) + 4_400]
+        for question, times in (("What is this about?", cold), ("Which keyword does it name first?", warm)):
+            t = time.perf_counter()
+            out = client.completions.create(model=model, prompt=f"{doc}\n\nQuestion: {question}\nAnswer:",
+                                            max_tokens=1, temperature=0)
+            times.append(time.perf_counter() - t)
+        print(f"round {r}: prompt {out.usage.prompt_tokens} tokens, cold {cold[-1]:.2f} s, shared prefix "
+              f"{warm[-1]:.2f} s")
+    c, w = statistics.median(cold), statistics.median(warm)
+    print(f"time to first token, median: cold {c:.2f} s, shared prefix {w:.2f} s: {c / w:.1f}x sooner")
+    return 0
 
 
 def decode_rate(client, model: str, args) -> int:

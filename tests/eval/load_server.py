@@ -68,6 +68,8 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model")
+    ap.add_argument("--url", help="with --decode-rate or --prefix: measure this running OpenAI-compatible server "
+                                  "instead (e.g. llama-server --parallel 4 on the same GGUF), not one started here")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--decode-rate", action="store_true",
                     help="instead: aggregate decode tok/s of 1 and of 4 concurrent streams, and the time to "
@@ -79,6 +81,10 @@ def main() -> int:
     if args.decode_rate:
         args.max_concurrency = max(args.max_concurrency, 5)
 
+    if args.url and (args.decode_rate or args.prefix):
+        client = openai.OpenAI(base_url=f"{args.url}/v1", api_key="none", max_retries=0, timeout=600)
+        model = client.models.list().data[0].id
+        return decode_rate(client, model, args) if args.decode_rate else prefix_reuse(client, model)
     proc, url = start_server(args)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
     model = client.models.list().data[0].id
@@ -197,7 +203,8 @@ def decode_rate(client, model: str, args) -> int:
     def stream(prompt: str, out: list, started: threading.Event | None = None):
         t0 = time.perf_counter()
         times = []
-        for c in client.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0, stream=True):
+        for c in client.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0, stream=True,
+                                           extra_body={"ignore_eos": True}):  # llama-server's; others ignore it
             if c.choices and c.choices[0].text:
                 times.append(time.perf_counter())
                 if started is not None and len(times) == 1:
@@ -215,8 +222,9 @@ def decode_rate(client, model: str, args) -> int:
             t.join()
         first, last = max(ts[0] for _, ts in out), min(ts[-1] for _, ts in out)  # the span all k decode together
         tokens = sum(sum(first <= x <= last for x in ts) for _, ts in out)
-        rates[k] = tokens / (last - first)
-        print(f"{k} stream(s): {rates[k]:.1f} tok/s aggregate ({n} tokens each, text pieces counted)")
+        rates[k] = (tokens - k) / (last - first)  # the intervals between pieces inside the span
+        print(f"{k} stream(s): {rates[k]:.1f} tok/s aggregate (pieces per stream: {[len(ts) for _, ts in out]}, "
+              f"{n} tokens asked)")
     print(f"4 streams / 1 stream: {rates[4] / rates[1]:.2f}x")
     out, started = [], [threading.Event() for _ in range(4)]
     threads = [threading.Thread(target=stream, args=(f"{PROMPTS[i]} Story {i}:", out, started[i])) for i in range(4)]

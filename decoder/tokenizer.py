@@ -158,17 +158,34 @@ class SentencePieceTokenizer(GemmaTokenizer):
 
 
 class StreamDecoder:
-    """Turns a stream of ids into text pieces, holding back bytes of a character not yet complete."""
+    """Turns a stream of ids into text pieces at a cost linear in the stream's length: each push
+    decodes only a short window (the last emitted token, as context for spacing, plus the ids not
+    yet emitted), never the whole reply (the approach of vLLM's and TGI's incremental detokenizers).
+    Bytes of a character split across byte-fallback tokens are held back until it completes."""
+
+    MAX_HELD = 8  # a UTF-8 character is at most 4 byte tokens; past this the bytes are invalid: let them out
 
     def __init__(self, tokenizer: GemmaTokenizer):
-        self.tokenizer, self.ids, self.emitted = tokenizer, [], 0
+        self.tokenizer = tokenizer
+        self.window: list[int] = []  # ids from the last emitted token on
+        self.read = 0  # window[:read] is already emitted text
 
     def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):  # a multi-byte character split across byte-fallback tokens
-            return ""
-        piece, self.emitted = text[self.emitted:], len(text)
+        self.window.append(token_id)
+        before = self.tokenizer.decode(self.window[:self.read])
+        text = self.tokenizer.decode(self.window)
+        if text.endswith("\ufffd") and len(self.window) - self.read < self.MAX_HELD:
+            return ""  # a multi-byte character not complete yet
+        piece = text[len(before):]
+        self.window = self.window[self.read:]  # the tokens just emitted are the next push's context
+        self.read = len(self.window)
+        return piece
+
+    def flush(self) -> str:
+        """The text of ids still held back (an incomplete character decodes to U+FFFD, as a full decode does)."""
+        before = self.tokenizer.decode(self.window[:self.read])
+        piece = self.tokenizer.decode(self.window)[len(before):]
+        self.window, self.read = [], 0
         return piece
 
 

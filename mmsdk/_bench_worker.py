@@ -49,8 +49,9 @@ def _weight_bytes(model) -> int:
 def mmsdk_speed(spec, ids, gen):
     import torch
 
-    from mmsdk.decoder.generate import prefill
+    from mmsdk.decoder.generate import generate_step, prefill
     from mmsdk.decoder.kv_cache import make_cache
+    from mmsdk.decoder.sampling import make_sampler
 
     loaded, load_s = _mmsdk_load(spec)
     model = loaded.model
@@ -59,17 +60,15 @@ def mmsdk_speed(spec, ids, gen):
         t = time.perf_counter()  # the first whole prompt: memory not yet held, pages not yet mapped
         model.logits(prefill(model, ids, make_cache(model.config), 0))
         first_s = time.perf_counter() - t
-        caches = make_cache(model.config)
-        t0 = time.perf_counter()
-        h = prefill(model, ids, caches, 0)
-        tok = int(model.logits(h)[0, -1].argmax())
-        t1 = time.perf_counter()
-        pos = len(ids)
-        for _ in range(gen):
-            h = model(torch.tensor([[tok]]), caches, torch.tensor([pos]))
-            tok = int(model.logits(h)[0, -1].argmax())
-            pos += 1
-        t2 = time.perf_counter()
+    # The library's own greedy decoding loop: the first token is the prompt's prefill, each next one a step
+    steps = generate_step(model, ids, make_cache(model.config), make_sampler())
+    t0 = time.perf_counter()
+    next(steps)
+    t1 = time.perf_counter()
+    for _ in range(gen):
+        next(steps)
+    t2 = time.perf_counter()
+    steps.close()
     return {"load_s": load_s, "first_prompt_s": first_s, "ttft_s": t1 - t0, "prefill_tps": len(ids) / (t1 - t0),
             "decode_tps": gen / (t2 - t1),
             "bytes_per_token": _weight_bytes(model), "label": loaded.quantization}

@@ -12,11 +12,10 @@ from . import chat_format, media, structured
 from .decoder.kv_cache import make_cache
 from .decoder.loader import load_text
 from .decoder.sampling import make_sampler
-from .decoder.generate import generate_step
-from .decoder.speculative import make_drafter, speculative_step
-from .decoder.tokenizer import StreamDecoder
+from .decoder.generate import PREFILL_CHUNK, Step, prefill, stream_generate
+from .decoder.speculative import make_drafter
 from .errors import ContextLengthError, InputError
-from .options import check_load_options, check_sampling
+from .options import check_load_options, check_sampling, check_stop
 from .scoring import LogprobRecorder, check_top_logprobs, pieces_with_logprobs, score_text
 from .types import ModelInfo, Reply, Score, Usage
 
@@ -113,7 +112,7 @@ class Assistant:
         run = self._prompt_run(prompt, max_tokens, stop, sampling, parse_special)
         recorder = self._record_logprobs(run, top_logprobs)
         text = "".join(run)
-        return Reply(text=text, usage=Usage(len(run.ids), len(run.generated)), finish_reason=run.finish_reason,
+        return Reply(text=text, usage=Usage(run.prompt_tokens, len(run.generated)), finish_reason=run.finish_reason,
                      logprobs=recorder.finish(run.generated))
 
     def stream(self, prompt: str, *, max_tokens: int = 256, stop=(), parse_special: bool = True,
@@ -153,6 +152,18 @@ class Assistant:
         `reply.parsed` is the validated object. Both are decoded under a grammar, so they parse
         (`constrained=False` leaves it to the model). `processors`: extra `fn(logits, ids) -> logits`.
         `logprobs=True` / `top_logprobs=k`: `reply.logprobs` (the model's own distribution, before masks)."""
+        run, plan, recorder = self._chat_run(messages, tools=tools, schema=schema, tool_choice=tool_choice,
+                                             constrained=constrained, processors=processors, max_tokens=max_tokens,
+                                             stop=stop, pan_and_scan=pan_and_scan, logprobs=logprobs,
+                                             top_logprobs=top_logprobs, sampling=sampling)
+        text, calls, parsed = plan.finish("".join(run), run.finish_reason)
+        return Reply(text=text, tool_calls=calls, parsed=parsed, usage=Usage(run.prompt_tokens, len(run.generated)),
+                     finish_reason=run.finish_reason, logprobs=recorder.finish(run.generated) if recorder else None)
+
+    def _chat_run(self, messages, *, tools, schema, tool_choice, constrained, processors, max_tokens, stop,
+                  pan_and_scan, logprobs, top_logprobs, sampling) -> tuple:
+        """`chat`'s generation, not yet run (the server steps it): (the `_Run`, the `structured.Plan` that
+        parses its text, the `LogprobRecorder` or None)."""
         plan = structured.plan(self.tokenizer, messages, tools=tools, schema=schema, tool_choice=tool_choice,
                                constrained=constrained, max_tokens=max_tokens)
         prompt, images, audio = chat_format.render_messages(plan.messages)
@@ -162,9 +173,7 @@ class Assistant:
         run = _Run(self, p.ids, make_cache(self.config), 0, (), max_tokens, stop, sampling,
                    [*plan.processors, *processors], embeds=p.embeds, groups=p.groups)
         recorder = self._record_logprobs(run, top_logprobs) if logprobs or top_logprobs else None
-        text, calls, parsed = plan.finish("".join(run), run.finish_reason)
-        return Reply(text=text, tool_calls=calls, parsed=parsed, usage=Usage(len(p.ids), len(run.generated)),
-                     finish_reason=run.finish_reason, logprobs=recorder.finish(run.generated) if recorder else None)
+        return run, plan, recorder
 
     def run_agent(self, task: str, tools, *, max_steps: int = 5, approve=None, **kw) -> "AgentResult":
         """Let the model call `tools` until it answers `task` in text, at most `max_steps` turns."""
@@ -205,84 +214,74 @@ class Assistant:
 
 
 class _Run:
-    """One generation: samples tokens, turns them into text, stops at an end-of-turn token, a stop
-    string or `max_tokens`. Iterating yields text pieces; `generated` and `finish_reason` remain."""
+    """One generation of the Assistant's: its options checked, then `generate.stream_generate` run
+    on them. Iterating yields text pieces (`steps()` the tokens); `generated` and `finish_reason` remain."""
 
     def __init__(self, asst: Assistant, ids: list[int], caches, start: int, history, max_tokens: int, stop,
                  sampling: dict, processors=(), embeds=None, groups=None):
         self.draft = sampling.pop("draft", None)
         self.draft = asst.draft if self.draft is None else self.draft or None
         check_sampling(sampling, max_tokens)
+        check_stop(stop)
         ctx = asst.config.max_position_embeddings
         if start + len(ids) > ctx:
             raise ContextLengthError(start + len(ids), ctx)
         self.asst, self.ids, self.caches, self.start, self.history = asst, ids, caches, start, history
         self.max_tokens = min(max_tokens, ctx - start - len(ids))
-        self.stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        self.stop = stop
         self.sampler = make_sampler(**sampling)
         self.greedy = not sampling.get("temperature")
         self.processors = list(processors)  # logits -> logits before sampling, e.g. a grammar's mask
         self.embeds, self.groups = embeds, groups  # the prompt's embeddings when it holds images
+        self.prompt_tokens = len(ids)
         self.generated: list[int] = []
         self.finish_reason = "length"
 
-    def __iter__(self) -> Iterator[str]:
-        if self.max_tokens == 0:
+    def prefill_ahead(self, chunk: int = PREFILL_CHUNK, prefix_cache=None) -> Iterator[None]:
+        """Feed the prompt but its last `chunk` tokens into the caches, a chunk per step, so a scheduler
+        runs other sequences between chunks; generating then starts from the rest, as `prefill` would.
+        With a `PrefixCache` (its chunk is used) the longest prefix it holds is taken instead of fed,
+        and the prefixes fed are offered to it. A prompt holding media goes in one piece (no image is split)."""
+        if self.embeds is not None:
             return
+        if prefix_cache is not None and self.start == 0:
+            chunk, total = prefix_cache.chunk, len(self.ids) - 1  # the last token is left to generation
+            n, caches = prefix_cache.lookup(self.ids, total)
+            if n:
+                self.caches[:] = caches
+                self._fed(n)
+        else:
+            prefix_cache = None
+        while len(self.ids) > chunk:
+            prefill(self.asst.model, self.ids[:chunk], self.caches, self.start, chunk=chunk)
+            self._fed(chunk)
+            if prefix_cache is not None and prefix_cache.keeps(self.start, total):
+                prefix_cache.add(self.history, self.caches)
+            yield
+
+    def _fed(self, n: int) -> None:
+        self.history = [*self.history, *self.ids[:n]]
+        self.start, self.ids = self.start + n, self.ids[n:]
+
+    def steps(self) -> Iterator[Step]:
+        """The generation a token at a time (`generate.stream_generate`'s steps), recorded here."""
         # Drafts are checked against greedy picks only, and processors (a grammar's mask, a logprob
         # recorder, which may join after __init__) follow one token at a time
-        if self.draft is not None and self.greedy and not self.processors:
-            steps = speculative_step(self.asst.model, self.ids, self.caches, self.sampler,
-                                     make_drafter(self.draft, self.asst.model), start=self.start,
-                                     history=self.history, max_tokens=self.max_tokens, embeds=self.embeds,
-                                     groups=self.groups)
-        else:
-            steps = generate_step(self.asst.model, self.ids, self.caches, self.sampler, start=self.start,
-                                  processors=self.processors, history=self.history, embeds=self.embeds,
-                                  groups=self.groups)
-        try:
-            yield from self._pieces(steps)
-        finally:  # the caches keep every yielded token but the last, as sessions count on
-            steps.close()
+        use_draft = self.draft is not None and self.greedy and not self.processors
+        for step in stream_generate(self.asst.model, self.asst.tokenizer, self.ids, self.caches, self.sampler,
+                                    max_tokens=self.max_tokens, stop=self.stop, start=self.start,
+                                    history=self.history, processors=self.processors,
+                                    drafter=make_drafter(self.draft, self.asst.model) if use_draft else None,
+                                    embeds=self.embeds, groups=self.groups):
+            self.generated.append(step.token)
+            self.finish_reason = step.finish_reason or self.finish_reason
+            yield step
 
-    def _pieces(self, steps) -> Iterator[str]:
-        tok = self.asst.tokenizer
-        decoder, pending = StreamDecoder(tok), ""
-        for token in steps:
-            self.generated.append(token)
-            if token in tok.eos_ids:
-                self.finish_reason = "stop"
-                break
-            pending += decoder.push(token)
-            cut = _find_stop(pending, self.stop)
-            if cut is not None:
-                self.finish_reason = "stop"
-                yield pending[:cut]
-                return
-            keep = _partial_stop(pending, self.stop)
-            if len(pending) > keep:
-                yield pending[:len(pending) - keep]
-                pending = pending[len(pending) - keep:]
-            if len(self.generated) >= self.max_tokens:
-                break
-        if pending:
-            yield pending
-
-
-def _find_stop(text: str, stops) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _partial_stop(text: str, stops) -> int:
-    """Length of the longest tail of `text` that could still grow into a stop string."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if s.startswith(text[-n:]):
-                best = n
-                break
-    return best
+    def __iter__(self) -> Iterator[str]:
+        """The text pieces, as they are released."""
+        for step in self.steps():
+            if step.text:
+                yield step.text
 
 
 class Session:

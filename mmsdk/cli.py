@@ -14,6 +14,7 @@ _COMMAND_MODULES = [
     "mmsdk._cmd_docs",
     "mmsdk._cmd_media_audio",
     "mmsdk._cmd_media_image",
+    "mmsdk._cmd_serve",
 ]
 
 

@@ -39,6 +39,13 @@ def check_sampling(sampling: dict, max_tokens) -> None:
             raise InputError(f"{name} must be {allowed}, got {value!r}")
 
 
+def check_stop(stop) -> None:
+    if isinstance(stop, str):
+        return
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise InputError(f"stop must be a str or a list of str, got {stop!r}")
+
+
 def check_tool_choice(tool_choice, tool_names) -> None:
     """`tool_names`: the tools offered to this call (a forced call needs at least one)."""
     if tool_choice in ("auto", "none") or tool_choice in tool_names:

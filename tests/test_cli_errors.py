@@ -24,6 +24,9 @@ CASES = [
     (["ask", f"{NO_SUCH}.db", "why?"], f"no index at '{NO_SUCH}.db'"),
     (["bench", "--threads", "0"], "--threads must be at least 1"),
     (["bench", "--model", NO_SUCH], f"--model {NO_SUCH}: no such file or folder"),
+    (["serve", "--max-concurrency", "0"], "--max-concurrency must be at least 1, got 0"),
+    (["serve", "--allow-files", NO_SUCH], f"--allow-files {NO_SUCH}: no such folder"),
+    (["serve", "--model", NO_SUCH], f"'{NO_SUCH}': no such file or folder"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
 

@@ -6,7 +6,7 @@ import pytest
 
 import mmsdk
 from _tiny import write_tiny_gemma3
-from mmsdk import assistant
+from mmsdk.decoder import generate
 from mmsdk.decoder.tokenizer import MEDIA_TOKENS
 from mmsdk.documents import DocumentIndex
 
@@ -28,13 +28,13 @@ def asst(request, tmp_path_factory):
 def fed(monkeypatch):
     """The prompt ids of every generation, as the decoder receives them."""
     seen = []
-    real = assistant.generate_step
+    real = generate.generate_step
 
     def recording(model, ids, *args, **kw):
         seen.append(list(ids))
         return real(model, ids, *args, **kw)
 
-    monkeypatch.setattr(assistant, "generate_step", recording)
+    monkeypatch.setattr(generate, "generate_step", recording)
     return seen
 
 

@@ -298,8 +298,13 @@ def _load_hf(folder: Path, dtype) -> LoadedText:
         from .gemma3n_loader import load_gemma3n  # imports LoadedText from here
 
         return load_gemma3n(folder, hf, dtype)
+    if arch in ("gemma4", "gemma4_text"):
+        from .gemma4_loader import load_gemma4  # imports LoadedText from here
+
+        return load_gemma4(folder, hf, dtype)
     if arch not in TEXT_ARCHITECTURES:
-        raise ModelLoadError(cfg_path, f"unsupported architecture {arch!r} (supported: {', '.join(sorted(TEXT_ARCHITECTURES))})")
+        supported = sorted(TEXT_ARCHITECTURES | {"gemma3n", "gemma3n_text", "gemma4", "gemma4_text"})
+        raise ModelLoadError(cfg_path, f"unsupported architecture {arch!r} (supported: {', '.join(supported)})")
     text_hf = hf.get("text_config", hf) if arch == "gemma3" else hf
     with warnings.catch_warnings():
         warnings.simplefilter("always")

@@ -50,6 +50,9 @@ def _load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
     if getattr(loaded, "source", "") == "gguf":
         return _mmproj_encoders(loaded, path, dtype, mmproj)
     tensors = getattr(loaded, "extra_tensors", None) or {}
+    if tensors and loaded.hf_config.get("model_type") == "gemma4":
+        log.warning("the vision and audio towers of Gemma 4 are not wired yet; %s loads as text only", path)
+        return Encoders()
     if tensors and getattr(loaded, "source", "") == "hf" and loaded.hf_config.get("model_type") == "gemma3n":
         from .encoders.gemma3n_fusion import attach_hard_tokens, load_gemma3n_encoders
 

@@ -6,9 +6,10 @@ their own kv head count), sliding layers of window 4 so the rings wrap, and a la
 sliding that transformers (and we) force to global. `DENSE_LIKE` is the larger models' shape: no
 per-layer embeddings, no KV sharing, separate values.
 """
+from pathlib import Path
+
 import torch
 
-from gemma3n_fixtures import write_tokenizer
 
 S, F = "sliding_attention", "full_attention"
 E2B_LIKE = dict(vocab_size=512, vocab_size_per_layer_input=512, hidden_size=64, hidden_size_per_layer_input=8,
@@ -57,5 +58,25 @@ def hf_full_model(text: dict = E2B_LIKE, seed: int = 0, vision: bool = True, aud
 
 def save(model, folder, vocab_size: int = 512):
     model.save_pretrained(folder)
-    write_tokenizer(folder, vocab_size)
+    write_gemma4_tokenizer(folder, vocab_size)
     return folder
+
+
+# Gemma 4's control tokens at their real ids, and the words its chat format writes.
+CONTROLS = {98: "<|think|>", 100: "<|channel>", 101: "<channel|>", 105: "<|turn>", 106: "<turn|>"}
+FORMAT_WORDS = ("system", "user", "model", "thought")
+# The chat template of the Gemma 4 vocabulary file llama.cpp vendors (models/ggml-vocab-gemma-4.gguf).
+CHAT_TEMPLATE = Path(__file__).parent / "fixtures" / "gemma4_chat_template.jinja"
+
+
+def write_gemma4_tokenizer(folder: Path, vocab_size: int = 512) -> None:
+    """A word-level tokenizer with Gemma's specials and Gemma 4's control tokens at their real ids."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    names = {0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", **CONTROLS}
+    names.update({4 + i: w for i, w in enumerate(FORMAT_WORDS)})
+    vocab = {names.get(i, f"w{i}"): i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens([AddedToken(t, special=True) for i, t in sorted(names.items()) if i < 4 or i in CONTROLS])
+    tok.save(str(folder / "tokenizer.json"))

@@ -127,7 +127,8 @@ class Attention(nn.Module):
             k, v, k_pos = cache.update(apply_rope(k, cos, sin), v, positions)
             if self.is_kv_source:
                 shared[self.idx] = k, v, k_pos
-        y = attend(q, k, v, step_mask(shared, positions, k_pos, self.window), 1.0)
+        groups = shared.get("groups") if self.window else None  # Gemma 4: images both ways on sliding layers
+        y = attend(q, k, v, step_mask(shared, positions, k_pos, self.window, groups), 1.0)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -68,6 +68,7 @@ class Gemma4Text(nn.Module):
         self.rope_global = RotaryEmbedding(cfg.global_head_dim, cfg.rope_global_base, cfg.rope_global_scaling,
                                            rotated=cfg.rope_global_rotated)
         self.hard_tokens = None  # Gemma 4 has no separate media vocabulary; kept for `embed_tokens`
+        self.soft_token_ids = torch.empty(0, dtype=torch.long)  # set by the encoders: image / audio placeholders
 
     # Token embeddings times sqrt(hidden), PLE inputs (projected embedding + table rows) / sqrt(2),
     # and the tied, soft-capped head: computed as Gemma 3n computes them.
@@ -78,12 +79,19 @@ class Gemma4Text(nn.Module):
     def forward(self, ids: torch.Tensor | None, caches: list, positions: torch.Tensor, *,
                 embeds: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, T, hidden) for tokens `ids` at `positions`. With `embeds`, those
-        replace the token embeddings and `ids`, when given, still select the PLE rows. `groups` is
-        accepted for the shared interface and unused: no Gemma 4 encoder is wired yet."""
+        replace the token embeddings and `ids`, when given, still select the PLE rows. Media
+        placeholder ids (`soft_token_ids`) read the pad rows of both tables wherever they stand, as
+        transformers' multimodal model does. `groups` (T,) gives each position its image
+        (-1 for text): with `use_bidirectional_attention="vision"` an image's tokens see each other
+        both ways on the sliding layers (global layers stay causal)."""
+        if ids is not None and len(self.soft_token_ids):
+            ids = ids.masked_fill(torch.isin(ids, self.soft_token_ids), self.config.pad_token_id)
         x = self.embed_tokens(ids) if embeds is None else embeds  # (B, T, H)
         per_layer = self.per_layer_inputs(ids, x) if self.config.hidden_size_per_layer_input else None
         ropes = {SLIDING: self.rope_local(positions, x.dtype), FULL: self.rope_global(positions, x.dtype)}
         shared: dict = {}  # this step's: kv source layer -> (k, v, k_pos); (window, keys) -> mask
+        if groups is not None and self.config.use_bidirectional_attention == "vision":
+            shared["groups"] = groups
         for i, (layer, cache) in enumerate(zip(self.layers, caches)):
             x = layer(x, ropes[layer.layer_type], cache, positions, None if per_layer is None else per_layer[:, :, i],
                       shared)

@@ -49,6 +49,7 @@ class Gemma4TextConfig:
     layer_types: tuple[str, ...] = field(default=())
     num_kv_shared_layers: int = 0
     use_double_wide_mlp: bool = False  # KV-shared layers' MLPs twice as wide
+    use_bidirectional_attention: str | None = None  # "vision": image tokens see each other on sliding layers
     bos_token_id: int = 2
     eos_token_ids: tuple[int, ...] = (1, 106)  # <eos>, <turn|>
     pad_token_id: int = 0

@@ -3,7 +3,7 @@
 `Gemma4ForConditionalGeneration` (google/gemma-4-E2B-it) stores the decoder under
 `model.language_model.*` beside the vision and audio towers and their embedders
 (`model.vision_tower.*`, `model.audio_tower.*`, `model.embed_vision.*`, `model.embed_audio.*`),
-which are handed back unread in `extra_tensors`; `Gemma4ForCausalLM` stores it under `model.*`.
+which are handed back unread in `extra_tensors` for the encoders; `Gemma4ForCausalLM` stores it under `model.*`.
 A missing or unexpected decoder tensor is a `ModelLoadError` naming it; config keys the decoder
 does not read are named in a warning. With `offload="ple"` the per-layer embedding table is mapped
 from the checkpoint file and never read into memory.
@@ -100,7 +100,7 @@ def load_gemma4(folder, hf: dict | None = None, dtype: torch.dtype = torch.float
         raise ModelLoadError(folder, "no tokenizer.json in the folder")
     tok = load_tokenizer_json(folder, hf)
     stored = str(hf.get("torch_dtype") or hf.get("dtype") or (hf.get("text_config") or {}).get("dtype") or "float32")
-    # The towers' tensors stay unread (`LazyTensor`s): no Gemma 4 encoder takes them yet.
+    # The towers' tensors stay unread (`LazyTensor`s) until an encoder takes them (`mmsdk.media`).
     return LoadedText(model.eval(), tok, folder.name, "hf", stored, extra, hf, parameters=n_params)
 
 

@@ -157,13 +157,15 @@ class Assistant:
 
     def chat(self, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto",
              constrained: bool = True, processors=(), max_tokens: int = 256, stop=(), pan_and_scan: bool = True,
-             logprobs: bool = False, top_logprobs: int = 0, thinking: bool = False, **sampling) -> Reply:
+             logprobs: bool = False, top_logprobs: int = 0, thinking: bool = False, image_tokens: int = 280,
+             **sampling) -> Reply:
         """Reply to a conversation in the model's chat format. With `tools` the reply may call them
         (`reply.tool_calls`; tool_choice "auto", "required", "none" or a tool's name); with `schema`
         `reply.parsed` is the validated object. Both are decoded under a grammar, so they parse
         (`constrained=False` leaves it to the model). `processors`: extra `fn(logits, ids) -> logits`.
         `logprobs=True` / `top_logprobs=k`: `reply.logprobs` (the model's own distribution, before masks).
-        `thinking=True` (Gemma 4): the model thinks first; the thought is `reply.thinking`, apart from `reply.text`."""
+        `thinking=True` (Gemma 4): the model thinks first; the thought is `reply.thinking`, apart from `reply.text`.
+        `image_tokens` (Gemma 4): soft tokens per image, 70, 140, 280, 560 or 1120 (more: finer detail, slower)."""
         gemma4 = self._format is chat_format_gemma4
         if thinking and not gemma4:
             raise InputError(f"thinking=True needs a model with a thinking mode (Gemma 4); {self.info.name} has none")
@@ -175,7 +177,7 @@ class Assistant:
             else chat_format.render_messages(plan.messages)
         self._check_media(images, audio)
         p = media.encode_prompt(self.model, self.tokenizer, self.encoders, prompt, images, audio,
-                                pan_and_scan=pan_and_scan)
+                                pan_and_scan=pan_and_scan, image_tokens=image_tokens)
         run = _Run(self, p.ids, make_cache(self.config), 0, (), max_tokens, stop, sampling,
                    [*plan.processors, *processors], embeds=p.embeds, groups=p.groups)
         recorder = self._record_logprobs(run, top_logprobs) if logprobs or top_logprobs else None
@@ -199,11 +201,13 @@ class Assistant:
 
     # ---- media and documents ------------------------------------------------------------------
     def describe_image(self, image, prompt: str = "Describe this image.", *, pan_and_scan: bool = True,
-                       max_tokens: int = 256, **sampling) -> str:
+                       max_tokens: int = 256, image_tokens: int = 280, **sampling) -> str:
         """What the model sees in `image` (a path, bytes or PIL image). Pan-and-scan adds crops of
-        wide or tall images so small details survive the 896-pixel resize."""
+        wide or tall images so small details survive the 896-pixel resize (Gemma 3); Gemma 4 sees
+        the image at its aspect ratio within `image_tokens` soft tokens (70, 140, 280, 560, 1120)."""
         message = {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]}
-        return self.chat([message], pan_and_scan=pan_and_scan, max_tokens=max_tokens, **sampling).text
+        return self.chat([message], pan_and_scan=pan_and_scan, max_tokens=max_tokens, image_tokens=image_tokens,
+                         **sampling).text
 
     def transcribe_audio(self, audio, *, language: str | None = None, progress: bool = False):
         """Speech to text with timestamps. Uses the model's audio encoder when it has one, else the

@@ -23,13 +23,15 @@ class Encoders:
     vision: object = None  # a Gemma 3 vision tower (SigLIP + projector)
     image_config: object = None
     gemma3n: object = None  # a Gemma 3n checkpoint's towers (`encoders.gemma3n_fusion.Gemma3nEncoders`)
+    gemma4_vision: object = None  # a Gemma 4 checkpoint's vision tower (`encoders.gemma4_vision`)
     # Recent images' and clips' embeddings by content: a follow-up about the same picture costs only the text.
     cache: EncodeCache = field(default_factory=EncodeCache)
 
     @property
     def modalities(self) -> frozenset:
         g = self.gemma3n
-        return frozenset({"text"} | ({"image"} if self.vision is not None or (g and g.vision is not None) else set())
+        has_image = self.vision is not None or self.gemma4_vision is not None or (g and g.vision is not None)
+        return frozenset({"text"} | ({"image"} if has_image else set())
                          | ({"audio"} if g and g.audio is not None else set()))
 
 
@@ -51,8 +53,7 @@ def _load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
         return _mmproj_encoders(loaded, path, dtype, mmproj)
     tensors = getattr(loaded, "extra_tensors", None) or {}
     if tensors and loaded.hf_config.get("model_type") == "gemma4":
-        log.warning("the vision and audio towers of Gemma 4 are not wired yet; %s loads as text only", path)
-        return Encoders()
+        return _gemma4_encoders(loaded, tensors, path, dtype)
     if tensors and getattr(loaded, "source", "") == "hf" and loaded.hf_config.get("model_type") == "gemma3n":
         from .encoders.gemma3n_fusion import attach_hard_tokens, load_gemma3n_encoders
 
@@ -71,6 +72,23 @@ def _load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
     pre = Path(path) / "preprocessor_config.json"
     pre_cfg = json.loads(pre.read_text()) if pre.is_file() else None
     return Encoders(vision=tower, image_config=image_config_for(tower, pre_cfg))
+
+
+def _gemma4_encoders(loaded, tensors, path, dtype) -> Encoders:
+    """Gemma 4's vision tower, and the placeholder ids whose per-layer embeddings read the pad row.
+    Its audio tower is not wired yet: audio is refused."""
+    from .encoders.gemma4_vision import load_gemma4_vision
+
+    hf = loaded.hf_config
+    if any(k.startswith(("model.audio_tower.", "model.embed_audio.")) for k in tensors):
+        log.warning("the audio tower of Gemma 4 is not wired yet; %s takes text and images", path)
+    ids = [hf.get(k) for k in ("image_token_id", "audio_token_id", "video_token_id") if hf.get(k) is not None]
+    loaded.model.soft_token_ids = torch.tensor(ids, dtype=torch.long)
+    if not any(k.startswith("model.vision_tower.") for k in tensors):
+        return Encoders()
+    tensors = {k: v.read() if hasattr(v, "read") else v for k, v in tensors.items()
+               if k.startswith(("model.vision_tower.", "model.embed_vision."))}
+    return Encoders(gemma4_vision=load_gemma4_vision(tensors, hf, path, dtype))
 
 
 def _mmproj_encoders(loaded, path, dtype, mmproj) -> Encoders:
@@ -102,7 +120,7 @@ def _mmproj_encoders(loaded, path, dtype, mmproj) -> Encoders:
 
 
 def check_modalities(name: str, encoders: Encoders, images, audio) -> None:
-    for kind, items, which in (("image", images, "Gemma 3 4B and larger, or Gemma 3n"),
+    for kind, items, which in (("image", images, "Gemma 3 4B and larger, Gemma 3n or Gemma 4"),
                                ("audio", audio, "Gemma 3n")):
         if items and kind not in encoders.modalities:
             raise UnsupportedModalityError(f"{name} takes no {kind} input; load a model that does ({which})")
@@ -116,10 +134,18 @@ class Prompt:
 
 
 def encode_prompt(model, tokenizer, encoders: Encoders, text, images=(), audio=(), *,
-                  add_bos: bool = True, prefix_ids=(), pan_and_scan: bool = True) -> Prompt:
+                  add_bos: bool = True, prefix_ids=(), pan_and_scan: bool = True, image_tokens: int = 280) -> Prompt:
     """Token ids for the prompt `text` (a raw string, or `chat_format` parts whose content is never
     parsed); with images, also the embeddings with each image in place.
-    `prefix_ids` are tokens already decided (a session's pending tokens) that go first."""
+    `prefix_ids` are tokens already decided (a session's pending tokens) that go first.
+    `image_tokens`: Gemma 4's soft-token budget per image (70, 140, 280, 560 or 1120)."""
+    if encoders.gemma4_vision is not None and images:  # its markers are control tokens of the text
+        from .encoders.gemma4_vision import build_prompt as build_gemma4
+
+        ids = chat_format.encode(tokenizer, text, add_bos)
+        p = build_gemma4(ids, list(images), model=model, tokenizer=tokenizer, tower=encoders.gemma4_vision,
+                         image_tokens=image_tokens)
+        return _prepend(model, prefix_ids, Prompt(*p))
     n_images = chat_format.count_markers(text, IMAGE_MARKER)
     if encoders.gemma3n is None:
         if audio:

@@ -21,8 +21,9 @@ DENSE_LIKE = dict(vocab_size=512, hidden_size=64, hidden_size_per_layer_input=0,
                   num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
                   sliding_window=4, final_logit_softcapping=30.0, layer_types=[S, S, F, S, S, F])
 # Towers at test size: their tensors sit where the real checkpoint has them (`model.vision_tower.*`, ...).
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-              num_key_value_heads=2, head_dim=16, patch_size=4, position_embedding_size=64)
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+              num_key_value_heads=2, head_dim=16, patch_size=4, position_embedding_size=64,
+              use_clipped_linears=True, standardize=True)
 AUDIO = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, subsampling_conv_channels=[8, 4],
              output_proj_dims=32)
 
@@ -37,9 +38,16 @@ def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
         for name, p in model.eval().named_parameters():
             noise = torch.randn(p.shape, generator=g)
             p.copy_(1.0 + 0.1 * noise if name.endswith("norm.weight") else 0.05 * noise)
-        for name, b in model.named_buffers():
+        for name, b in model.named_buffers():  # scales, clip ranges that bite, standardization
+            u = torch.rand(b.shape, generator=g)
             if name.endswith("layer_scalar"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+                b.copy_(0.5 + u)
+            elif name.endswith(("_min", "_max")):
+                b.copy_((0.5 + u) * (-1 if name.endswith("_min") else 1))
+            elif name.endswith("std_bias"):
+                b.copy_(u - 0.5)
+            elif name.endswith("std_scale"):
+                b.copy_(0.5 + u)
     return model
 
 
@@ -52,7 +60,8 @@ def hf_text_model(text: dict = E2B_LIKE, seed: int = 0):
 def hf_full_model(text: dict = E2B_LIKE, seed: int = 0, vision: bool = True, audio: bool = True):
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
 
-    cfg = Gemma4Config(text_config=text, vision_config=VISION if vision else None, audio_config=AUDIO if audio else None)
+    cfg = Gemma4Config(text_config=text, vision_config=VISION if vision else None, audio_config=AUDIO if audio else None,
+                       **MEDIA_IDS)
     return _randomize(Gemma4ForConditionalGeneration(cfg), seed)
 
 
@@ -63,7 +72,10 @@ def save(model, folder, vocab_size: int = 512):
 
 
 # Gemma 4's control tokens at their real ids, and the words its chat format writes.
-CONTROLS = {98: "<|think|>", 100: "<|channel>", 101: "<channel|>", 105: "<|turn>", 106: "<turn|>"}
+CONTROLS = {98: "<|think|>", 100: "<|channel>", 101: "<channel|>", 105: "<|turn>", 106: "<turn|>",
+            200: "<|image|>", 201: "<|image>", 202: "<image|>"}  # (the image tokens' real ids are past 258k)
+MEDIA_IDS = dict(image_token_id=200, boi_token_id=201, eoi_token_id=202, audio_token_id=203, boa_token_id=204,
+                 eoa_token_index=205, video_token_id=206)
 FORMAT_WORDS = ("system", "user", "model", "thought")
 # The chat template of the Gemma 4 vocabulary file llama.cpp vendors (models/ggml-vocab-gemma-4.gguf).
 CHAT_TEMPLATE = Path(__file__).parent / "fixtures" / "gemma4_chat_template.jinja"

@@ -43,7 +43,6 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
         raise InputError("mmproj= goes with a .gguf model; a Hugging Face folder carries its own vision tower")
     t0 = time.perf_counter()
     from .decoder.gemma3n_loader import is_gemma3n_folder, load_quantized
-    from .decoder.gemma4_loader import is_gemma4_folder, load_gemma4
 
     if quantize and is_gemma3n_folder(path):
         # Streamed: rounded a tensor at a time into the weight cache, never a float model in memory
@@ -51,13 +50,8 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
         if threads:
             torch.set_num_threads(int(threads))
         loaded = load_quantized(Path(path), quantize, _DTYPES[dtype], offload=offload)
-    elif offload == "ple" and not quantize and is_gemma4_folder(path):
-        # the per-layer table mapped straight from the checkpoint, never read into memory
-        if threads:
-            torch.set_num_threads(int(threads))
-        loaded = load_gemma4(Path(path), dtype=_DTYPES[dtype], offload="ple")
-    else:
-        loaded = load_text(Path(path), dtype, quantize=quantize, threads=threads)
+    else:  # a Gemma 3n / 4 folder's per-layer table mapped straight from the checkpoint with offload="ple"
+        loaded = load_text(Path(path), dtype, quantize=quantize, threads=threads, offload=offload)
         if offload:
             from .decoder.offload import apply_offload
 

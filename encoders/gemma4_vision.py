@@ -266,38 +266,3 @@ def load_gemma4_vision(tensors: dict, hf: dict, path, dtype: torch.dtype = torch
     tower.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
     return tower.eval().requires_grad_(False)
 
-
-# ---- images in a prompt ------------------------------------------------------------------------
-
-IMAGE, BOI, EOI = "<|image|>", "<|image>", "<image|>"  # the chat format's marker, and the image's bounds
-
-
-@torch.inference_mode()
-def build_prompt(ids: list[int], images, *, model, tokenizer, tower: Gemma4VisionTower, image_tokens: int = 280):
-    """(ids, embeddings, image groups) of a prompt whose ids hold one `<|image|>` per image: each
-    becomes `<|image>`, one soft token per pooled block, `<image|>`, as transformers' processor
-    expands it; the soft tokens' embeddings are the tower's, the rest the text table's. `groups`
-    gives each position its image (-1 for text), for layers that see an image both ways."""
-    soft, boi, eoi = tokenizer.token_id(IMAGE), tokenizer.token_id(BOI), tokenizer.token_id(EOI)
-    if None in (soft, boi, eoi):
-        raise InputError(f"the tokenizer lacks Gemma 4's image tokens ({IMAGE}, {BOI}, {EOI})")
-    n_marks = sum(t == soft for t in ids)
-    if n_marks != len(images):
-        raise InputError(f"the prompt has {n_marks} image marker(s) but {len(images)} image(s) were given")
-    patches, positions, counts = preprocess(images, image_tokens, tower.config)
-    dtype = tower.embed_proj.weight.dtype
-    features = tower(patches.to(dtype), positions)
-    out, groups, k = [], [], 0
-    for t in ids:
-        if t == soft:
-            out += [boi, *[soft] * counts[k], eoi]
-            groups += [-1, *[k] * counts[k], -1]
-            k += 1
-        else:
-            out.append(t)
-            groups.append(-1)
-    ids_t = torch.tensor([out])
-    is_soft = ids_t[0] == soft
-    embeds = model.embed_tokens(ids_t.masked_fill(ids_t == soft, model.config.pad_token_id))
-    embeds[0, is_soft] = features.to(embeds.dtype)
-    return out, embeds, torch.tensor(groups)

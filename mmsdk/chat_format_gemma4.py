@@ -15,13 +15,13 @@ model writes `<|channel>thought\n...<channel|>` before its answer (`split_thinki
 Text parts are trimmed as the template trims them. Prompts are parts as in `chat_format`: `Markup`
 is the format's own text, plain `str` is content, never read as control tokens.
 """
-from .chat_format import IMAGE_MARKER, Markup, split_content
+from .chat_format import AUDIO_MARKER, IMAGE_MARKER, Markup, split_content
 from .errors import InputError
 
 START, END = "<|turn>", "<turn|>"
 THINK = "<|think|>"
 CHANNEL, CHANNEL_END = "<|channel>", "<channel|>"
-IMAGE = "\n\n<|image|>\n\n"  # where an image goes, as the template writes it (expanded by the encoder)
+IMAGE, AUDIO = "\n\n<|image|>\n\n", "<|audio|>"  # where media go, as the template writes them (expanded later)
 _ROLES = {"system": "system", "user": "user", "assistant": "model", "model": "model"}
 
 
@@ -30,7 +30,8 @@ def turn_parts(role: str, content) -> list[str]:
     if role not in _ROLES:
         raise InputError(f"unknown role {role!r} for Gemma 4: expected one of system, user, assistant")
     body = [content] if isinstance(content, str) else list(content)
-    body = [Markup(p.replace(IMAGE_MARKER, IMAGE)) if isinstance(p, Markup) else p for p in body]
+    body = [Markup(p.replace(IMAGE_MARKER, IMAGE).replace(AUDIO_MARKER, AUDIO)) if isinstance(p, Markup) else p
+            for p in body]
     return [Markup(f"{START}{_ROLES[role]}\n"), *_trimmed(body), Markup(f"{END}\n")]
 
 

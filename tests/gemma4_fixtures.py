@@ -24,7 +24,7 @@ DENSE_LIKE = dict(vocab_size=512, hidden_size=64, hidden_size_per_layer_input=0,
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
               num_key_value_heads=2, head_dim=16, patch_size=4, position_embedding_size=64,
               use_clipped_linears=True, standardize=True)
-AUDIO = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, subsampling_conv_channels=[8, 4],
+AUDIO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, subsampling_conv_channels=[128, 4],
              output_proj_dims=32)
 
 
@@ -37,7 +37,8 @@ def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     with torch.no_grad():
         for name, p in model.eval().named_parameters():
             noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.1 * noise if name.endswith("norm.weight") else 0.05 * noise)
+            is_norm = name.endswith(".weight") and "norm" in name.split(".")[-2]  # also norm_pre_attn, ...
+            p.copy_(1.0 + 0.1 * noise if is_norm else 0.05 * noise)
         for name, b in model.named_buffers():  # scales, clip ranges that bite, standardization
             u = torch.rand(b.shape, generator=g)
             if name.endswith("layer_scalar"):
@@ -73,7 +74,8 @@ def save(model, folder, vocab_size: int = 512):
 
 # Gemma 4's control tokens at their real ids, and the words its chat format writes.
 CONTROLS = {98: "<|think|>", 100: "<|channel>", 101: "<channel|>", 105: "<|turn>", 106: "<turn|>",
-            200: "<|image|>", 201: "<|image>", 202: "<image|>"}  # (the image tokens' real ids are past 258k)
+            200: "<|image|>", 201: "<|image>", 202: "<image|>", 203: "<|audio|>", 204: "<|audio>",
+            205: "<audio|>"}  # (the media tokens' real ids are past 255k)
 MEDIA_IDS = dict(image_token_id=200, boi_token_id=201, eoi_token_id=202, audio_token_id=203, boa_token_id=204,
                  eoa_token_index=205, video_token_id=206)
 FORMAT_WORDS = ("system", "user", "model", "thought")

@@ -43,7 +43,7 @@ def test_full_checkpoint_generates_as_transformers(full, offload):
     ref, folder = full
     asst = mmsdk.load(folder, dtype="float32", offload=offload)
     assert asst.info.family == "gemma4"
-    assert asst.info.modalities == {"text", "image"}  # the audio tower is not wired yet
+    assert asst.info.modalities == {"text", "image", "audio"}
     assert isinstance(asst.model.ple, MappedPerLayerEmbedding) == (offload == "ple")
     prompt = "w5 w17 w99 w3 w250 w42 w7"
     want = reference_greedy(ref, asst, asst.tokenizer.encode(prompt), 8)

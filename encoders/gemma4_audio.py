@@ -136,7 +136,8 @@ class ChunkedAttention(nn.Module):
         super().__init__()
         H, self.n_heads = cfg.hidden_size, cfg.num_attention_heads
         self.head_dim = H // self.n_heads
-        self.chunk, self.past, self.future = cfg.attention_chunk_size, cfg.attention_context_left - 1, cfg.attention_context_right
+        self.chunk, self.past = cfg.attention_chunk_size, cfg.attention_context_left - 1
+        self.future = cfg.attention_context_right
         self.context = self.chunk + self.past + self.future
         self.cap, self.invalid = cfg.attention_logit_cap, cfg.attention_invalid_logits_value
         self.q_proj, self.k_proj, self.v_proj = (ClippableLinear(cfg, H, H) for _ in range(3))
@@ -187,7 +188,8 @@ class ChunkedAttention(nn.Module):
         context's oldest frame is never seen, as in the reference) and less than `future` ahead."""
         T = valid.shape[1]
         t = torch.arange(n_blocks * self.chunk).view(n_blocks, self.chunk, 1)
-        s = (torch.arange(n_blocks) * self.chunk).view(n_blocks, 1, 1) + torch.arange(self.context).view(1, 1, -1) - self.past
+        starts = (torch.arange(n_blocks) * self.chunk).view(n_blocks, 1, 1)
+        s = starts + torch.arange(self.context).view(1, 1, -1) - self.past  # each context slot's frame
         near = ((t >= s) & (t - s < self.past)) | ((t < s) & (s - t < self.future))
         real = F.pad(valid, (0, n_blocks * self.chunk + self.context - T), value=False)
         key_real = real[:, (s.clamp(min=0)).expand(n_blocks, self.chunk, -1)] & (s >= 0)
@@ -262,7 +264,8 @@ def load_gemma4_audio(tensors: dict, hf: dict, path, dtype: torch.dtype = torch.
     want = tower.state_dict()
     for name in sorted(set(state) | set(want)):
         if name not in want or name not in state:
-            raise ModelLoadError(path, f"{'unexpected' if name not in want else 'missing'} tensor 'model.audio_tower.{name}'")
+            kind = "unexpected" if name not in want else "missing"
+            raise ModelLoadError(path, f"{kind} tensor 'model.audio_tower.{name}'")
         if tuple(state[name].shape) != tuple(want[name].shape):
             raise ModelLoadError(path, f"tensor {name!r} has shape {tuple(state[name].shape)}, the config implies "
                                        f"{tuple(want[name].shape)}")

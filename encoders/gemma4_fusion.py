@@ -64,10 +64,12 @@ def _encode_clip(tower, clip) -> torch.Tensor:
     """One clip's soft tokens (n, text width): 25 a second of its first 30 s."""
     samples = load_audio(clip)
     if len(samples) > MAX_AUDIO_SAMPLES:
-        log.warning("audio of %.1f s cut to its first 30 s (transcribe_audio windows long audio)", len(samples) / SAMPLE_RATE)
+        log.warning("audio of %.1f s cut to its first 30 s (transcribe_audio windows long audio)",
+                    len(samples) / SAMPLE_RATE)
         samples = samples[:MAX_AUDIO_SAMPLES]
     mel, valid = log_mel(samples)
-    x, keep = tower(torch.from_numpy(mel)[None].to(tower.embed_proj.weight.dtype), torch.from_numpy(np.asarray(valid))[None])
+    mel = torch.from_numpy(mel)[None].to(tower.embed_proj.weight.dtype)
+    x, keep = tower(mel, torch.from_numpy(np.asarray(valid))[None])
     return x[0, keep[0]]
 
 

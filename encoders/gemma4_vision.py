@@ -136,7 +136,8 @@ class PatchEmbedder(nn.Module):
     def forward(self, patches, positions, padding):
         x = self.input_proj((2 * (patches - 0.5)).to(self.input_proj.weight.dtype))  # pixels to [-1, 1]
         xy = positions.clamp(min=0)
-        pos = F.embedding(xy[..., 0], self.position_embedding_table[0]) + F.embedding(xy[..., 1], self.position_embedding_table[1])
+        table = self.position_embedding_table
+        pos = F.embedding(xy[..., 0], table[0]) + F.embedding(xy[..., 1], table[1])  # x's plus y's
         return x + pos.masked_fill(padding[..., None], 0.0)
 
 
@@ -225,7 +226,8 @@ class Gemma4VisionTower(nn.Module):
         mask = ~padding[:, None, None, :]  # every real patch sees every real patch
         for layer in self.encoder.layers:
             x = layer(x, ropes, mask)
-        pooled, keep = _pool(x.masked_fill(padding[..., None], 0.0), positions, patches.shape[1] // cfg.pooling_kernel_size ** 2)
+        n_out = patches.shape[1] // cfg.pooling_kernel_size ** 2
+        pooled, keep = _pool(x.masked_fill(padding[..., None], 0.0), positions, n_out)
         soft = pooled.float()[keep] * cfg.hidden_size ** 0.5  # in float32: the scale can pass float16's range
         if cfg.standardize:
             soft = (soft - self.std_bias.float()) * self.std_scale.float()

@@ -74,7 +74,8 @@ def test_audio_chat_matches_transformers(pair):
     logits within 1e-4 (4e-6 seen) and the greedy reply equal to transformers' generate."""
     ref, asst = pair
     samples = _noise(3.0, 1)
-    messages = [{"role": "user", "content": [{"type": "audio", "audio": (samples, 16000)}, {"type": "text", "text": "w7"}]}]
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": (samples, 16000)},
+                                             {"type": "text", "text": "w7"}]}]
     p = media.encode_prompt(asst.model, asst.tokenizer, asst.encoders, *render_messages(messages))
     start = p.ids.index(204)
     assert p.ids[start:start + 77] == [204, *[AUDIO_ID] * 75, 205]

@@ -7,7 +7,7 @@ each Gemma 4 feature, broken alone, moves the logits 1000x more (full instead of
 import pytest
 import torch
 
-from gemma4_fixtures import DENSE_LIKE, E2B_LIKE, hf_full_model, hf_text_model, save
+from gemma4_fixtures import DENSE_LIKE, hf_full_model, hf_text_model, save
 from mmsdk.decoder.gemma4 import Gemma4Text
 from mmsdk.decoder.generate import generate_step
 from mmsdk.decoder.kv_cache import FullCache, RingCache, SharedCache, make_cache

@@ -43,7 +43,8 @@ def test_preprocessing_and_tower_match_transformers(pair, budget):
     want = _processor(budget)(images, return_tensors="pt")
     patches, positions, counts = preprocess(images, budget, tower.config)
     assert (patches - want["pixel_values"]).abs().max() <= 1e-6
-    assert positions.tolist() == want["image_position_ids"].tolist() and counts == want["num_soft_tokens_per_image"].tolist()
+    assert positions.tolist() == want["image_position_ids"].tolist()
+    assert counts == want["num_soft_tokens_per_image"].tolist()
     with torch.no_grad():
         expected = torch.cat(ref.model.get_image_features(want["pixel_values"], want["image_position_ids"]).pooler_output)
         got = tower(patches, positions)
@@ -75,8 +76,9 @@ def test_image_chat_matches_transformers(pair, budget):
     with torch.no_grad():
         want = ref(input_ids=ids, **inputs).logits
         model = asst.model
-        got = model.logits(model(ids, make_cache(model.config), torch.arange(ids.shape[1]), embeds=p.embeds, groups=p.groups))
-        causal = model.logits(model(ids, make_cache(model.config), torch.arange(ids.shape[1]), embeds=p.embeds))
+        positions = torch.arange(ids.shape[1])
+        got = model.logits(model(ids, make_cache(model.config), positions, embeds=p.embeds, groups=p.groups))
+        causal = model.logits(model(ids, make_cache(model.config), positions, embeds=p.embeds))
         assert (got - want).abs().max() <= 1e-4 < (causal - want).abs().max()
         out = ref.generate(ids, **inputs, max_new_tokens=8, do_sample=False, eos_token_id=None)[0, ids.shape[1]:].tolist()
     cut = next((i for i, t in enumerate(out) if t in asst.tokenizer.eos_ids), len(out))

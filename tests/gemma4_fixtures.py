@@ -94,3 +94,9 @@ def write_gemma4_tokenizer(folder: Path, vocab_size: int = 512) -> None:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.add_special_tokens([AddedToken(t, special=True) for i, t in sorted(names.items()) if i < 4 or i in CONTROLS])
     tok.save(str(folder / "tokenizer.json"))
+
+
+
+# The vision and audio tests' checkpoint (conftest's `gemma4_media` fixture): a sliding window (16)
+# an image spans, and image tokens that see each other both ways on sliding layers, as Gemma 4's do.
+MEDIA_TEXT = dict(E2B_LIKE, use_bidirectional_attention="vision", sliding_window=16)

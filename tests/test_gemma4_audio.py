@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-import mmsdk
-from gemma4_fixtures import hf_full_model, save
 from mmsdk import media
 from mmsdk.chat_format_gemma4 import render_messages
 from mmsdk.decoder.kv_cache import make_cache
@@ -22,11 +20,6 @@ def _noise(seconds, seed):
     return (np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    ref = hf_full_model(seed=2)
-    return ref, mmsdk.load(save(ref, tmp_path_factory.mktemp("g4_audio")))
-
 
 def _reference_inputs(samples):
     from transformers import Gemma4AudioFeatureExtractor
@@ -35,10 +28,10 @@ def _reference_inputs(samples):
 
 
 @pytest.mark.parametrize("seconds", [2.02, 0.44])  # 51 and 11 tokens: chunks of 12 cut mid-way
-def test_features_and_tower_match_transformers(pair, seconds):
+def test_features_and_tower_match_transformers(gemma4_media, seconds):
     """Features within float32 rounding (the same numpy operations: 0.0 seen) and the same frame
     mask; soft tokens within 1e-5 (1.5e-6 seen), with linear layers whose clip ranges bite."""
-    ref, asst = pair
+    ref, asst = gemma4_media
     tower = asst.encoders.gemma4_audio
     samples = _noise(seconds, 0)
     want = _reference_inputs(samples)
@@ -69,10 +62,10 @@ def _reference_reply(ref, asst, ids, samples, n=8):
     return asst.tokenizer.decode(out[:cut])
 
 
-def test_audio_chat_matches_transformers(pair):
+def test_audio_chat_matches_transformers(gemma4_media):
     """25 placeholders a second between <|audio> and <audio|>, as the processor writes them; prefill
-    logits within 1e-4 (4e-6 seen) and the greedy reply equal to transformers' generate."""
-    ref, asst = pair
+    logits within 1e-4 (1.7e-5 seen) and the greedy reply equal to transformers' generate."""
+    ref, asst = gemma4_media
     samples = _noise(3.0, 1)
     messages = [{"role": "user", "content": [{"type": "audio", "audio": (samples, 16000)},
                                              {"type": "text", "text": "w7"}]}]
@@ -88,11 +81,11 @@ def test_audio_chat_matches_transformers(pair):
     assert asst.chat(messages, max_tokens=8).text == _reference_reply(ref, asst, p.ids, samples)
 
 
-def test_long_audio_is_transcribed_window_by_window(pair):
+def test_long_audio_is_transcribed_window_by_window(gemma4_media):
     """A 41 s clip (over the 30 s one feature window holds): the model's transcription (what
     `transcribe_audio` runs, here with 6 tokens a window) cuts it at the quiet point into windows,
     each transcribed as transformers transcribes that window alone."""
-    ref, asst = pair
+    ref, asst = gemma4_media
     samples = np.concatenate([_noise(22, 2), np.zeros(16000, np.float32), _noise(18, 3)])
     windows = list(voiced_windows(samples))
     assert len(windows) == 2 and all(len(chunk) <= 30 * 16000 for _, chunk in windows)

@@ -7,24 +7,17 @@ import torch
 from PIL import Image
 
 import mmsdk
-from gemma4_fixtures import E2B_LIKE, hf_full_model, save
 from mmsdk import media
 from mmsdk.chat_format_gemma4 import render_messages
 from mmsdk.decoder.kv_cache import make_cache
 from mmsdk.encoders.gemma4_vision import preprocess
 
 pytestmark = pytest.mark.usefixtures("mmsdk_cache")
-TEXT = dict(E2B_LIKE, use_bidirectional_attention="vision", sliding_window=16)  # a window the image spans
 
 
 def _image(h, w, seed):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    ref = hf_full_model(TEXT, seed=2)
-    return ref, mmsdk.load(save(ref, tmp_path_factory.mktemp("g4_vision")))
 
 
 def _processor(budget):
@@ -34,10 +27,10 @@ def _processor(budget):
 
 
 @pytest.mark.parametrize("budget", [70, 140])
-def test_preprocessing_and_tower_match_transformers(pair, budget):
+def test_preprocessing_and_tower_match_transformers(gemma4_media, budget):
     """Pixels within float32 division's rounding (6e-8 seen), positions and counts exact (integers);
     the soft tokens within 1e-5 (2e-6 seen), with linear layers whose clip ranges bite."""
-    ref, asst = pair
+    ref, asst = gemma4_media
     tower = asst.encoders.gemma4_vision
     images = [_image(50, 130, 0), _image(97, 61, 1)]  # wide and tall: aspect ratios kept
     want = _processor(budget)(images, return_tensors="pt")
@@ -58,11 +51,11 @@ def test_preprocessing_and_tower_match_transformers(pair, budget):
 
 
 @pytest.mark.parametrize("budget", [70, 140])
-def test_image_chat_matches_transformers(pair, budget):
+def test_image_chat_matches_transformers(gemma4_media, budget):
     """The prompt expands the image as the processor does (one soft token per pooled block between
     <|image> and <image|>); prefill logits within 1e-4 (4e-5 seen; attending the image causally
     instead moves them by far more) and the greedy reply equal to transformers' generate."""
-    ref, asst = pair
+    ref, asst = gemma4_media
     image = _image(50, 130, 0)
     messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "w7 w8"}]}]
     p = media.encode_prompt(asst.model, asst.tokenizer, asst.encoders, *render_messages(messages), image_tokens=budget)
@@ -85,8 +78,8 @@ def test_image_chat_matches_transformers(pair, budget):
     assert asst.chat(messages, max_tokens=8, image_tokens=budget).text == asst.tokenizer.decode(out[:cut])
 
 
-def test_reports_its_modalities_and_refuses_bad_budgets(pair):
-    _, asst = pair
+def test_reports_its_modalities_and_refuses_bad_budgets(gemma4_media):
+    _, asst = gemma4_media
     assert asst.info.family == "gemma4" and asst.info.modalities == {"text", "image", "audio"}
     with pytest.raises(mmsdk.InputError, match="image_tokens must be one of"):
         asst.describe_image(_image(20, 20, 3), image_tokens=100)

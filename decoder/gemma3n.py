@@ -93,17 +93,22 @@ class Laurel(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: Gemma3nTextConfig, idx: int):
+    """Also Gemma 4's: its config gives each layer's (kv heads, head width) in `kv_dims`, and with
+    `k_eq_v` a layer has no value projection: values are the key projection, normed but not rotated."""
+
+    def __init__(self, cfg: Gemma3nTextConfig, idx: int, k_eq_v: bool = False):
         super().__init__()
         self.idx, self.kv_source = idx, cfg.kv_sources[idx]
         self.is_kv_source = idx in cfg.kv_sources[cfg.first_kv_shared_layer:]
-        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        dims = getattr(cfg, "kv_dims", None)
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv, self.head_dim = dims[idx] if dims else (cfg.num_key_value_heads, cfg.head_dim)
         self.window = cfg.sliding_window if cfg.layer_types[idx] == SLIDING else None
         self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=False)
         self.q_norm = _norm(self.head_dim, cfg)
         if self.kv_source == idx:  # KV-shared layers carry no key/value weights
             self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
-            self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+            self.v_proj = None if k_eq_v else nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
             self.k_norm = _norm(self.head_dim, cfg)
             self.v_norm = _norm(self.head_dim, cfg, with_scale=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
@@ -116,12 +121,14 @@ class Attention(nn.Module):
         if self.kv_source != self.idx:
             k, v, k_pos = shared[self.kv_source]
         else:
-            k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2))  # (B, Hkv, T, D)
-            v = self.v_norm(self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2))
+            k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+            v = k if self.v_proj is None else self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+            k, v = self.k_norm(k), self.v_norm(v)
             k, v, k_pos = cache.update(apply_rope(k, cos, sin), v, positions)
             if self.is_kv_source:
                 shared[self.idx] = k, v, k_pos
-        y = attend(q, k, v, step_mask(shared, positions, k_pos, self.window), 1.0)
+        groups = shared.get("groups") if self.window else None  # Gemma 4: images both ways on sliding layers
+        y = attend(q, k, v, step_mask(shared, positions, k_pos, self.window, groups), 1.0)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

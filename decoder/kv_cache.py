@@ -156,8 +156,10 @@ class SharedCache:
 def make_cache(config, batch: int = 1, dtype: torch.dtype = torch.float32) -> list:
     """One cache per layer: a ring for sliding-window layers, a full cache for global ones, and a
     `SharedCache` for layers whose config names another layer in `kv_sources`."""
-    n_kv, hd = config.num_key_value_heads, config.head_dim
-    sources = getattr(config, "kv_sources", None) or range(len(config.layer_types))
+    n = len(config.layer_types)
+    sources = getattr(config, "kv_sources", None) or range(n)
+    # (kv heads, head width) per layer: Gemma 4's global layers are wider than its sliding ones
+    dims = getattr(config, "kv_dims", None) or [(config.num_key_value_heads, config.head_dim)] * n
     return [SharedCache(src) if src != i
-            else RingCache(batch, n_kv, hd, dtype, config.sliding_window) if t == SLIDING
-            else FullCache(batch, n_kv, hd, dtype) for i, (t, src) in enumerate(zip(config.layer_types, sources))]
+            else RingCache(batch, *dims[i], dtype, config.sliding_window) if t == SLIDING
+            else FullCache(batch, *dims[i], dtype) for i, (t, src) in enumerate(zip(config.layer_types, sources))]

@@ -79,16 +79,20 @@ class RMSNorm(nn.Module):
 
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for given positions; `scaling` divides positions (linear RoPE scaling).
+    `rotated` < 1 is Gemma 4's proportional RoPE: only that share of the frequencies (set by the
+    whole head width) turn, the rest are 0, so those dims pass unrotated.
     The frequencies are recomputed per call (D/2 numbers) so the module holds no state to load.
     The sin table's first half is negated, as `apply_rope` uses it."""
 
-    def __init__(self, head_dim: int, base: float, scaling: float = 1.0):
+    def __init__(self, head_dim: int, base: float, scaling: float = 1.0, rotated: float = 1.0):
         super().__init__()
-        self.head_dim, self.base, self.scaling = head_dim, base, scaling
+        self.head_dim, self.base, self.scaling, self.rotated = head_dim, base, scaling, rotated
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim
         inv_freq = 1.0 / (self.base ** exponent) / self.scaling
+        if self.rotated < 1.0:
+            inv_freq[int(self.rotated * self.head_dim // 2):] = 0.0
         freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
         sin = emb.sin()

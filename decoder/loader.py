@@ -45,7 +45,7 @@ class LoadedText:
 
 
 def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_size: int = 32,
-              threads: int | None = None, cache: bool = True) -> LoadedText:
+              threads: int | None = None, cache: bool = True, offload: str | None = None) -> LoadedText:
     """Load a Gemma 3 text decoder and its tokenizer.
 
     `dtype`: the float compute precision (a torch dtype, "float32", "bfloat16"), or None for the
@@ -57,6 +57,8 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
     A GGUF's runtime layout is written to the weight cache once (`cache=False` skips it) and
     memory-mapped on later loads. `threads` sets torch's intra-op threads. Allocations of 4 MB and
     more are served from their own mappings from here on (`memory.map_large_allocations`).
+    `offload="ple"`: a Gemma 3n / Gemma 4 folder's per-layer table is mapped from the checkpoint,
+    never read into memory (other modes: `offload.apply_offload` on the loaded model).
     """
     if threads:
         torch.set_num_threads(int(threads))
@@ -71,7 +73,7 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
     if not path.exists():
         raise ModelLoadError(path, "no such file or folder")
     if path.is_dir():
-        loaded = _load_hf(path, dtype)
+        loaded = _load_hf(path, dtype, "ple" if offload == "ple" else None)
         if quantize in ("int8", "int4"):
             _quantize(loaded.model, _plan(loaded.model, quantize), group_size, dtype,
                       tokenizer=loaded.tokenizer if quantize == "int4" else None)
@@ -285,7 +287,7 @@ def _from_cache(hit, tok_path: Path, dtype, group_size: int) -> LoadedText:
     return LoadedText(model.eval(), tok, meta["name"], "gguf", meta["quantization"], parameters=meta["parameters"])
 
 
-def _load_hf(folder: Path, dtype) -> LoadedText:
+def _load_hf(folder: Path, dtype, offload: str | None = None) -> LoadedText:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ModelLoadError(folder, "no config.json in the folder")
@@ -297,9 +299,14 @@ def _load_hf(folder: Path, dtype) -> LoadedText:
     if arch in ("gemma3n", "gemma3n_text"):
         from .gemma3n_loader import load_gemma3n  # imports LoadedText from here
 
-        return load_gemma3n(folder, hf, dtype)
+        return load_gemma3n(folder, hf, dtype, offload=offload)
+    if arch in ("gemma4", "gemma4_text"):
+        from .gemma4_loader import load_gemma4  # imports LoadedText from here
+
+        return load_gemma4(folder, hf, dtype, offload=offload)
     if arch not in TEXT_ARCHITECTURES:
-        raise ModelLoadError(cfg_path, f"unsupported architecture {arch!r} (supported: {', '.join(sorted(TEXT_ARCHITECTURES))})")
+        supported = sorted(TEXT_ARCHITECTURES | {"gemma3n", "gemma3n_text", "gemma4", "gemma4_text"})
+        raise ModelLoadError(cfg_path, f"unsupported architecture {arch!r} (supported: {', '.join(supported)})")
     text_hf = hf.get("text_config", hf) if arch == "gemma3" else hf
     with warnings.catch_warnings():
         warnings.simplefilter("always")

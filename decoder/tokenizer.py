@@ -276,8 +276,9 @@ def load_tokenizer_json(folder: Path, config: dict) -> JsonTokenizer:
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     bos = tok.token_to_id(_token_text(special.get("bos_token", "<bos>"))) or 2
     eos = [tok.token_to_id("<eos>") or 1]
-    if tok.token_to_id("<end_of_turn>") is not None:
-        eos.append(tok.token_to_id("<end_of_turn>"))
+    for end_of_turn in ("<end_of_turn>", "<turn|>"):  # Gemma 3 / 3n, Gemma 4
+        if tok.token_to_id(end_of_turn) is not None:
+            eos.append(tok.token_to_id(end_of_turn))
     return JsonTokenizer(tok, bos_id=bos, eos_ids=eos)
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import chat_format, media, structured
+from . import chat_format, chat_format_gemma4, media, structured
 from .decoder.kv_cache import make_cache
 from .decoder.loader import load_text
 from .decoder.sampling import make_sampler
@@ -49,8 +49,8 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
         if threads:
             torch.set_num_threads(int(threads))
         loaded = load_quantized(Path(path), quantize, _DTYPES[dtype], offload=offload)
-    else:
-        loaded = load_text(Path(path), dtype, quantize=quantize, threads=threads)
+    else:  # a Gemma 3n / 4 folder's per-layer table mapped straight from the checkpoint with offload="ple"
+        loaded = load_text(Path(path), dtype, quantize=quantize, threads=threads, offload=offload)
         if offload:
             from .decoder.offload import apply_offload
 
@@ -73,9 +73,13 @@ class Assistant:
         self.config = self.model.config
         self._loaded = loaded
         self.encoders = media.load_encoders(loaded, path, dtype, mmproj=mmproj, accelerate=accelerate)
+        model_type = str(loaded.hf_config.get("model_type", ""))
+        family = next((f for f in ("gemma3n", "gemma4") if model_type.startswith(f)), "gemma3")
+        # Gemma 4 writes its own turns (`chat_format_gemma4`); Gemma 3 and 3n share `chat_format`.
+        self._format = chat_format_gemma4 if family == "gemma4" else chat_format
         self.info = ModelInfo(
             name=loaded.name,
-            family="gemma3n" if str(loaded.hf_config.get("model_type", "")).startswith("gemma3n") else "gemma3",
+            family=family,
             parameters=getattr(loaded, "parameters", None) or sum(p.numel() for p in self.model.parameters()),
             modalities=self.encoders.modalities,
             context_length=self.config.max_position_embeddings,
@@ -146,30 +150,46 @@ class Assistant:
 
     def chat(self, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto",
              constrained: bool = True, processors=(), max_tokens: int = 256, stop=(), pan_and_scan: bool = True,
-             logprobs: bool = False, top_logprobs: int = 0, **sampling) -> Reply:
+             logprobs: bool = False, top_logprobs: int = 0, thinking: bool = False, image_tokens: int = 280,
+             **sampling) -> Reply:
         """Reply to a conversation in the model's chat format. With `tools` the reply may call them
         (`reply.tool_calls`; tool_choice "auto", "required", "none" or a tool's name); with `schema`
         `reply.parsed` is the validated object. Both are decoded under a grammar, so they parse
         (`constrained=False` leaves it to the model). `processors`: extra `fn(logits, ids) -> logits`.
-        `logprobs=True` / `top_logprobs=k`: `reply.logprobs` (the model's own distribution, before masks)."""
+        `logprobs=True` / `top_logprobs=k`: `reply.logprobs` (the model's own distribution, before masks).
+        `thinking=True` (Gemma 4): the model thinks first; the thought is `reply.thinking`, apart from `reply.text`.
+        `image_tokens` (Gemma 4): soft tokens per image, 70, 140, 280, 560 or 1120 (more: finer detail, slower)."""
         run, plan, recorder = self._chat_run(messages, tools=tools, schema=schema, tool_choice=tool_choice,
                                              constrained=constrained, processors=processors, max_tokens=max_tokens,
                                              stop=stop, pan_and_scan=pan_and_scan, logprobs=logprobs,
-                                             top_logprobs=top_logprobs, sampling=sampling)
-        text, calls, parsed = plan.finish("".join(run), run.finish_reason)
+                                             top_logprobs=top_logprobs, sampling=sampling, thinking=thinking,
+                                             image_tokens=image_tokens)
+        text, thought = "".join(run), None
+        if thinking:  # the answer is what follows the thought channel
+            thought, answer = chat_format_gemma4.split_thinking(self.tokenizer, run.generated)
+            text = self.tokenizer.decode([t for t in answer if t not in self.tokenizer.eos_ids])
+        text, calls, parsed = plan.finish(text, run.finish_reason)
         return Reply(text=text, tool_calls=calls, parsed=parsed, usage=Usage(run.prompt_tokens, len(run.generated)),
-                     finish_reason=run.finish_reason, logprobs=recorder.finish(run.generated) if recorder else None)
+                     finish_reason=run.finish_reason, logprobs=recorder.finish(run.generated) if recorder else None,
+                     thinking=thought)
 
     def _chat_run(self, messages, *, tools, schema, tool_choice, constrained, processors, max_tokens, stop,
-                  pan_and_scan, logprobs, top_logprobs, sampling) -> tuple:
+                  pan_and_scan, logprobs, top_logprobs, sampling, thinking: bool = False,
+                  image_tokens: int = 280) -> tuple:
         """`chat`'s generation, not yet run (the server steps it): (the `_Run`, the `structured.Plan` that
         parses its text, the `LogprobRecorder` or None)."""
+        gemma4 = self._format is chat_format_gemma4
+        if thinking and not gemma4:
+            raise InputError(f"thinking=True needs a model with a thinking mode (Gemma 4); {self.info.name} has none")
+        if tools and gemma4:
+            raise InputError("tools= with Gemma 4: its native tool-call format is not supported yet")
         plan = structured.plan(self.tokenizer, messages, tools=tools, schema=schema, tool_choice=tool_choice,
                                constrained=constrained, max_tokens=max_tokens)
-        prompt, images, audio = chat_format.render_messages(plan.messages)
+        prompt, images, audio = chat_format_gemma4.render_messages(plan.messages, thinking=thinking) if gemma4 \
+            else chat_format.render_messages(plan.messages)
         self._check_media(images, audio)
         p = media.encode_prompt(self.model, self.tokenizer, self.encoders, prompt, images, audio,
-                                pan_and_scan=pan_and_scan)
+                                pan_and_scan=pan_and_scan, image_tokens=image_tokens)
         run = _Run(self, p.ids, make_cache(self.config), 0, (), max_tokens, stop, sampling,
                    [*plan.processors, *processors], embeds=p.embeds, groups=p.groups)
         recorder = self._record_logprobs(run, top_logprobs) if logprobs or top_logprobs else None
@@ -186,11 +206,13 @@ class Assistant:
 
     # ---- media and documents ------------------------------------------------------------------
     def describe_image(self, image, prompt: str = "Describe this image.", *, pan_and_scan: bool = True,
-                       max_tokens: int = 256, **sampling) -> str:
+                       max_tokens: int = 256, image_tokens: int = 280, **sampling) -> str:
         """What the model sees in `image` (a path, bytes or PIL image). Pan-and-scan adds crops of
-        wide or tall images so small details survive the 896-pixel resize."""
+        wide or tall images so small details survive the 896-pixel resize (Gemma 3); Gemma 4 sees
+        the image at its aspect ratio within `image_tokens` soft tokens (70, 140, 280, 560, 1120)."""
         message = {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]}
-        return self.chat([message], pan_and_scan=pan_and_scan, max_tokens=max_tokens, **sampling).text
+        return self.chat([message], pan_and_scan=pan_and_scan, max_tokens=max_tokens, image_tokens=image_tokens,
+                         **sampling).text
 
     def transcribe_audio(self, audio, *, language: str | None = None, progress: bool = False):
         """Speech to text with timestamps. Uses the model's audio encoder when it has one, else the
@@ -300,10 +322,14 @@ class Session:
         images, audio = list(images), list(audio)
         self.asst._check_media(images, audio)
         first = not self.ids
-        body = [self.system, "\n\n", text] if first and self.system else [text]  # content: never parsed
-        turn = chat_format.turn_parts("user", media.with_media_markers(body, images, audio))
         a = self.asst
-        p = media.encode_prompt(a.model, a.tokenizer, a.encoders, turn + chat_format.generation_prompt(), images,
+        fmt = a._format
+        # Gemma 4 has a system turn of its own; Gemma 3 / 3n open the first user turn with it
+        own_turn = first and self.system and fmt is chat_format_gemma4
+        system = fmt.turn_parts("system", self.system) if own_turn else []
+        body = [self.system, "\n\n", text] if first and self.system and not own_turn else [text]  # content: never parsed
+        turn = system + fmt.turn_parts("user", media.with_media_markers(body, images, audio))
+        p = media.encode_prompt(a.model, a.tokenizer, a.encoders, turn + fmt.generation_prompt(), images,
                                 audio, add_bos=first, prefix_ids=self.ids[self.n_cached:], pan_and_scan=pan_and_scan)
         todo = p.ids
         self.ids = self.ids[:self.n_cached] + todo
@@ -314,7 +340,7 @@ class Session:
         if run.generated:
             self.n_cached = len(self.ids) + len(run.generated) - 1
         self.ids += run.generated
-        end_of_turn = self.asst.tokenizer.token_id(chat_format.END)
+        end_of_turn = self.asst.tokenizer.token_id(self.asst._format.END)
         if end_of_turn is not None and (not run.generated or run.generated[-1] != end_of_turn):
             self.ids.append(end_of_turn)
         self.ids += self.asst.tokenizer.encode("\n", add_bos=False)

@@ -23,14 +23,17 @@ class Encoders:
     vision: object = None  # a Gemma 3 vision tower (SigLIP + projector)
     image_config: object = None
     gemma3n: object = None  # a Gemma 3n checkpoint's towers (`encoders.gemma3n_fusion.Gemma3nEncoders`)
+    gemma4_vision: object = None  # a Gemma 4 checkpoint's towers (`encoders.gemma4_vision`, `gemma4_audio`)
+    gemma4_audio: object = None
     # Recent images' and clips' embeddings by content: a follow-up about the same picture costs only the text.
     cache: EncodeCache = field(default_factory=EncodeCache)
 
     @property
     def modalities(self) -> frozenset:
         g = self.gemma3n  # asks whether it has a tower, without building it
-        return frozenset({"text"} | ({"image"} if self.vision is not None or (g and g.has("vision")) else set())
-                         | ({"audio"} if g and g.has("audio") else set()))
+        has_image = self.vision is not None or self.gemma4_vision is not None or (g and g.has("vision"))
+        has_audio = self.gemma4_audio is not None or (g and g.has("audio"))
+        return frozenset({"text"} | ({"image"} if has_image else set()) | ({"audio"} if has_audio else set()))
 
 
 def load_encoders(loaded, path, dtype, mmproj=None, accelerate: bool = False) -> Encoders:
@@ -50,6 +53,8 @@ def _load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
     if getattr(loaded, "source", "") == "gguf":
         return _mmproj_encoders(loaded, path, dtype, mmproj)
     tensors = getattr(loaded, "extra_tensors", None) or {}
+    if tensors and loaded.hf_config.get("model_type") == "gemma4":
+        return _gemma4_encoders(loaded, tensors, path, dtype)
     if tensors and getattr(loaded, "source", "") == "hf" and loaded.hf_config.get("model_type") == "gemma3n":
         from .encoders.gemma3n_fusion import attach_hard_tokens, load_gemma3n_encoders
 
@@ -68,6 +73,24 @@ def _load_encoders(loaded, path, dtype, mmproj=None) -> Encoders:
     pre = Path(path) / "preprocessor_config.json"
     pre_cfg = json.loads(pre.read_text()) if pre.is_file() else None
     return Encoders(vision=tower, image_config=image_config_for(tower, pre_cfg))
+
+
+def _gemma4_encoders(loaded, tensors, path, dtype) -> Encoders:
+    """Gemma 4's vision and audio towers (those the checkpoint has), and the placeholder ids whose
+    embeddings, in both of the decoder's tables, are the pad row's."""
+    from .encoders.gemma4_audio import load_gemma4_audio
+    from .encoders.gemma4_vision import load_gemma4_vision
+
+    hf = loaded.hf_config
+    ids = [hf.get(k) for k in ("image_token_id", "audio_token_id", "video_token_id") if hf.get(k) is not None]
+    loaded.model.soft_token_ids = torch.tensor(ids, dtype=torch.long)
+
+    def tower(load, prefixes):
+        part = {k: v.read() if hasattr(v, "read") else v for k, v in tensors.items() if k.startswith(prefixes)}
+        return load(part, hf, path, dtype) if any(k.startswith(prefixes[0]) for k in part) else None
+
+    return Encoders(gemma4_vision=tower(load_gemma4_vision, ("model.vision_tower.", "model.embed_vision.")),
+                    gemma4_audio=tower(load_gemma4_audio, ("model.audio_tower.", "model.embed_audio.")))
 
 
 def _mmproj_encoders(loaded, path, dtype, mmproj) -> Encoders:
@@ -99,8 +122,8 @@ def _mmproj_encoders(loaded, path, dtype, mmproj) -> Encoders:
 
 
 def check_modalities(name: str, encoders: Encoders, images, audio) -> None:
-    for kind, items, which in (("image", images, "Gemma 3 4B and larger, or Gemma 3n"),
-                               ("audio", audio, "Gemma 3n")):
+    for kind, items, which in (("image", images, "Gemma 3 4B and larger, Gemma 3n or Gemma 4"),
+                               ("audio", audio, "Gemma 3n or Gemma 4")):
         if items and kind not in encoders.modalities:
             raise UnsupportedModalityError(f"{name} takes no {kind} input; load a model that does ({which})")
 
@@ -113,10 +136,18 @@ class Prompt:
 
 
 def encode_prompt(model, tokenizer, encoders: Encoders, text, images=(), audio=(), *,
-                  add_bos: bool = True, prefix_ids=(), pan_and_scan: bool = True) -> Prompt:
+                  add_bos: bool = True, prefix_ids=(), pan_and_scan: bool = True, image_tokens: int = 280) -> Prompt:
     """Token ids for the prompt `text` (a raw string, or `chat_format` parts whose content is never
     parsed); with images, also the embeddings with each image in place.
-    `prefix_ids` are tokens already decided (a session's pending tokens) that go first."""
+    `prefix_ids` are tokens already decided (a session's pending tokens) that go first.
+    `image_tokens`: Gemma 4's soft-token budget per image (70, 140, 280, 560 or 1120)."""
+    if (encoders.gemma4_vision or encoders.gemma4_audio) and (images or audio):  # markers: control tokens
+        from .encoders.gemma4_fusion import build_prompt as build_gemma4
+
+        ids = chat_format.encode(tokenizer, text, add_bos)
+        p = build_gemma4(ids, list(images), list(audio), model=model, tokenizer=tokenizer, vision=encoders.gemma4_vision,
+                         audio_tower=encoders.gemma4_audio, image_tokens=image_tokens)
+        return _prepend(model, prefix_ids, Prompt(*p))
     n_images = chat_format.count_markers(text, IMAGE_MARKER)
     if encoders.gemma3n is None:
         if audio:

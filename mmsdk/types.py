@@ -38,6 +38,7 @@ class Reply:
     finish_reason: str = "stop"  # "stop" (end of turn or a stop string) or "length" (max_tokens)
     parsed: Any = None  # the validated object when chat(..., schema=...) was used
     logprobs: list[TokenLogprob] | None = None  # with logprobs=True: one per generated token, end of turn included
+    thinking: str | None = None  # with chat(..., thinking=True) on a model that thinks (Gemma 4): the thought
 
 
 class Piece(str):

@@ -39,3 +39,14 @@ def bundled_path():
     from mmsdk.bundled import bundled_gguf
 
     return bundled_gguf()
+
+
+@pytest.fixture(scope="session")
+def gemma4_media(tmp_path_factory):
+    """A tiny random Gemma 4 with both towers: (transformers' model, `mmsdk.load` of its saved folder),
+    shared by the Gemma 4 vision and audio tests."""
+    import mmsdk
+    from gemma4_fixtures import MEDIA_TEXT, hf_full_model, save
+
+    ref = hf_full_model(MEDIA_TEXT, seed=2)
+    return ref, mmsdk.load(save(ref, tmp_path_factory.mktemp("g4_media")))

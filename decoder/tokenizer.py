@@ -177,7 +177,8 @@ class StreamDecoder:
         if text.endswith("\ufffd") and len(self.window) - self.read < self.MAX_HELD:
             return ""  # a multi-byte character not complete yet
         piece = text[len(before):]
-        self.window = self.window[self.read:]  # the tokens just emitted are the next push's context
+        if piece:  # the tokens just emitted are the next push's context; an empty piece (a skipped
+            self.window = self.window[self.read:]  # control token) is none: keep the text before it
         self.read = len(self.window)
         return piece
 

@@ -4,12 +4,13 @@ streamed text of the bundled model is the decode of the ids it generated."""
 from pydoc_data.topics import topics
 
 import pytest
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
 from mmsdk.decoder.generate import StopStrings, generate, stream_generate
 from mmsdk.decoder.kv_cache import make_cache
 from mmsdk.decoder.prefix_cache import PrefixCache
 from mmsdk.decoder.sampling import make_sampler
-from mmsdk.decoder.tokenizer import StreamDecoder
+from mmsdk.decoder.tokenizer import JsonTokenizer, StreamDecoder
 
 # Prose plus characters Gemma's vocabulary spells in byte-fallback tokens (Egyptian hieroglyphs, rare CJK)
 MULTIBYTE = "naïve café — 日本語のテキスト 😀 \U00013000\U00013001 \U0002a6d6 end"
@@ -64,6 +65,21 @@ def test_detokenizer_holds_back_split_characters(tok):
     # A reply cut in the middle of a character ends as a whole decode does
     cut = ids[:ids.index(byte_tokens[0]) + 1]
     assert stream_text(tok, cut)[0] == tok.decode(cut)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "tokenizers"])
+def test_detokenizer_keeps_the_space_after_a_skipped_control_token(tok, kind):
+    """A control token decodes to nothing; the word after it still gets the space a whole decode gives
+    it (the context is the last token that made text, not the control token). A word-level
+    `tokenizers` vocabulary, which puts the spaces between words when decoding, shows it."""
+    if kind == "tokenizers":
+        words = Tokenizer(models.WordLevel({"<unk>": 0, "one": 1, "two": 2, "three": 3}, unk_token="<unk>"))
+        words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        words.add_special_tokens([AddedToken("<end_of_turn>", special=True)])
+        tok = JsonTokenizer(words, bos_id=0, eos_ids=(4,))
+    text = tok.encode("one two three", add_bos=False)
+    ids = [text[0], tok.token_id("<end_of_turn>"), *text[1:]]
+    assert stream_text(tok, ids)[0] == tok.decode(ids) == "one two three"
 
 
 def test_stop_strings_across_pieces():

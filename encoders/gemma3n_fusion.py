@@ -18,13 +18,11 @@ import dataclasses
 import functools
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..decoder.errors import InputError, ModelLoadError
 from .audio_features import FeatureConfig, log_mel
@@ -34,6 +32,7 @@ from .fusion import check_marker_count, scatter
 from .gemma3n_vision import Gemma3nVisionConfig, Gemma3nVisionTower, is_vision_key, load_gemma3n_vision
 from .hf_config import empty_module, hf_fields
 from .image_preprocess import GEMMA3N_IMAGE, ImageProcessorConfig, preprocess
+from .lazy import LazyTowers
 from .media_cache import EncodeCache, content_key
 
 log = logging.getLogger(__name__)
@@ -114,40 +113,24 @@ class HardTokenEmbedder:
 
 
 class Gemma3nEncoders:
-    """What a Gemma 3n checkpoint carries beside its decoder. Each tower is built from the checkpoint's
-    (memory-mapped) tensors the first time it is used: E2B's vision and audio towers are ~1B float32
-    parameters (~4 GB), which a text-only conversation never needs in memory."""
+    """What a Gemma 3n checkpoint carries beside its decoder; each tower is built on first use
+    (`lazy.LazyTowers`: E2B's vision and audio towers are ~4 GB in float32)."""
 
     def __init__(self, config: Gemma3nMediaConfig, *, vision=None, audio=None, vocab_offsets: dict | None = None,
                  image_config: ImageProcessorConfig = GEMMA3N_IMAGE, features: FeatureConfig | None = None):
         # vision, audio: a tower, a function that builds it, or None where the checkpoint has none
         self.config, self.image_config, self.features = config, image_config, features
         self.vocab_offsets = vocab_offsets or {}  # first id of each tower's hard vocabulary
-        self._towers = {"vision": vision, "audio": audio}
-        self._lock = threading.Lock()
-
-    def has(self, kind: str) -> bool:
-        return self._towers[kind] is not None
-
-    def loaded(self, kind: str) -> bool:
-        return isinstance(self._towers[kind], nn.Module)
-
-    def _tower(self, kind: str):
-        with self._lock:  # two threads asking at once build it once
-            t = self._towers[kind]
-            if t is not None and not isinstance(t, nn.Module):
-                log.info("building the Gemma 3n %s tower", kind)
-                with torch.inference_mode(False):  # first use may be inside a generate: still normal tensors
-                    t = self._towers[kind] = t()
-            return t
+        self.towers = LazyTowers(vision=vision, audio=audio)
+        self.has, self.loaded = self.towers.has, self.towers.loaded
 
     @property
     def vision(self) -> Gemma3nVisionTower | None:
-        return self._tower("vision")
+        return self.towers.get("vision")
 
     @property
     def audio(self) -> Gemma3nAudio | None:
-        return self._tower("audio")
+        return self.towers.get("audio")
 
 
 def split_preprocessor_config(d: dict) -> tuple[dict, dict]:

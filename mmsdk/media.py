@@ -10,6 +10,7 @@ import torch
 
 from . import chat_format
 from .chat_format import AUDIO_MARKER, IMAGE_MARKER, Markup
+from .encoders.lazy import LazyTowers
 from .encoders.media_cache import EncodeCache
 from .errors import InputError, UnsupportedModalityError
 
@@ -23,16 +24,24 @@ class Encoders:
     vision: object = None  # a Gemma 3 vision tower (SigLIP + projector)
     image_config: object = None
     gemma3n: object = None  # a Gemma 3n checkpoint's towers (`encoders.gemma3n_fusion.Gemma3nEncoders`)
-    gemma4_vision: object = None  # a Gemma 4 checkpoint's towers (`encoders.gemma4_vision`, `gemma4_audio`)
-    gemma4_audio: object = None
+    gemma4: LazyTowers | None = None  # a Gemma 4 checkpoint's towers (`encoders.gemma4_vision`, `gemma4_audio`)
     # Recent images' and clips' embeddings by content: a follow-up about the same picture costs only the text.
     cache: EncodeCache = field(default_factory=EncodeCache)
 
     @property
+    def gemma4_vision(self):
+        return self.gemma4.get("vision") if self.gemma4 else None
+
+    @property
+    def gemma4_audio(self):
+        return self.gemma4.get("audio") if self.gemma4 else None
+
+    @property
     def modalities(self) -> frozenset:
-        g = self.gemma3n  # asks whether it has a tower, without building it
-        has_image = self.vision is not None or self.gemma4_vision is not None or (g and g.has("vision"))
-        has_audio = self.gemma4_audio is not None or (g and g.has("audio"))
+        # asks whether a tower is there, without building it
+        has = [t.has for t in (self.gemma3n, self.gemma4) if t is not None]
+        has_image = self.vision is not None or any(h("vision") for h in has)
+        has_audio = any(h("audio") for h in has)
         return frozenset({"text"} | ({"image"} if has_image else set()) | ({"audio"} if has_audio else set()))
 
 
@@ -85,12 +94,15 @@ def _gemma4_encoders(loaded, tensors, path, dtype) -> Encoders:
     ids = [hf.get(k) for k in ("image_token_id", "audio_token_id", "video_token_id") if hf.get(k) is not None]
     loaded.model.soft_token_ids = torch.tensor(ids, dtype=torch.long)
 
-    def tower(load, prefixes):
-        part = {k: v.read() if hasattr(v, "read") else v for k, v in tensors.items() if k.startswith(prefixes)}
-        return load(part, hf, path, dtype) if any(k.startswith(prefixes[0]) for k in part) else None
+    def tower(load, prefixes):  # a function building it on first use (`LazyTowers`), or None
+        if not any(k.startswith(prefixes[0]) for k in tensors):
+            return None
+        return lambda: load({k: v.read() if hasattr(v, "read") else v for k, v in tensors.items()
+                             if k.startswith(prefixes)}, hf, path, dtype)
 
-    return Encoders(gemma4_vision=tower(load_gemma4_vision, ("model.vision_tower.", "model.embed_vision.")),
-                    gemma4_audio=tower(load_gemma4_audio, ("model.audio_tower.", "model.embed_audio.")))
+    vision = tower(load_gemma4_vision, ("model.vision_tower.", "model.embed_vision."))
+    audio = tower(load_gemma4_audio, ("model.audio_tower.", "model.embed_audio."))
+    return Encoders(gemma4=LazyTowers(vision=vision, audio=audio) if vision or audio else None)
 
 
 def _mmproj_encoders(loaded, path, dtype, mmproj) -> Encoders:
@@ -141,7 +153,7 @@ def encode_prompt(model, tokenizer, encoders: Encoders, text, images=(), audio=(
     parsed); with images, also the embeddings with each image in place.
     `prefix_ids` are tokens already decided (a session's pending tokens) that go first.
     `image_tokens`: Gemma 4's soft-token budget per image (70, 140, 280, 560 or 1120)."""
-    if (encoders.gemma4_vision or encoders.gemma4_audio) and (images or audio):  # markers: control tokens
+    if encoders.gemma4 is not None and (images or audio):  # markers: control tokens
         from .encoders.gemma4_fusion import build_prompt as build_gemma4
 
         ids = chat_format.encode(tokenizer, text, add_bos)

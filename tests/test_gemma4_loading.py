@@ -48,6 +48,8 @@ def test_full_checkpoint_generates_as_transformers(full, offload):
     prompt = "w5 w17 w99 w3 w250 w42 w7"
     want = reference_greedy(ref, asst, asst.tokenizer.encode(prompt), 8)
     assert want and asst.generate(prompt, max_tokens=8) == want
+    # text only so far: neither tower was built (they are built on their first image or clip)
+    assert not asst.encoders.gemma4.loaded("vision") and not asst.encoders.gemma4.loaded("audio")
 
 
 def test_chat_prompt_is_the_templates_and_reply_matches_transformers(text_only):

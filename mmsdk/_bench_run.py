@@ -210,6 +210,6 @@ def kernel_summary() -> str:
     cap = torch.backends.cpu.get_cpu_capability()
     name = native.kernel_name()
     if name != "torch":
-        return f"mmsdk C kernels ({name}: int8 GEMV/GEMM, int4 float32 GEMV/GEMM, fused Gemma 3 layers); torch {cap}"
+        return f"mmsdk C kernels ({name}: int8 GEMV/GEMM, int4 x 8-bit-input GEMV/GEMM, fused Gemma 3 layers); torch {cap}"
     return (f"torch fallbacks (CPU capability {cap}): int8 layers fbgemm/oneDNN dynamic int8, "
             "int4 layers torch's _weight_int4pack_mm_for_cpu in bfloat16")

@@ -120,6 +120,9 @@ class Server:
         self.asst, self.api_key = asst, api_key
         self.allow_files = Path(allow_files).resolve() if allow_files else None
         self.scheduler = Scheduler(max_concurrency, max_queue)
+        # The embedder and the bundled speech model are models of their own: a second worker runs them,
+        # so a long transcription does not stall the streams on the first
+        self.side = Scheduler(1, max_queue)
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.embedder = embedder or default_embedder()
         self.model_id = re.sub(r"[^a-z0-9.]+", "-", asst.info.name.lower()).strip("-")  # "Gemma 3 270m": gemma-3-270m
@@ -147,12 +150,13 @@ class Server:
             raise ApiError(404, f"model {name!r} is not served here for {kind}; use {' or '.join(map(repr, allowed))}",
                            "model", code="model_not_found")
 
-    async def run(self, start) -> Job:
-        """Queue `start` (called on the worker) and wait for its first event, so a bad request fails
-        with its status before any response is sent. Returns the job with that event put back."""
+    async def run(self, start, side: bool = False) -> Job:
+        """Queue `start` (called on the worker, or the `side` worker) and wait for its first event, so a
+        bad request fails with its status before any response is sent. Returns the job with that event
+        put back."""
         job = Job(start, asyncio.get_running_loop())
         try:
-            self.scheduler.submit(job)
+            (self.side if side else self.scheduler).submit(job)
         except QueueFull as e:
             raise ApiError(503, str(e), code="queue_full") from None
         try:
@@ -257,7 +261,7 @@ def create_app(asst, **kw) -> FastAPI:
                            "input")
         if any(not t for t in texts):
             raise ApiError(400, "input must not hold empty strings", "input")
-        job = await server.run(lambda: _embed_job(server.embedder, texts))
+        job = await server.run(lambda: _embed_job(server.embedder, texts), side=True)
         vectors, tokens = (await _collect(job))["item"]
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()
@@ -277,7 +281,8 @@ def create_app(asst, **kw) -> FastAPI:
         data = await file.read()
         if not data:
             raise ApiError(400, "file is empty", "file")
-        job = await server.run(lambda: iter([server.asst.transcribe_audio(data, language=language)]))
+        own = "audio" in server.asst.info.modalities  # a Gemma 3n transcribes with the model itself
+        job = await server.run(lambda: iter([server.asst.transcribe_audio(data, language=language)]), side=not own)
         t = (await _collect(job))["item"]
         if response_format == "text":
             return PlainTextResponse(t.text)

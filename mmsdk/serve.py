@@ -11,7 +11,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import re
 import secrets
 import threading
@@ -24,12 +23,13 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from sse_starlette import EventSourceResponse
 
 from .errors import ContextLengthError, MMSDKError
 from .options import check_sampling
 from .serve_scheduler import Job, QueueFull, Scheduler
+from .speech import transcribe
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Server:
             if "audio" not in self.asst.info.modalities:
                 from .speech import _whisper
 
-                _whisper(min(4, os.cpu_count() or 1))  # as `speech.transcribe` asks for it
+                _whisper(1)  # as the transcriptions endpoint asks for it
         except Exception as e:  # noqa: BLE001 - a request that needs it reports the failure itself
             log.warning("could not preload the embedder or speech model: %s", e)
 
@@ -281,8 +281,10 @@ def create_app(asst, **kw) -> FastAPI:
         data = await file.read()
         if not data:
             raise ApiError(400, "file is empty", "file")
-        own = "audio" in server.asst.info.modalities  # a Gemma 3n transcribes with the model itself
-        job = await server.run(lambda: iter([server.asst.transcribe_audio(data, language=language)]), side=not own)
+        if "audio" in server.asst.info.modalities:  # a Gemma 3n transcribes with the model itself, on its worker
+            job = await server.run(lambda: iter([server.asst.transcribe_audio(data, language=language)]))
+        else:  # one thread beside the model's: two would fight it for the cores
+            job = await server.run(lambda: iter([transcribe(data, language=language, threads=1)]), side=True)
         t = (await _collect(job))["item"]
         if response_format == "text":
             return PlainTextResponse(t.text)

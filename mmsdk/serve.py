@@ -11,7 +11,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import re
 import secrets
 import threading
@@ -24,12 +23,13 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from sse_starlette import EventSourceResponse
 
 from .errors import ContextLengthError, MMSDKError
 from .options import check_sampling
 from .serve_scheduler import Job, QueueFull, Scheduler
+from .speech import transcribe
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,9 @@ class Server:
         self.asst, self.api_key = asst, api_key
         self.allow_files = Path(allow_files).resolve() if allow_files else None
         self.scheduler = Scheduler(max_concurrency, max_queue)
+        # The embedder and the bundled speech model are models of their own: a second worker runs them,
+        # so a long transcription does not stall the streams on the first
+        self.side = Scheduler(1, max_queue)
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.embedder = embedder or default_embedder()
         self.model_id = re.sub(r"[^a-z0-9.]+", "-", asst.info.name.lower()).strip("-")  # "Gemma 3 270m": gemma-3-270m
@@ -136,7 +139,7 @@ class Server:
             if "audio" not in self.asst.info.modalities:
                 from .speech import _whisper
 
-                _whisper(min(4, os.cpu_count() or 1))  # as `speech.transcribe` asks for it
+                _whisper(1)  # as the transcriptions endpoint asks for it
         except Exception as e:  # noqa: BLE001 - a request that needs it reports the failure itself
             log.warning("could not preload the embedder or speech model: %s", e)
 
@@ -147,12 +150,13 @@ class Server:
             raise ApiError(404, f"model {name!r} is not served here for {kind}; use {' or '.join(map(repr, allowed))}",
                            "model", code="model_not_found")
 
-    async def run(self, start) -> Job:
-        """Queue `start` (called on the worker) and wait for its first event, so a bad request fails
-        with its status before any response is sent. Returns the job with that event put back."""
+    async def run(self, start, side: bool = False) -> Job:
+        """Queue `start` (called on the worker, or the `side` worker) and wait for its first event, so a
+        bad request fails with its status before any response is sent. Returns the job with that event
+        put back."""
         job = Job(start, asyncio.get_running_loop())
         try:
-            self.scheduler.submit(job)
+            (self.side if side else self.scheduler).submit(job)
         except QueueFull as e:
             raise ApiError(503, str(e), code="queue_full") from None
         try:
@@ -257,7 +261,7 @@ def create_app(asst, **kw) -> FastAPI:
                            "input")
         if any(not t for t in texts):
             raise ApiError(400, "input must not hold empty strings", "input")
-        job = await server.run(lambda: _embed_job(server.embedder, texts))
+        job = await server.run(lambda: _embed_job(server.embedder, texts), side=True)
         vectors, tokens = (await _collect(job))["item"]
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()
@@ -277,7 +281,10 @@ def create_app(asst, **kw) -> FastAPI:
         data = await file.read()
         if not data:
             raise ApiError(400, "file is empty", "file")
-        job = await server.run(lambda: iter([server.asst.transcribe_audio(data, language=language)]))
+        if "audio" in server.asst.info.modalities:  # a Gemma 3n transcribes with the model itself, on its worker
+            job = await server.run(lambda: iter([server.asst.transcribe_audio(data, language=language)]))
+        else:  # one thread beside the model's: two would fight it for the cores
+            job = await server.run(lambda: iter([transcribe(data, language=language, threads=1)]), side=True)
         t = (await _collect(job))["item"]
         if response_format == "text":
             return PlainTextResponse(t.text)

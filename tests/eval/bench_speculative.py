@@ -60,7 +60,7 @@ def prompts(tok, limit: int) -> list[list[int]]:
         text = tok.decode(tok.encode(pydoc_data.topics.topics[name], add_bos=False)[:limit])
         prompt, _, _ = chat_format.render_messages(
             [{"role": "user", "content": f"Repeat the following text exactly, word for word:\n\n{text}"}])
-        out.append(tok.encode(prompt))
+        out.append(chat_format.encode(tok, prompt))  # the chat parts: control tokens by id, text as text
     return out
 
 

@@ -169,9 +169,9 @@ AI void q8_tile(const int MR, const int8_t *xq, const float *xs, const float *xs
                 const float *sc, const float *off, long group, float *y, long N) {
     const long G = K / Q8_GROUP;
     const __m256i ones = _mm256_set1_epi16(1), z = _mm256_setzero_si256();
-    __m256 out[6][2];
+    __m256 out[6][2], offset[6][2];  /* kept apart and added last, as the one-row kernel does: the same sums */
     float wsum[6] = {0};
-    for (int m = 0; m < MR; m++) out[m][0] = out[m][1] = _mm256_setzero_ps();
+    for (int m = 0; m < MR; m++) out[m][0] = out[m][1] = offset[m][0] = offset[m][1] = _mm256_setzero_ps();
     const long per = group / Q8_GROUP;  /* input groups per weight group, counted down: no division in the loop */
     long left = per;
     for (long g = 0; g < G; g++) {
@@ -188,12 +188,15 @@ AI void q8_tile(const int MR, const int8_t *xq, const float *xs, const float *xs
             sc += 16, off += 16, left = per;
             for (int m = 0; m < MR; m++) {
                 const __m256 sum = _mm256_set1_ps(wsum[m]);
-                out[m][0] = _mm256_fmadd_ps(o0, sum, out[m][0]), out[m][1] = _mm256_fmadd_ps(o1, sum, out[m][1]);
+                offset[m][0] = _mm256_fmadd_ps(o0, sum, offset[m][0]), offset[m][1] = _mm256_fmadd_ps(o1, sum, offset[m][1]);
                 wsum[m] = 0.f;
             }
         }
     }
-    for (int m = 0; m < MR; m++) _mm256_storeu_ps(y + m * N, out[m][0]), _mm256_storeu_ps(y + m * N + 8, out[m][1]);
+    for (int m = 0; m < MR; m++) {
+        _mm256_storeu_ps(y + m * N, _mm256_add_ps(out[m][0], offset[m][0]));
+        _mm256_storeu_ps(y + m * N + 8, _mm256_add_ps(out[m][1], offset[m][1]));
+    }
 }
 #undef Q8_DOT
 #undef Q8_FLUSH

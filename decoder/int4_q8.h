@@ -26,9 +26,7 @@
 #include "kernels.h"
 
 #define Q8_GROUP 32
-#ifndef Q8_ROWS
-#define Q8_ROWS 4
-#endif
+#define Q8_ROWS 4  /* rows a prompt tile takes: 8 int16 sums + 2 weight registers (6 rows spilled, no faster) */
 
 /* x (K floats) -> codes xq (K), a scale per group of 32 (xs) and each group's sum of sx * xq (xsum) */
 static void quantize_q8_groups(const float *x, long K, int8_t *xq, float *xs, float *xsum) {
@@ -126,7 +124,7 @@ AI void int4_q8_gemv(const int BN, const float *x, long K, const uint8_t *w, con
 /* ---- many rows: a prompt --------------------------------------------------------------------
    Each thread takes one block of BN channels at a time and unpacks its codes once into bytes laid
    out as the int8 kernels' blocks (16 channels x 4 inputs: 64 bytes, each channel's 4 codes side
-   by side), so every row meets them in register tiles of up to 6 rows x 16 channels: per 4 inputs
+   by side), so every row meets them in register tiles of up to 4 rows x 16 channels: per 4 inputs
    a row's 4 codes are broadcast and maddubs'ed against 16 channels, summed in int16 over the 32
    inputs of a group (as in the one-row case), then widened to float with the group's scales. */
 
@@ -169,20 +167,20 @@ AI void q8_tile(const int MR, const int8_t *xq, const float *xs, const float *xs
                 const float *sc, const float *off, long group, float *y, long N) {
     const long G = K / Q8_GROUP;
     const __m256i ones = _mm256_set1_epi16(1), z = _mm256_setzero_si256();
-    __m256 out[6][2], offset[6][2];  /* kept apart and added last, as the one-row kernel does: the same sums */
-    float wsum[6] = {0};
+    __m256 out[Q8_ROWS][2], offset[Q8_ROWS][2];  /* kept apart and added last, as the one-row kernel does: the same sums */
+    float wsum[Q8_ROWS] = {0};
     for (int m = 0; m < MR; m++) out[m][0] = out[m][1] = offset[m][0] = offset[m][1] = _mm256_setzero_ps();
     const long per = group / Q8_GROUP;  /* input groups per weight group, counted down: no division in the loop */
     long left = per;
     for (long g = 0; g < G; g++) {
-        __m256i c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
+        __m256i c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
         for (long k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k += 4) {
             const __m256i b0 = _mm256_loadu_si256((const __m256i *)(p + k * 16));
             const __m256i b1 = _mm256_loadu_si256((const __m256i *)(p + k * 16 + 32));
-            Q8_DOT(0) Q8_DOT(1) Q8_DOT(2) Q8_DOT(3) Q8_DOT(4) Q8_DOT(5)
+            Q8_DOT(0) Q8_DOT(1) Q8_DOT(2) Q8_DOT(3)
         }
         const __m256 s0 = _mm256_loadu_ps(sc), s1 = _mm256_loadu_ps(sc + 8);
-        Q8_FLUSH(0) Q8_FLUSH(1) Q8_FLUSH(2) Q8_FLUSH(3) Q8_FLUSH(4) Q8_FLUSH(5)
+        Q8_FLUSH(0) Q8_FLUSH(1) Q8_FLUSH(2) Q8_FLUSH(3)
         if (--left == 0) {  /* the weight group ends: its offset times sum x */
             const __m256 o0 = _mm256_loadu_ps(off), o1 = _mm256_loadu_ps(off + 8);
             sc += 16, off += 16, left = per;
@@ -233,10 +231,6 @@ AI void int4_q8_matmul(const int BN, const float *x, long M, long K, const uint8
                     const float *xsm = xs + m * G, *xsumm = xsum + m * G;
                     float *ym = y + m * N + b * BN + 16 * s;
                     switch (M - m < Q8_ROWS ? M - m : Q8_ROWS) {
-#if Q8_ROWS == 6
-                    case 6: q8_tile(6, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
-                    case 5: q8_tile(5, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
-#endif
                     case 4: q8_tile(4, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
                     case 3: q8_tile(3, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
                     case 2: q8_tile(2, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;

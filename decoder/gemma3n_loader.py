@@ -29,7 +29,7 @@ from .gemma3n import Gemma3nText
 from .gemma3n_config import Gemma3nTextConfig
 from .memory import drop_resident, map_large_allocations, release_free_memory
 from .quantize import Int4Linear, Int8Embedding, Int8Linear, prepack, quantize_, quantize_int4, quantize_int8, rotate
-from .safetensors_folder import index_safetensors, split_text_tensors
+from .safetensors_folder import folder_tokenizer, index_safetensors, split_text_tensors, stored_dtype
 from .weights import HF_TO_NATIVE, assign_strict, expand
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,6 @@ def load_gemma3n(folder, hf: dict | None = None, dtype: torch.dtype = torch.floa
     """A `LoadedText` for a Gemma 3n checkpoint folder. `offload` as in `offload.apply_offload`."""
     from .loader import LoadedText
     from .offload import apply_offload, offload_ple
-    from .tokenizer import load_tokenizer_json
 
     folder = Path(folder)
     if hf is None:
@@ -104,30 +103,33 @@ def load_gemma3n(folder, hf: dict | None = None, dtype: torch.dtype = torch.floa
         model = Gemma3nText(cfg)
     model.to_empty(device="cpu")
     kmap = key_map(cfg)
-    ple = None
-    if offload in ("ple", "layers") and PLE_KEY in text:
-        # Map the table straight from the checkpoint file: it is never read into memory.
-        ple = text.pop(PLE_KEY)
-        want = tuple(model.ple.weight.shape)
-        if ple.shape != want:
-            raise ModelLoadError(folder, f"tensor {ple.name!r} has shape {ple.shape}, the config implies {want}")
-        del kmap[PLE_KEY]
+    ple = take_ple(model, text, kmap, folder) if offload in ("ple", "layers") else None
     assign_strict(model, text, kmap, folder, dtype)
     n_params = sum(p.numel() for p in model.parameters())  # before the PLE table leaves the module
     for p in model.parameters():
         p.requires_grad_(False)
     if ple is not None:
         offload_ple(model, source=(ple.file, ple.name))
-    if not (folder / "tokenizer.json").is_file():
-        raise ModelLoadError(folder, "no tokenizer.json in the folder")
-    tok = load_tokenizer_json(folder, hf)
-    stored = str(hf.get("torch_dtype") or hf.get("dtype") or (hf.get("text_config") or {}).get("dtype") or "float32")
+    tok, stored = folder_tokenizer(folder, hf), stored_dtype(hf)
     extra = {k: v.read() for k, v in extra.items()}  # as stored; the encoders choose their dtype
     loaded = LoadedText(model.eval(), tok, folder.name, "hf", stored, extra, hf)
     loaded.parameters = n_params
     if offload == "layers":
         apply_offload(loaded, "layers", max_memory=max_memory)
     return loaded
+
+
+def take_ple(model, text: dict, kmap: dict, folder: Path):
+    """The per-layer table's unread tensor, taken out of `text` and `kmap` so it is mapped straight
+    from the checkpoint file, never read into memory; None where the checkpoint has none."""
+    if PLE_KEY not in text:
+        return None
+    ple = text.pop(PLE_KEY)
+    want = tuple(model.ple.weight.shape)
+    if ple.shape != want:
+        raise ModelLoadError(folder, f"tensor {ple.name!r} has shape {ple.shape}, the config implies {want}")
+    del kmap[PLE_KEY]
+    return ple
 
 
 # ---- quantized: streamed from the checkpoint into the weight cache ----------------------------
@@ -160,7 +162,6 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
     `encoders=False` leaves the vision and audio towers' tensors unread (text only)."""
     from .loader import LoadedText, _plan
     from .offload import MappedPerLayerEmbedding, mapped_safetensor
-    from .tokenizer import load_tokenizer_json
 
     if quantize not in ("int8", "int4"):
         raise ValueError(f"quantize must be 'int8' or 'int4', got {quantize!r}")
@@ -172,9 +173,7 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
     hf = json.loads((folder / "config.json").read_text())
     cfg = read_config(folder, hf)
     text, extra, ple = _split(folder, hf, cfg)
-    if not (folder / "tokenizer.json").is_file():
-        raise ModelLoadError(folder, "no tokenizer.json in the folder")
-    tok = load_tokenizer_json(folder, hf)
+    tok = folder_tokenizer(folder, hf)
     release_free_memory()  # parsing the tokenizer's merges leaves ~280 MB of free heap; before the weights
 
     options = {"dtype": str(dtype), "quantize": quantize, "group_size": group_size, "layout": "gemma3n"}

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
-from .gemma3n_loader import HF_TO_NATIVE_3N, NON_TEXT_PREFIXES, PLE_KEY
+from .gemma3n_loader import HF_TO_NATIVE_3N, NON_TEXT_PREFIXES, PLE_KEY, take_ple
 from .gemma4 import Gemma4Text
 from .gemma4_config import Gemma4TextConfig
-from .safetensors_folder import index_safetensors, split_text_tensors
+from .safetensors_folder import folder_tokenizer, index_safetensors, split_text_tensors, stored_dtype
 from .weights import assign_strict, expand
 
 GEMMA4_ARCHITECTURES = {"gemma4", "gemma4_text"}
@@ -72,7 +72,6 @@ def load_gemma4(folder, hf: dict | None = None, dtype: torch.dtype = torch.float
     """A `LoadedText` for a Gemma 4 checkpoint folder; `offload="ple"` maps the per-layer table."""
     from .loader import LoadedText
     from .offload import offload_ple
-    from .tokenizer import load_tokenizer_json
 
     folder = Path(folder)
     if hf is None:
@@ -84,22 +83,13 @@ def load_gemma4(folder, hf: dict | None = None, dtype: torch.dtype = torch.float
         model = Gemma4Text(cfg)
     model.to_empty(device="cpu")
     kmap = key_map(cfg)
-    ple = None
-    if offload == "ple" and PLE_KEY in text:  # mapped straight from the checkpoint file
-        ple = text.pop(PLE_KEY)
-        want = tuple(model.ple.weight.shape)
-        if ple.shape != want:
-            raise ModelLoadError(folder, f"tensor {ple.name!r} has shape {ple.shape}, the config implies {want}")
-        del kmap[PLE_KEY]
+    ple = take_ple(model, text, kmap, folder) if offload == "ple" else None
     assign_strict(model, text, kmap, folder, dtype)
     n_params = sum(p.numel() for p in model.parameters())
     model.requires_grad_(False)
     if ple is not None:
         offload_ple(model, source=(ple.file, ple.name))
-    if not (folder / "tokenizer.json").is_file():
-        raise ModelLoadError(folder, "no tokenizer.json in the folder")
-    tok = load_tokenizer_json(folder, hf)
-    stored = str(hf.get("torch_dtype") or hf.get("dtype") or (hf.get("text_config") or {}).get("dtype") or "float32")
+    tok, stored = folder_tokenizer(folder, hf), stored_dtype(hf)
     # The towers' tensors stay unread (`LazyTensor`s) until an encoder takes them (`mmsdk.media`).
     return LoadedText(model.eval(), tok, folder.name, "hf", stored, extra, hf, parameters=n_params)
 

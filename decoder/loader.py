@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import TextConfig
 from .errors import ModelLoadError
-from .safetensors_folder import read_safetensors, split_text_tensors
+from .safetensors_folder import folder_tokenizer, read_safetensors, split_text_tensors, stored_dtype
 from .gemma3 import Gemma3Text
 from . import weight_cache
 from .cache import atomic_path
@@ -23,7 +23,7 @@ from .memory import drop_resident, map_large_allocations, release_free_memory
 from .gptq import gptq_quantize_
 from .quantize import (Int4Linear, Int8Embedding, int4_supported, prepack, quantize_, quantize_int8,
                        quantized_linear, rotate, rotation_block)
-from .tokenizer import GemmaTokenizer, load_sentencepiece, load_tokenizer_json, tokenizer_from_gguf
+from .tokenizer import GemmaTokenizer, load_sentencepiece, tokenizer_from_gguf
 from .weights import FUSED, GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, check_names, check_shape, expand
 
 log = logging.getLogger(__name__)
@@ -323,9 +323,5 @@ def _load_hf(folder: Path, dtype, offload: str | None = None) -> LoadedText:
     model.to_empty(device="cpu")
     assign_strict(model, text, expand(HF_TO_NATIVE, cfg.num_hidden_layers), folder, dtype,
                   fused=expand(FUSED, cfg.num_hidden_layers))
-    if not (folder / "tokenizer.json").is_file():
-        raise ModelLoadError(folder, "no tokenizer.json in the folder")
-    tok = load_tokenizer_json(folder, hf)
-    stored = str(hf.get("torch_dtype") or hf.get("dtype") or text_hf.get("dtype") or "float32")
-    return LoadedText(model.eval(), tok, folder.name, "hf", stored, extra, hf,
+    return LoadedText(model.eval(), folder_tokenizer(folder, hf), folder.name, "hf", stored_dtype(hf), extra, hf,
                       parameters=sum(p.numel() for p in model.parameters()))

@@ -1,4 +1,5 @@
-"""The tensors of a Hugging Face folder's safetensors files: one shard or all the shards an index names."""
+"""A Hugging Face folder: the tensors of its safetensors files (one shard or all the shards an index
+names), its tokenizer and the dtype its config states."""
 import json
 from pathlib import Path
 
@@ -63,3 +64,16 @@ def split_text_tensors(tensors: dict, prefixes, folder, expected: str) -> tuple[
     extra.pop("lm_head.weight", None)  # tied to the embedding; the copy is not used
     return text, extra
 
+
+def folder_tokenizer(folder: Path, hf: dict):
+    """The tokenizer of a Hugging Face folder (its tokenizer.json); none is a `ModelLoadError`."""
+    from .tokenizer import load_tokenizer_json
+
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelLoadError(folder, "no tokenizer.json in the folder")
+    return load_tokenizer_json(folder, hf)
+
+
+def stored_dtype(hf: dict) -> str:
+    """The dtype a Hugging Face config says its weights are stored in (top level, or the text config's)."""
+    return str(hf.get("torch_dtype") or hf.get("dtype") or (hf.get("text_config") or {}).get("dtype") or "float32")

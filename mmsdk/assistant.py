@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import chat_format, chat_format_gemma4, media, structured
+from . import chat_format, chat_format_gemma4, media, models, structured
 from .decoder.kv_cache import make_cache
 from .decoder.loader import load_text
 from .decoder.sampling import make_sampler
@@ -29,7 +29,9 @@ _DTYPES = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bflo
 
 def load(path=None, *, quantize: str | None = None, offload: str | None = None, threads: int | None = None,
          dtype: str | None = None, max_memory: int | None = None, mmproj=None, draft=None) -> "Assistant":
-    """Load a model: a HF checkpoint folder or a .gguf file; with no path, the bundled Gemma 3 270M.
+    """Load a model: a HF checkpoint folder, a .gguf file, or a model id ("google/gemma-3n-E2B-it",
+    "org/name:Q4_0" for one file of a GGUF repository) found in the local Hugging Face cache (never
+    downloaded: `mmsdk pull NAME` does that); with no path, the bundled Gemma 3 270M.
     A .gguf model takes its vision tower from llama.cpp's `mmproj` file: `mmproj*.gguf` beside it, or `mmproj=`.
     `draft`: speculative decoding for greedy generation by default, "lookup" (n-grams of the prompt
     and reply), or a smaller model of the same tokenizer (a path, loaded alike, or an `Assistant`)."""
@@ -38,6 +40,7 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
         from .bundled import bundled_gguf
 
         path = bundled_gguf()
+    path = models.resolve(path)
     if mmproj is not None and Path(path).is_dir():
         raise InputError("mmproj= goes with a .gguf model; a Hugging Face folder carries its own vision tower")
     t0 = time.perf_counter()

@@ -15,6 +15,7 @@ _COMMAND_MODULES = [
     "mmsdk._cmd_media_audio",
     "mmsdk._cmd_media_image",
     "mmsdk._cmd_serve",
+    "mmsdk._cmd_pull",
 ]
 
 

@@ -111,7 +111,7 @@ def load_gemma3n(folder, hf: dict | None = None, dtype: torch.dtype = torch.floa
     if ple is not None:
         offload_ple(model, source=(ple.file, ple.name))
     tok, stored = folder_tokenizer(folder, hf), stored_dtype(hf)
-    extra = {k: v.read() for k, v in extra.items()}  # as stored; the encoders choose their dtype
+    # The towers' tensors stay unread (`LazyTensor`s) until an encoder is built from them (`mmsdk.media`).
     loaded = LoadedText(model.eval(), tok, folder.name, "hf", stored, extra, hf)
     loaded.parameters = n_params
     if offload == "layers":
@@ -211,7 +211,7 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
             mod.dtype = dtype
     # each int8 weight's mapped pages leave RAM once its kernel holds a packed copy
     prepack(model, torch.get_num_threads(), done=drop_resident)
-    extra = {k: v.read() for k, v in extra.items()} if encoders else {}
+    extra = extra if encoders else {}  # unread until a tower is built, as above
     loaded = LoadedText(model.eval(), tok, folder.name, "hf", quantize, extra, hf, parameters=meta["parameters"])
     release_free_memory()
     return loaded

@@ -15,7 +15,6 @@ Attention stays causal over media tokens (Gemma 3n has no bidirectional image gr
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from .fusion import check_marker_count, scatter
 from .gemma3n_vision import Gemma3nVisionConfig, Gemma3nVisionTower, is_vision_key, load_gemma3n_vision
 from .hf_config import empty_module, hf_fields
 from .image_preprocess import GEMMA3N_IMAGE, ImageProcessorConfig, preprocess
-from .lazy import LazyTowers
+from .lazy import LazyTowers, read_tensors
 from .media_cache import EncodeCache, content_key
 
 log = logging.getLogger(__name__)
@@ -152,13 +151,14 @@ def load_gemma3n_encoders(tensors: dict, hf_config: dict, path, dtype: torch.dty
     vision = audio = features = None
     offsets, image_config = {}, GEMMA3N_IMAGE
     if any(is_vision_key(k) for k in tensors):
-        vision = functools.partial(load_gemma3n_vision, tensors, hf_config, path=path, dtype=dtype)
+        vision = lambda: load_gemma3n_vision(read_tensors(tensors, is_vision_key), hf_config, path=path, dtype=dtype)
         offsets["vision"] = Gemma3nVisionConfig.from_hf(hf_config.get("vision_config") or {}).vocab_offset
         image_config = ImageProcessorConfig.from_hf({**dataclasses.asdict(GEMMA3N_IMAGE), **image_hf})
     if any(k.startswith(AUDIO_PREFIXES) for k in tensors):
         audio_cfg = AudioConfig.from_hf(hf_config.get("audio_config") or {})
         text_hidden = (hf_config.get("text_config") or {}).get("hidden_size", 2048)
-        audio = functools.partial(_load_audio, tensors, audio_cfg, text_hidden, path, dtype)
+        audio = lambda: _load_audio(read_tensors(tensors, lambda k: k.startswith(AUDIO_PREFIXES)), audio_cfg,
+                                    text_hidden, path, dtype)
         offsets["audio"] = audio_cfg.vocab_offset
         # Without a preprocessor_config.json the features are as wide as the tower's input.
         try:

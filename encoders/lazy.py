@@ -34,3 +34,9 @@ class LazyTowers:
                 with torch.inference_mode(False):  # first use may be inside a generate: still normal tensors
                     t = self._towers[kind] = t()
             return t
+
+
+def read_tensors(tensors: dict, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """The tensors whose names `keep` takes, read now: a load hands the towers' tensors over unread
+    (`LazyTensor`s of the checkpoint), and a tower reads its own when it is built."""
+    return {k: v.read() if hasattr(v, "read") else v for k, v in tensors.items() if keep(k)}

@@ -10,7 +10,7 @@ import torch
 
 from . import chat_format
 from .chat_format import AUDIO_MARKER, IMAGE_MARKER, Markup
-from .encoders.lazy import LazyTowers
+from .encoders.lazy import LazyTowers, read_tensors
 from .encoders.media_cache import EncodeCache
 from .errors import InputError, UnsupportedModalityError
 
@@ -97,8 +97,7 @@ def _gemma4_encoders(loaded, tensors, path, dtype) -> Encoders:
     def tower(load, prefixes):  # a function building it on first use (`LazyTowers`), or None
         if not any(k.startswith(prefixes[0]) for k in tensors):
             return None
-        return lambda: load({k: v.read() if hasattr(v, "read") else v for k, v in tensors.items()
-                             if k.startswith(prefixes)}, hf, path, dtype)
+        return lambda: load(read_tensors(tensors, lambda k: k.startswith(prefixes)), hf, path, dtype)
 
     vision = tower(load_gemma4_vision, ("model.vision_tower.", "model.embed_vision."))
     audio = tower(load_gemma4_audio, ("model.audio_tower.", "model.embed_audio."))

@@ -10,6 +10,7 @@ from . import tool_format_gemma as fmt
 from .constrained import GrammarConstraint, json_grammar
 from .errors import InputError
 from .options import check_tool_choice
+from .tool_retrieval import called_tools, select_tools
 from .tool_schema import ToolSpec, output_schema, tool_spec
 from .types import ToolCall
 
@@ -64,6 +65,8 @@ def plan(tokenizer, messages: list[dict], *, tools=None, schema=None, tool_choic
         msgs = fmt.prepare_messages(messages, [], fmt.render_schema_instruction(json_schema))
         grammar = [GrammarConstraint(tokenizer, json_grammar(json_schema), max_tokens)] if constrained else []
         return Plan(msgs, grammar, validator=validator)
+    # Many tools: the prompt (and the grammar) get the few nearest the request, and any already called.
+    specs = select_tools(specs, messages, keep={tool_choice, *called_tools(messages)})
     msgs = fmt.prepare_messages(messages, specs)
     if not specs:
         return Plan(msgs)

@@ -38,6 +38,26 @@ static inline void *must_malloc(size_t bytes) {
     return p;
 }
 
+/* ---- scratch kept from call to call ---------------------------------------------------------
+   One buffer per purpose and calling thread, grown when a call needs more: a decoded token
+   allocates nothing, and a prompt's pages are not given back and faulted in again every layer.
+   A buffer past KEEP_BYTES (a long unchunked prompt) is freed after its call. */
+#define KEEP_BYTES (32L << 20)
+typedef struct { void *p; size_t bytes; } Scratch;
+
+static void *scratch(Scratch *s, size_t bytes) {
+    if (bytes > s->bytes) {
+        free(s->p);
+        s->p = must_malloc(bytes);
+        s->bytes = bytes;
+    }
+    return s->p;
+}
+
+static void scratch_trim(Scratch *s) {
+    if (s->bytes > KEEP_BYTES) free(s->p), s->p = NULL, s->bytes = 0;
+}
+
 /* One projection of a layer (decoder/fused.py's `_Linear`). */
 typedef struct {
     const void *weight;  /* int8: our blocks; 4-bit: torch's packed weight */

@@ -1,8 +1,8 @@
 /* A Gemma 3 layer's calls (a decoded token in one, a prompt's rows in two) and the helpers of theirs
    that are the same on every vector width, written once for both kernel sources. Each source
-   defines its vector parts first, then includes this: rms_norm, norm_rows, geglu, attend_group
-   (a decoded token's attention), attend_tile with QROWS and KCOLS (a prompt's), int8_linear; the
-   4-bit products are int4_q8.h's. */
+   defines its vector parts first, then includes this: rms_norm, norm_rows, geglu, dot_row,
+   exp_scores and weigh_values (a decoded token's attention), attend_tile with QROWS and KCOLS (a
+   prompt's), int8_linear; the 4-bit products are int4_q8.h's. */
 #ifndef MMSDK_GEMMA3_LAYER_H
 #define MMSDK_GEMMA3_LAYER_H
 #include "kernels.h"
@@ -39,6 +39,47 @@ void qkv_heads(const float *qkv, long T, long H, long Hkv, long D, const float *
                 memcpy(dst, src, sizeof(float) * D);
             }
         }
+    }
+}
+
+/* out (G, D) = softmax(q k^T + bias) v for G query rows sharing one key head; keys (S, D). The
+   threads split the keys, each keeping its part's max, sum and weighted values per row; the parts
+   merge at the end, weighed by exp(their max - the max). Masked keys (-inf) are not read.
+   `buf`: the caller's scratch (kept from token to token). */
+static void attend_group(const float *q, long G, const float *k, const float *v, const float *bias, long S, long D,
+                         float *out, Scratch *buf) {
+    const int T = omp_get_max_threads();
+    const long part = D + 2;  /* weighted values, max, sum */
+    float *parts = scratch(buf, sizeof(float) * (T * G * part + S * G)), *w = parts + T * G * part;
+    for (long i = 0; i < T * G; i++) parts[i * part + D] = -INFINITY, parts[i * part + D + 1] = 0.f;
+    #pragma omp parallel num_threads(T)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const long s0 = S * t / nt, n = S * (t + 1) / nt - s0;
+        for (long j = 0; j < G; j++) {
+            float *wj = w + j * S + s0, *p = parts + ((long)t * G + j) * part, m = -INFINITY, l = 0.f;
+            for (long s = 0; s < n; s++) {
+                wj[s] = bias[s0 + s] == -INFINITY ? -INFINITY : dot_row(q + j * D, k + (s0 + s) * D, D) + bias[s0 + s];
+                m = fmaxf(m, wj[s]);
+            }
+            if (m == -INFINITY) continue;  /* every key of this part masked */
+            l = exp_scores(wj, n, m);
+            weigh_values(p, wj, v + s0 * D, n, D);
+            p[D] = m, p[D + 1] = l;
+        }
+    }
+    for (long j = 0; j < G; j++) {
+        float m = -INFINITY, l = 0.f, *o = out + j * D;
+        for (int t = 0; t < T; t++) m = fmaxf(m, parts[((long)t * G + j) * part + D]);
+        for (long d = 0; d < D; d++) o[d] = 0.f;
+        for (int t = 0; t < T; t++) {
+            const float *p = parts + ((long)t * G + j) * part;
+            if (p[D] == -INFINITY) continue;
+            const float c = expf(p[D] - m);
+            l += p[D + 1] * c;
+            for (long d = 0; d < D; d++) o[d] += c * p[d];
+        }
+        for (long d = 0; d < D; d++) o[d] /= l;
     }
 }
 

@@ -258,55 +258,20 @@ static void weigh_values(float *o, const float *w, const float *v, long n, long 
     }
 }
 
-/* out (G, D) = softmax(q k^T + bias) v for G query rows sharing one key head; keys (S, D). The
-   threads split the keys, each keeping its part's max, sum and weighted values per row; the parts
-   merge at the end, weighed by exp(their max - the max). Masked keys (-inf) are not read.
-   `buf`: the caller's scratch (kept from token to token). */
-static void attend_group(const float *q, long G, const float *k, const float *v, const float *bias, long S, long D,
-                         float *out, Scratch *buf) {
-    const int T = omp_get_max_threads();
-    const long part = D + 2;  /* weighted values, max, sum */
-    float *parts = scratch(buf, sizeof(float) * (T * G * part + S * G)), *w = parts + T * G * part;
-    for (long i = 0; i < T * G; i++) parts[i * part + D] = -INFINITY, parts[i * part + D + 1] = 0.f;
-    #pragma omp parallel num_threads(T)
-    {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const long s0 = S * t / nt, n = S * (t + 1) / nt - s0;
-        for (long j = 0; j < G; j++) {
-            float *wj = w + j * S + s0, *p = parts + ((long)t * G + j) * part, m = -INFINITY, l = 0.f;
-            for (long s = 0; s < n; s++) {
-                wj[s] = bias[s0 + s] == -INFINITY ? -INFINITY : dot_row(q + j * D, k + (s0 + s) * D, D) + bias[s0 + s];
-                m = fmaxf(m, wj[s]);
-            }
-            if (m == -INFINITY) continue;  /* every key of this part masked */
-            long s = 0;
-            __m256 sum = _mm256_setzero_ps();
-            for (; s + 8 <= n; s += 8) {
-                const __m256 x = _mm256_loadu_ps(wj + s);
-                const __m256 seen = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-                const __m256 e = _mm256_and_ps(seen, exp8(_mm256_sub_ps(x, _mm256_set1_ps(m))));
-                _mm256_storeu_ps(wj + s, e);
-                sum = _mm256_add_ps(sum, e);
-            }
-            l = hsum8(sum);
-            for (; s < n; s++) l += (wj[s] = wj[s] == -INFINITY ? 0.f : expf(wj[s] - m));
-            weigh_values(p, wj, v + s0 * D, n, D);
-            p[D] = m, p[D + 1] = l;
-        }
+/* w[s] = e^(w[s] - m) for a part's n scores (masked ones, -inf, to 0); their sum */
+static float exp_scores(float *w, long n, float m) {
+    long s = 0;
+    __m256 sum = _mm256_setzero_ps();
+    for (; s + 8 <= n; s += 8) {
+        const __m256 x = _mm256_loadu_ps(w + s);
+        const __m256 seen = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        const __m256 e = _mm256_and_ps(seen, exp8(_mm256_sub_ps(x, _mm256_set1_ps(m))));
+        _mm256_storeu_ps(w + s, e);
+        sum = _mm256_add_ps(sum, e);
     }
-    for (long j = 0; j < G; j++) {
-        float m = -INFINITY, l = 0.f, *o = out + j * D;
-        for (int t = 0; t < T; t++) m = fmaxf(m, parts[((long)t * G + j) * part + D]);
-        for (long d = 0; d < D; d++) o[d] = 0.f;
-        for (int t = 0; t < T; t++) {
-            const float *p = parts + ((long)t * G + j) * part;
-            if (p[D] == -INFINITY) continue;
-            const float c = expf(p[D] - m);
-            l += p[D + 1] * c;
-            for (long d = 0; d < D; d++) o[d] += c * p[d];
-        }
-        for (long d = 0; d < D; d++) o[d] /= l;
-    }
+    float l = hsum8(sum);
+    for (; s < n; s++) l += (w[s] = w[s] == -INFINITY ? 0.f : expf(w[s] - m));
+    return l;
 }
 
 /* ---- a prompt's attention: many query rows, masked keys skipped --------------------------------

@@ -96,6 +96,10 @@ AI void int4_q8_block(const int BN, const int SYM, const int8_t *xq, const float
     for (long g = 0; g < K / Q8_GROUP; g++) {
         __m256i acc[R];
         for (int i = 0; i < BN / 8; i++) acc[i] = _mm256_setzero_si256();
+        /* a weight group starts: fetch the next one's scales, N channels on (beyond the hardware prefetchers'
+           reach; 2-5% on one core, AMD Zen 3). A prefetch never faults: the last group's may point past the end */
+        if (left == per)
+            for (int i = 0; i < BN * (SYM ? 2 : 4); i += 64) _mm_prefetch(szg + row + i, _MM_HINT_T0);
         for (long k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k += 4) {
             const __m256i xa = _mm256_shuffle_epi8(_mm256_set1_epi32(*(const int32_t *)(xq + k)), pairs);
             const uint8_t *wk = wb + k * stride;

@@ -23,8 +23,8 @@ _ptr, _long = ctypes.c_void_p, ctypes.c_long
 
 
 class _Linear(ctypes.Structure):  # mirrors `Linear` in int8_vnni.c and kernels_avx2.c
-    _fields_ = [("weight", _ptr), ("scales", _ptr), ("comp", _ptr), ("scales_and_zeros", _ptr), ("rotation", _long),
-                ("inputs", _long), ("outputs", _long), ("group", _long)]
+    _fields_ = [("weight", _ptr), ("scales", _ptr), ("comp", _ptr), ("group_scales", _ptr), ("rotation", _long),
+                ("inputs", _long), ("outputs", _long), ("group", _long), ("symmetric", _long)]
 
 
 class _Layer(ctypes.Structure):  # mirrors `Layer` in int8_vnni.c and kernels_avx2.c
@@ -37,7 +37,7 @@ class _Layer(ctypes.Structure):  # mirrors `Layer` in int8_vnni.c and kernels_av
 def _weights(m) -> tuple | None:
     """What the call reads of projection `m`: our int8 blocks, or an `Int4Linear`'s own buffers."""
     if isinstance(m, Int4Linear):
-        return (m.weight, m.scales_and_zeros) if native.available("int4_linear") else None
+        return (m.weight, m.group_scales) if native.available("int4_linear") else None
     if isinstance(m, Int8Linear) and m.int8_inputs:
         return (m.packed(),)
     return None
@@ -46,10 +46,10 @@ def _weights(m) -> tuple | None:
 def _linear(m, weights: tuple) -> _Linear:
     if isinstance(m, Int4Linear):
         return _Linear(weights[0].data_ptr(), None, None, weights[1].data_ptr(), 0, m.in_features, m.out_features,
-                       m.group_size)
+                       m.group_size, int(m.symmetric))
     blocks = weights[0]
     return _Linear(blocks.blocks.data_ptr(), blocks.scales.data_ptr(), blocks.comp.data_ptr(), None, m.rotation or 0,
-                   m.in_features, m.out_features, 0)
+                   m.in_features, m.out_features, 0, 0)
 
 
 def plan(block, x: torch.Tensor, cache) -> _Layer | None:

@@ -3,20 +3,22 @@
    The weight stays in torch's CPU int4 layout, so no second copy of it is made: blocks of BN output channels, BN
    = 64 where torch runs AVX-512 and 32 where it runs AVX2; for each input k a block holds BN/2
    bytes, channel j < BN/2 in the low nibble of byte j, channel j >= BN/2 in the high one of byte
-   j - BN/2. scales_and_zeros (K/group, N, 2) bfloat16: w = (q - 8) * scale + zero.
+   j - BN/2. Per (group, channel) either torch's bfloat16 (scale, zero) pair, scales_and_zeros
+   (K/group, N, 2): w = (q - 8) * scale + zero; or, the symmetric layout (SYM, GGUF's Q4_0 as
+   stored: 4.5 bits a weight instead of 5), one float16 d, (K/group, N): w = (q - 8) * d.
 
    The input row is rounded to 8 bits in groups of 32 (one scale each, as llama.cpp's Q8_0), so the
    codes meet in integer products: _mm256_maddubs_epi16 takes the unsigned weight codes (0..15)
    times the signed input codes and sums each pair into int16. Per channel and group of 32 inputs:
    sum q x = 16 pair sums of at most 2 x 15 x 127, under int16's 32767 in 8 of them, so each int16
    lane gathers 8 maddubs before one widening to float per group; then
-   x . w = sum over groups of scale sx (sum q xq) + (zero - 8 scale) * sum x.
+   x . w = sum over groups of scale sx (sum q xq) + (zero - 8 scale) * sum x (zero = 0 when SYM).
    Integer products need ~4x fewer instructions per weight than converting every code to float,
    so one row streams the weight at memory speed on 2 cores, and a prompt runs at integer speed
    (~1.5-2x the float32 GEMM that dequantized each block, on AMD Zen 3).
 
-   AVX2 instructions only: the AVX-512 library compiles the same code (the CPUs that have AVX-512
-   have AVX2), with twice the registers for BN = 64. */
+   AVX2 instructions (and F16C's float16 conversion) only: the AVX-512 library compiles the same code
+   (the CPUs that have AVX-512 have AVX2 and F16C), with twice the registers for BN = 64. */
 #ifndef MMSDK_INT4_Q8_H
 #define MMSDK_INT4_Q8_H
 #include <immintrin.h>
@@ -54,9 +56,29 @@ static void quantize_q8_groups(const float *x, long K, int8_t *xq, float *xs, fl
     }
 }
 
-/* One block of BN channels: y[0..BN) = x . w for the prepared input row (xq, xs, xsum). */
-AI void int4_q8_block(const int BN, const int8_t *xq, const float *xs, const float *xsum, long K, const uint8_t *wb,
-                      const uint32_t *sz, long group, long N, float *y) {
+/* Scales of 8 channels from a weight group's row `sc` (channel i): float16 d (SYM) or the bfloat16
+   halves of (scale, zero) pairs. */
+AI __m256 scale8(const int SYM, const void *sc, long i) {
+    if (SYM) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)sc + i)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)((const uint32_t *)sc + i)), 16));
+}
+
+/* (scale, zero - 8 scale) of channel n of a weight group's row `sc`, as the prompt tiles take them */
+AI void scale_offset(const int SYM, const void *sc, long n, float *scale, float *offset) {
+    if (SYM) {
+        *scale = _cvtsh_ss(((const uint16_t *)sc)[n]), *offset = -8.f * *scale;
+        return;
+    }
+    const uint32_t pair = ((const uint32_t *)sc)[n], lo = pair << 16, hi = pair & 0xFFFF0000u;
+    float zero;
+    memcpy(scale, &lo, 4), memcpy(&zero, &hi, 4);
+    *offset = zero - 8.f * *scale;
+}
+
+/* One block of BN channels: y[0..BN) = x . w for the prepared input row (xq, xs, xsum); sz: the
+   block's first channel in the first weight group's scales (SYM: float16 d, else pairs). */
+AI void int4_q8_block(const int BN, const int SYM, const int8_t *xq, const float *xs, const float *xsum, long K,
+                      const uint8_t *wb, const void *sz, long group, long N, float *y) {
     enum { R = 8 };  /* int16 accumulators: BN / 8 of them, 8 channels x 2 input pairs each */
     const __m256i nibble = _mm256_set1_epi8(0x0F);
     /* input bytes (k, k+1) to every 16-bit lane of the low half, (k+2, k+3) to the high half */
@@ -67,12 +89,17 @@ AI void int4_q8_block(const int BN, const int8_t *xq, const float *xs, const flo
     __m256 out[R], offset[R];
     for (int i = 0; i < BN / 8; i++) out[i] = offset[i] = _mm256_setzero_ps();
     float wsum = 0.f;  /* sum x over the current weight group */
-    const uint32_t *szg = sz;  /* the current weight group's (scale, zero) pairs */
+    const char *szg = sz;  /* the current weight group's scales */
+    const long row = N * (SYM ? 2 : 4);  /* bytes from one weight group's scales to the next's */
     const long per = group / Q8_GROUP;  /* input groups per weight group, counted down: no division in the loop */
     long left = per;
     for (long g = 0; g < K / Q8_GROUP; g++) {
         __m256i acc[R];
         for (int i = 0; i < BN / 8; i++) acc[i] = _mm256_setzero_si256();
+        /* a weight group starts: fetch the next one's scales, N channels on (beyond the hardware prefetchers'
+           reach; 2-5% on one core, AMD Zen 3). A prefetch never faults: the last group's may point past the end */
+        if (left == per)
+            for (int i = 0; i < BN * (SYM ? 2 : 4); i += 64) _mm_prefetch(szg + row + i, _MM_HINT_T0);
         for (long k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k += 4) {
             const __m256i xa = _mm256_shuffle_epi8(_mm256_set1_epi32(*(const int32_t *)(xq + k)), pairs);
             const uint8_t *wk = wb + k * stride;
@@ -93,33 +120,37 @@ AI void int4_q8_block(const int BN, const int8_t *xq, const float *xs, const flo
         for (int i = 0; i < BN / 8; i++) {
             const __m256i v = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[i])),
                                                _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[i], 1)));
-            const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(szg + 8 * i)), 16));
+            const __m256 scale = scale8(SYM, szg, 8 * i);
             out[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(scale, s), out[i]);
         }
         wsum += xsum[g];
         if (--left == 0) {  /* the weight group ends: its (zero - 8 scale) * sum x */
             const __m256 sum = _mm256_set1_ps(wsum);
             for (int i = 0; i < BN / 8; i++) {
-                const __m256i p = _mm256_loadu_si256((const __m256i *)(szg + 8 * i));
-                const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(p, 16)), zero = _mm256_castsi256_ps(_mm256_and_si256(p, high));
+                const __m256 scale = scale8(SYM, szg, 8 * i), zero = SYM ? _mm256_setzero_ps()
+                    : _mm256_castsi256_ps(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)((const uint32_t *)szg + 8 * i)), high));
                 offset[i] = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8.f), scale, zero), sum, offset[i]);
             }
-            wsum = 0.f, szg += N, left = per;
+            wsum = 0.f, szg += row, left = per;
         }
     }
     for (int i = 0; i < BN / 8; i++) _mm256_storeu_ps(y + 8 * i, _mm256_add_ps(out[i], offset[i]));
 }
 
 /* y (N) = x (K) W^T for a 4-bit weight in torch's layout (K a multiple of 32 and of `group`). */
-AI void int4_q8_gemv(const int BN, const float *x, long K, const uint8_t *w, const uint32_t *scales_and_zeros,
+AI void int4_q8_gemv(const int BN, const int SYM, const float *x, long K, const uint8_t *w, const void *scales,
                      long group, float *y, long N) {
     int8_t xq[K];
     float xs[K / Q8_GROUP], xsum[K / Q8_GROUP];
     quantize_q8_groups(x, K, xq, xs, xsum);
+    const uint16_t *d = scales;
+    const uint32_t *sz = scales;
     #pragma omp parallel for schedule(static)
-    for (long b = 0; b < N / BN; b++)  /* BN spelled out here: OpenMP outlines this body before constants propagate */
-        if (BN == 32) int4_q8_block(32, xq, xs, xsum, K, w + b * K * 16, scales_and_zeros + b * 32, group, N, y + b * 32);
-        else int4_q8_block(64, xq, xs, xsum, K, w + b * K * 32, scales_and_zeros + b * 64, group, N, y + b * 64);
+    for (long b = 0; b < N / BN; b++)  /* BN, SYM spelled out here: OpenMP outlines this body before constants propagate */
+        if (BN == 32 && SYM) int4_q8_block(32, 1, xq, xs, xsum, K, w + b * K * 16, d + b * 32, group, N, y + b * 32);
+        else if (BN == 32) int4_q8_block(32, 0, xq, xs, xsum, K, w + b * K * 16, sz + b * 32, group, N, y + b * 32);
+        else if (SYM) int4_q8_block(64, 1, xq, xs, xsum, K, w + b * K * 32, d + b * 64, group, N, y + b * 64);
+        else int4_q8_block(64, 0, xq, xs, xsum, K, w + b * K * 32, sz + b * 64, group, N, y + b * 64);
 }
 /* ---- many rows: a prompt --------------------------------------------------------------------
    Each thread takes one block of BN channels at a time and unpacks its codes once into bytes laid
@@ -200,7 +231,7 @@ AI void q8_tile(const int MR, const int8_t *xq, const float *xs, const float *xs
 #undef Q8_FLUSH
 
 /* y (M, N) = x (M, K) W^T for a 4-bit weight in torch's layout, the rows rounded as the one-row case. */
-AI void int4_q8_matmul(const int BN, const float *x, long M, long K, const uint8_t *w, const uint32_t *scales_and_zeros,
+AI void int4_q8_matmul(const int BN, const int SYM, const float *x, long M, long K, const uint8_t *w, const void *scales,
                        long group, float *y, long N) {
     const long G = K / Q8_GROUP, GW = K / group;
     int8_t *xq = must_malloc(M * K + 2 * sizeof(float) * M * G);
@@ -216,13 +247,9 @@ AI void int4_q8_matmul(const int BN, const float *x, long M, long K, const uint8
             unpack_block(BN, w + b * K * (BN / 2), K, panel);
             for (int s = 0; s < BN / 16; s++)  /* each sub-block's (scale, zero - 8 scale), by group */
                 for (long gw = 0; gw < GW; gw++)
-                    for (int n = 0; n < 16; n++) {
-                        const uint32_t pair = scales_and_zeros[gw * N + b * BN + 16 * s + n];
-                        const uint32_t lo = pair << 16, hi = pair & 0xFFFF0000u;
-                        float scale, zero;
-                        memcpy(&scale, &lo, 4), memcpy(&zero, &hi, 4);
-                        sc[(s * GW + gw) * 16 + n] = scale, off[(s * GW + gw) * 16 + n] = zero - 8.f * scale;
-                    }
+                    for (int n = 0; n < 16; n++)
+                        scale_offset(SYM, scales, gw * N + b * BN + 16 * s + n, sc + (s * GW + gw) * 16 + n,
+                                     off + (s * GW + gw) * 16 + n);
             for (int s = 0; s < BN / 16; s++) {
                 const uint8_t *p = panel + s * 16 * K;
                 const float *scs = sc + s * GW * 16, *offs = off + s * GW * 16;
@@ -252,14 +279,14 @@ static long int4_block = 64;
 /* Which block width torch packs with on this machine (32 or 64), set once when the library loads. */
 void int4_layout(long block) { int4_block = block; }
 
-/* Rows x (M, K) times a 4-bit weight in torch's layout: one row streams it, more run the GEMM. */
-void int4_linear(const float *x, long M, long K, const uint8_t *w, const uint32_t *scales_and_zeros, long group,
+/* Rows x (M, K) times a 4-bit weight in torch's layout: one row streams it, more run the GEMM.
+   scales: bfloat16 (scale, zero) pairs (K/group, N, 2), or with `symmetric` float16 d (K/group, N). */
+void int4_linear(const float *x, long M, long K, const uint8_t *w, const void *scales, long symmetric, long group,
                  float *y, long N) {
-    if (int4_block == 32)
-        M == 1 ? int4_q8_gemv(32, x, K, w, scales_and_zeros, group, y, N)
-               : int4_q8_matmul(32, x, M, K, w, scales_and_zeros, group, y, N);
-    else
-        M == 1 ? int4_q8_gemv(64, x, K, w, scales_and_zeros, group, y, N)
-               : int4_q8_matmul(64, x, M, K, w, scales_and_zeros, group, y, N);
+#define INT4_CALL(BN, SYM) (M == 1 ? int4_q8_gemv(BN, SYM, x, K, w, scales, group, y, N) \
+                                   : int4_q8_matmul(BN, SYM, x, M, K, w, scales, group, y, N))
+    if (int4_block == 32) symmetric ? INT4_CALL(32, 1) : INT4_CALL(32, 0);
+    else symmetric ? INT4_CALL(64, 1) : INT4_CALL(64, 0);
+#undef INT4_CALL
 }
 #endif

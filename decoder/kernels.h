@@ -38,13 +38,33 @@ static inline void *must_malloc(size_t bytes) {
     return p;
 }
 
+/* ---- scratch kept from call to call ---------------------------------------------------------
+   One buffer per purpose and calling thread, grown when a call needs more: a decoded token
+   allocates nothing, and a prompt's pages are not given back and faulted in again every layer.
+   A buffer past KEEP_BYTES (a long unchunked prompt) is freed after its call. */
+#define KEEP_BYTES (32L << 20)
+typedef struct { void *p; size_t bytes; } Scratch;
+
+static void *scratch(Scratch *s, size_t bytes) {
+    if (bytes > s->bytes) {
+        free(s->p);
+        s->p = must_malloc(bytes);
+        s->bytes = bytes;
+    }
+    return s->p;
+}
+
+static void scratch_trim(Scratch *s) {
+    if (s->bytes > KEEP_BYTES) free(s->p), s->p = NULL, s->bytes = 0;
+}
+
 /* One projection of a layer (decoder/fused.py's `_Linear`). */
 typedef struct {
     const void *weight;  /* int8: our blocks; 4-bit: torch's packed weight */
     const float *scales;  /* int8 */
     const int32_t *comp;  /* int8 */
-    const uint32_t *scales_and_zeros;  /* 4-bit */
-    long rotation, in, out, group;  /* group > 0: a 4-bit weight */
+    const void *group_scales;  /* 4-bit: bfloat16 (scale, zero) pairs, or float16 d where `symmetric` */
+    long rotation, in, out, group, symmetric;  /* group > 0: a 4-bit weight */
 } Linear;
 
 /* One Gemma 3 layer (decoder/fused.py's `_Layer`). */

@@ -194,6 +194,9 @@ def _linear(gg: GGUFFile, names: list[str], mod: nn.Linear, bits: int | None, gr
     """The runtime module of a linear layer stacked from the GGUF tensors `names`."""
     kinds = {gg.tensors[n].kind for n in names}
     if bits == 4 and group_size == 32 and kinds <= set(EXACT_4BIT) and int4_supported(*mod.weight.shape, 32):
+        if kinds == {"Q4_0"}:  # w = (q - 8) d: the file's codes and float16 d as they are (4.5 bits a weight)
+            q, d, _ = q4_codes(np.concatenate([gg.raw(n) for n in names]), "Q4_0")
+            return Int4Linear.from_symmetric(q, d.half(), 32)  # d came from float16: exact
         if len(kinds) == 1:  # stack the blocks, then decode once
             return Int4Linear.from_codes(*q4_codes(np.concatenate([gg.raw(n) for n in names]), kinds.pop()), 32)
         parts = [q4_codes(gg.raw(n), gg.tensors[n].kind) for n in names]

@@ -46,17 +46,18 @@ class Kernel(NamedTuple):
 
 
 KERNELS = (
-    # fma: int4_q8.h's AVX2 code (every AVX-512 CPU has it; -mavx512f does not imply it)
-    Kernel("avx512-vnni", "int8_vnni.c", ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma"),
-           ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma")),
-    Kernel("avx2", "kernels_avx2.c", ("avx2", "fma"), ("-mavx2", "-mfma")),
+    # fma, f16c: int4_q8.h's AVX2 code and its float16 scales (every AVX-512 CPU has both, every AVX2 + FMA
+    # one F16C; -mavx512f implies neither flag)
+    Kernel("avx512-vnni", "int8_vnni.c", ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma", "f16c"),
+           ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma", "-mf16c")),
+    Kernel("avx2", "kernels_avx2.c", ("avx2", "fma", "f16c"), ("-mavx2", "-mfma", "-mf16c")),
 )
 
 _ptr, _n = ctypes.c_void_p, ctypes.c_long
 ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "pack_blocks": [_ptr, _n, _n, _ptr, _ptr],
     "int8_linear": [_ptr, _n, _n, _n, _ptr, _ptr, _ptr, _ptr, _n],
-    "int4_linear": [_ptr, _n, _n, _ptr, _ptr, _n, _ptr, _n],
+    "int4_linear": [_ptr, _n, _n, _ptr, _ptr, _n, _n, _ptr, _n],
     "norm_rows": [_ptr, _n, _n, _ptr, ctypes.c_float, _ptr, _ptr],
     "geglu": [_ptr, _n, _n, _ptr],
     "qkv_heads": [_ptr, _n, _n, _n, _n, _ptr, ctypes.c_float, _ptr, _ptr, _ptr, _ptr, _ptr],
@@ -218,15 +219,18 @@ def linear(x: torch.Tensor, w: Int8Blocks, rotation: int | None = None) -> torch
     return y.view(*x.shape[:-1], N)
 
 
-def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.Tensor, group: int) -> torch.Tensor:
+def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
     """x (..., K) times a 4-bit weight in torch's CPU layout (`quantize.Int4Linear`'s buffers, read as
     they are), the rows rounded to 8 bits per 32 inputs and multiplied in integers (`int4_q8.h`):
-    one row streams the weight, more run a GEMM. Float32 (..., N) out."""
-    K, N = x.shape[-1], scales_and_zeros.shape[1]
+    one row streams the weight, more run a GEMM. `scales`: bfloat16 (scale, zero) pairs (K/group, N, 2),
+    or float16 d (K/group, N) of the symmetric layout (w = (q - 8) d). Float32 (..., N) out."""
+    K, N = x.shape[-1], scales.shape[1]
+    if scales.dtype not in (torch.bfloat16, torch.float16) or not scales.is_contiguous():
+        raise ValueError(f"scales must be contiguous bfloat16 pairs or float16, got {scales.dtype}")
     rows = x.reshape(-1, K).float().contiguous()
     y = torch.empty(rows.shape[0], N)
-    library().int4_linear(rows.data_ptr(), rows.shape[0], K, weight.data_ptr(), scales_and_zeros.data_ptr(), group,
-                          y.data_ptr(), N)
+    library().int4_linear(rows.data_ptr(), rows.shape[0], K, weight.data_ptr(), scales.data_ptr(),
+                          int(scales.dtype == torch.float16), group, y.data_ptr(), N)
     return y.view(*x.shape[:-1], N)
 
 

@@ -1,7 +1,8 @@
 """Weight-only quantization as a module swap (gpt-fast `quantize.py`, mlx-lm `nn.quantize`).
 
 `quantize_(model, bits, group_size)` replaces every `nn.Linear` with `Int8Linear` (per output
-channel) or `Int4Linear` (asymmetric, per group of `group_size` inputs) and the tied embedding /
+channel) or `Int4Linear` (asymmetric, per group of `group_size` inputs; GGUF's Q4_0 loads into its
+symmetric layout) and the tied embedding /
 LM head with `Int8Embedding`. The float modules stay as they are: no `if quant:` anywhere.
 
 Kernels, one set of weights for prefill (many rows, compute-bound) and decode (one row, memory-bound):
@@ -242,15 +243,44 @@ class Int8Linear(_Packed, nn.Module):
 
 
 class Int4Linear(nn.Module):
-    """y = x W^T with W stored as 4-bit codes in torch's packed CPU layout, a scale and zero per group."""
+    """y = x W^T with W stored as 4-bit codes q (0..15) in torch's packed CPU layout and, per group of
+    inputs and output channel, either a bfloat16 scale and zero, w = (q - 8) * scale + zero (torch's
+    `scales_and_zeros`, (K/g, N, 2): our own rounding, GGUF's Q4_K / Q4_1), or, `symmetric`, one
+    float16 d, w = (q - 8) * d (`scales`, (K/g, N): GGUF's Q4_0 exactly as stored, 4.5 bits a weight
+    instead of 5, so a decoded token streams ~10% fewer bytes).
 
-    def __init__(self, in_features: int, out_features: int, group_size: int):
+    One class, the layout told by its buffers, so a weight cache's state dict says which it holds
+    (`_load_from_state_dict`) and every caller keeps one `isinstance`."""
+
+    _torch_sz = None  # (scales, the (d, 0) pairs torch's kernel takes), made on its first use
+
+    def __init__(self, in_features: int, out_features: int, group_size: int, symmetric: bool = False):
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.register_buffer("weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-        # (K/g, N, 2): scale and zero side by side, as the kernel reads them
-        self.register_buffer("scales_and_zeros", torch.zeros(in_features // group_size, out_features, 2,
-                                                             dtype=ACT_DTYPE))
+        self._set_layout(symmetric, self.weight.device)
+
+    def _set_layout(self, symmetric: bool, device) -> None:
+        self.symmetric = symmetric
+        groups = self.in_features // self.group_size
+        for name in ("scales", "scales_and_zeros"):
+            self._buffers.pop(name, None)
+        if symmetric:  # (K/g, N): each group's d for every channel side by side, as the kernel reads them
+            self.register_buffer("scales", torch.zeros(groups, self.out_features, dtype=torch.float16, device=device))
+        else:  # (K/g, N, 2): scale and zero side by side, as torch's kernel and ours read them
+            self.register_buffer("scales_and_zeros", torch.zeros(groups, self.out_features, 2, dtype=ACT_DTYPE,
+                                                                 device=device))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        symmetric = prefix + "scales" in state_dict  # the saved layout wins: an empty module is built asymmetric
+        if symmetric != self.symmetric:
+            self._set_layout(symmetric, self.weight.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def group_scales(self) -> torch.Tensor:
+        """The per-group numbers our kernels read beside the codes (`native.int4_linear`)."""
+        return self.scales if self.symmetric else self.scales_and_zeros
 
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int) -> "Int4Linear":
@@ -267,15 +297,38 @@ class Int4Linear(nn.Module):
         m.scales_and_zeros = sz
         return m
 
+    @classmethod
+    def from_symmetric(cls, q: torch.Tensor, d: torch.Tensor, group_size: int) -> "Int4Linear":
+        """From codes (N, K) in 0..15 and a float16 d per group, (N, K/g): w = (q - 8) * d, kept exact."""
+        if d.dtype != torch.float16:
+            raise ValueError(f"d must be float16 (stored as it is), got {d.dtype}")
+        with torch.device("meta"):
+            m = cls(q.shape[1], q.shape[0], group_size, symmetric=True)
+        m.weight = pack_int4(q)
+        m.scales = d.T.contiguous()
+        return m
+
+    def torch_scales_and_zeros(self) -> torch.Tensor:
+        """The bfloat16 (scale, zero) pairs torch's kernel takes: the buffer itself, or (d, 0) made from
+        the symmetric layout's d once (torch has no symmetric kernel; d rounds to bfloat16 there)."""
+        if not self.symmetric:
+            return self.scales_and_zeros
+        if self._torch_sz is None or self._torch_sz[0] is not self.scales:
+            sz = torch.zeros(*self.scales.shape, 2, dtype=ACT_DTYPE)
+            sz[..., 0] = self.scales
+            self._torch_sz = (self.scales, sz)
+        return self._torch_sz[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and native.available("int4_linear"):  # our kernels read the same buffers, in float32
-            return native.int4_linear(x, self.weight, self.scales_and_zeros, self.group_size)
+            return native.int4_linear(x, self.weight, self.group_scales, self.group_size)
         rows = x.reshape(-1, x.shape[-1]).to(ACT_DTYPE)
-        y = torch._weight_int4pack_mm_for_cpu(rows, self.weight, self.group_size, self.scales_and_zeros)
+        y = torch._weight_int4pack_mm_for_cpu(rows, self.weight, self.group_size, self.torch_scales_and_zeros())
         return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"symmetric={self.symmetric}")
 
 
 class Int8Embedding(_Packed, nn.Module):

@@ -29,12 +29,15 @@ def random_blocks(kind: str, rows: int, cols: int, seed: int = 0, d: float = 1e-
 
 
 def module_codes(m: Int4Linear):
-    """An Int4Linear's codes and (bfloat16) scales and zeros, unpacked from torch's CPU layout:
-    output rows interleaved in blocks of 64 where torch runs AVX-512 code, else 32."""
+    """An Int4Linear's codes and scales and zeros (bfloat16; float16 d and zero 0 in the symmetric
+    layout), unpacked from torch's CPU layout: output rows interleaved in blocks of 64 where torch
+    runs AVX-512 code, else 32."""
     n, k = m.out_features, m.in_features
     block = 64 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 32
     b = m.weight.reshape(n // block, k, block // 2)
     q = torch.cat([b & 15, b >> 4], -1).permute(0, 2, 1).reshape(n, k)
+    if m.symmetric:
+        return q, m.scales.float().T, torch.zeros(n, k // m.group_size)
     sz = m.scales_and_zeros.float().transpose(0, 1)
     return q, sz[..., 0], sz[..., 1]
 
@@ -42,6 +45,27 @@ def module_codes(m: Int4Linear):
 def dequantized(q, scale, zero):
     rows, cols = q.shape
     return ((q.float().reshape(rows, -1, 32) - 8) * scale[..., None] + zero[..., None]).reshape(rows, cols)
+
+
+def test_q4_0_loads_bit_exact_into_the_symmetric_layout():
+    """GGUF's Q4_0 held as stored (the file's codes, its float16 d, no zero): at a real size (Gemma 3
+    4B's ffn_gate, 10240 x 2560, d of both signs as llama.cpp writes them) the module's weights are
+    bit for bit the `gguf` package's dequantization (the same float32 product (q - 8) d)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    raw = random_blocks("Q4_0", 10240, 2560, seed=3)
+    blocks = raw.reshape(-1, 18)
+    blocks[::2, 0:2] = (-blocks[::2, 0:2].view(np.float16)).view(np.uint8)  # every other d negative
+    ref = torch.from_numpy(dequantize(raw, GGMLQuantizationType.Q4_0))
+    q, d, zero = q4_codes(raw, "Q4_0")
+    assert not zero.any()
+    m = Int4Linear.from_symmetric(q, d.half(), 32)
+    assert m.symmetric and m.scales.dtype == torch.float16
+    assert m.weight.numel() + m.scales.numel() * 2 == raw.nbytes  # 4.5 bits a weight, as the file
+    mq, md, _ = module_codes(m)
+    assert torch.equal(mq, q)
+    assert torch.equal(dequantized(mq, md, torch.zeros_like(md)), ref)  # exactness is the point: a format decode
 
 
 @pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q4_K"])
@@ -182,6 +206,11 @@ def test_streamed_stored_load_keeps_the_files_4bit_codes(tiny_q4, tmp_path, monk
     gg = GGUFFile(path)
     codes = torch.cat([q4_codes(gg.raw(f"blk.0.attn_{p}.weight"), "Q4_0")[0] for p in "qkv"])
     assert torch.equal(module_codes(layers[0].attn.qkv_proj)[0], codes)
+    # all-Q4_0 stacks in the symmetric layout, bit for bit the gguf package's weights; Q4_K keeps scale and zero
+    qkv = layers[0].attn.qkv_proj
+    assert qkv.symmetric and not layers[0].mlp.down_proj.symmetric
+    exact = torch.cat([gg.dequantize(f"blk.0.attn_{p}.weight") for p in "qkv"])
+    assert torch.equal(dequantized(*module_codes(qkv)), exact)  # exactness is the point: a format decode
 
     out = _logits(first.model, ids)
     # vs float32 on the same decoded weights: the int8 embedding / head and int8 layers' int8
@@ -210,6 +239,7 @@ def test_streamed_stored_load_keeps_the_files_4bit_codes(tiny_q4, tmp_path, monk
     cached = list(tmp_path.glob("weights/tiny-q4-*.safetensors"))
     assert len(cached) == 1 and not list(tmp_path.glob("weights/.*.part"))  # written whole, by rename
     again = load_text(path, None)
+    assert again.model.layers[0].attn.qkv_proj.symmetric  # the cache holds the layout it was written in
     assert torch.equal(_logits(again.model, ids), out)  # the same mapped cache, the same path: same numbers
 
 

@@ -157,16 +157,14 @@ def test_a_tampered_or_stale_library_is_built_again(monkeypatch, tmp_path):
 
 
 @needs_native
-@pytest.mark.parametrize("bits,tol", [(8, 5e-3), (4, 1e-2)])  # 4-bit: torch's kernel rounds inputs to bfloat16
+@pytest.mark.parametrize("bits,tol", [(8, 5e-3), (4, 1e-2), ("q4_0", 1e-2)])  # 4-bit: 8-bit inputs per 32
 def test_fused_decode_step_matches_the_python_layers(monkeypatch, bits, tol):
     """Each decoded token through `fused.step` (one C call a layer) against the Python layers from
     the same caches: past the rings' wrap (window 8) and the full caches' growth at 256 slots."""
     from mmsdk.decoder import fused
     from mmsdk.decoder.kv_cache import make_cache
-    from mmsdk.decoder.quantize import quantize_
-    from test_quant_modules import tiny_model
 
-    model = quantize_(tiny_model(), bits)
+    model = quantized_tiny_model(bits)
     calls = []
     step = fused.step
     monkeypatch.setattr(fused, "step", lambda *a: calls.append(1) or step(*a))
@@ -188,16 +186,14 @@ def test_fused_decode_step_matches_the_python_layers(monkeypatch, bits, tol):
 
 
 @needs_native
-@pytest.mark.parametrize("bits,tol", [(8, 5e-3), (4, 1e-2)])
+@pytest.mark.parametrize("bits,tol", [(8, 5e-3), (4, 1e-2), ("q4_0", 1e-2)])
 def test_fused_prompt_matches_the_python_layers(monkeypatch, bits, tol):
     """A prompt's chunks through `fused.prompt` (two C calls a layer) against the Python layers:
     a first chunk into empty caches, then chunks attending the rings (window 8) and full caches."""
     from mmsdk.decoder import fused
     from mmsdk.decoder.kv_cache import make_cache
-    from mmsdk.decoder.quantize import quantize_
-    from test_quant_modules import tiny_model
 
-    model = quantize_(tiny_model(), bits)
+    model = quantized_tiny_model(bits)
     calls = []
     prompt = fused.prompt
     monkeypatch.setattr(fused, "prompt", lambda *a: calls.append(1) or prompt(*a))
@@ -214,6 +210,37 @@ def test_fused_prompt_matches_the_python_layers(monkeypatch, bits, tol):
                 assert c.offset == r.offset and rel_err(c.k, r.k) < tol and rel_err(c.v, r.v) < tol
             caches = [c.clone() for c in ref_caches]  # go on from one state
     assert len(calls) == 3 * len(model.layers)
+
+
+def quantized_tiny_model(bits):
+    """test_quant_modules' tiny model quantized to `bits`; "q4_0": its linear layers rounded as GGUF's
+    Q4_0 into Int4Linear's symmetric layout, the embedding int8."""
+    from mmsdk.decoder.quantize import Int4Linear, quantize_
+    from test_quant_modules import tiny_model
+
+    model = tiny_model()
+    if bits == "q4_0":
+        for mod in list(model.modules()):
+            for name, child in list(mod.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    setattr(mod, name, Int4Linear.from_symmetric(*q4_0(child.weight.detach()), 32))
+    model = quantize_(model, 8 if bits == "q4_0" else bits)
+    assert bits != "q4_0" or sum(isinstance(m, Int4Linear) and m.symmetric for m in model.modules()) == 4 * len(model.layers)
+    return model
+
+
+def q4_0(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (N, K) rounded as llama.cpp's Q4_0: per 32 inputs d = (the largest-magnitude weight) / -8 in
+    float16, q = round(w / d) + 8 in 0..15. Codes (N, K) uint8 and d (N, K/32) float16."""
+    g = w.float().reshape(w.shape[0], -1, 32)
+    d = (g.gather(-1, g.abs().argmax(-1, keepdim=True)) / -8).half()
+    q = torch.round(g / torch.where(d == 0, 1.0, d.float())).add_(8).clamp_(0, 15)
+    return q.to(torch.uint8).reshape(w.shape), d[..., 0]
+
+
+def dequantize_q4_0(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    n, k = q.shape
+    return ((q.float().reshape(n, -1, 32) - 8) * d.float()[..., None]).reshape(n, k)
 
 
 @needs_native
@@ -239,8 +266,34 @@ def test_int4_products_read_torchs_layout():
 
 
 @needs_native
+def test_symmetric_int4_products_and_torchs_fallback(monkeypatch):
+    """The symmetric layout (GGUF's Q4_0: codes in torch's packing, one float16 d per 32): our kernels
+    for one row and a prompt against the float product of the same weights, and the torch fallback
+    (no kernels here, or bfloat16 inputs) on the (d, 0) pairs it derives."""
+    from mmsdk.decoder.quantize import Int4Linear
+
+    torch.manual_seed(2)
+    n, k = 256, 1024
+    codes, d = q4_0(torch.randn(n, k))
+    m = Int4Linear.from_symmetric(codes, d, 32)
+    assert m.symmetric and m.scales.dtype == torch.float16 and m.scales.shape == (k // 32, n)
+    assert not hasattr(m, "scales_and_zeros")
+    assert torch.equal(_codes(m, 32)[0], codes)  # exactness is the point: a layout read
+    w = dequantize_q4_0(codes, d)
+    for rows in (1, 6):
+        x = torch.randn(rows, k)
+        y = m(x)
+        assert rel_err(y, q8_groups(x) @ w.T) < 1e-5  # 8-bit inputs per 32, float sums in another order
+        with monkeypatch.context() as mp:  # no kernels of ours: torch's, bfloat16 scales and inputs (~4e-3)
+            mp.setattr(native, "available", lambda *a: False)
+            assert rel_err(m(x), x @ w.T) < 1e-2
+        assert rel_err(m(x.bfloat16()).float(), x @ w.T) < 2e-2  # torch's kernel here too
+
+
+@needs_native
 @pytest.mark.parametrize("block", [32, 64])
-def test_int4_products_read_both_block_widths(block):
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int4_products_read_both_block_widths(block, symmetric):
     """torch packs 4-bit weights in blocks of 64 channels on AVX-512 CPUs and 32 on AVX2 ones; this
     machine's torch makes one of them, so both are laid out here by hand (`_pack`, the inverse of
     `_codes`) and read by the kernels set to that width, one row and many."""
@@ -249,8 +302,12 @@ def test_int4_products_read_both_block_widths(block):
     torch.manual_seed(1)
     n, k, group = 128, 256, 64
     codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)
-    scale, zero = (torch.rand(n, k // group) + 0.5).bfloat16(), torch.randn(n, k // group).bfloat16()
-    sz = torch.stack([scale.T, zero.T], -1).contiguous()
+    if symmetric:  # one float16 d per (group, channel), no zero: GGUF's Q4_0
+        scale = (torch.rand(n, k // group) + 0.5).half()
+        sz, zero = scale.T.contiguous(), torch.zeros(n, k // group)
+    else:
+        scale, zero = (torch.rand(n, k // group) + 0.5).bfloat16(), torch.randn(n, k // group).bfloat16()
+        sz = torch.stack([scale.T, zero.T], -1).contiguous()
     w = dequantize_int4(codes, scale.float(), zero.float())
     lib = native.library()
     try:
@@ -294,6 +351,8 @@ def _codes(m, group):
     n, k, block = m.out_features, m.in_features, native.int4_block()
     b = m.weight.reshape(n // block, k, block // 2)
     q = torch.cat([b & 15, b >> 4], -1).permute(0, 2, 1).reshape(n, k)  # see int4_linear's notes in the kernel sources
+    if getattr(m, "symmetric", False):  # float16 d (K/g, N), no zero
+        return q, m.scales.float().T, torch.zeros(n, k // group)
     sz = m.scales_and_zeros.float().transpose(0, 1)  # (N, K/g, 2)
     return q, sz[..., 0], sz[..., 1]
 

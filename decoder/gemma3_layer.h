@@ -1,0 +1,187 @@
+/* A Gemma 3 layer's calls (a decoded token in one, a prompt's rows in two) and the helpers of theirs
+   that are the same on every vector width, written once for both kernel sources. Each source
+   defines its vector parts first, then includes this: rms_norm, norm_rows, geglu, dot_row,
+   exp_scores and weigh_values (a decoded token's attention), attend_tile with QROWS and KCOLS (a
+   prompt's), int8_linear; the 4-bit products are int4_q8.h's. */
+#ifndef MMSDK_GEMMA3_LAYER_H
+#define MMSDK_GEMMA3_LAYER_H
+#include "kernels.h"
+#include "int4_q8.h"
+
+/* ---- one decoded token through one Gemma 3 layer, in one call --------------------------------
+   The same computation as gemma3.Block for one row (B = T = 1), float32 activations, every
+   projection one of the products above (int8, or torch's 4-bit layout): what costs the Python step
+   is not arithmetic but ~55 small torch ops a layer (~2-4 us of dispatch each), so the whole layer
+   is one call here. The structs: kernels.h (decoder/fused.py mirrors them). */
+
+static void linear_rows(const Linear *w, const float *x, long M, float *y) {
+    if (w->group > 0)
+        int4_linear(x, M, w->in, w->weight, w->group_scales, w->symmetric, w->group, y, w->out);
+    else
+        int8_linear(x, M, w->in, w->rotation, w->weight, w->scales, w->comp, y, w->out);
+}
+
+/* A prompt's q, k and v from its qkv rows (T, H + 2 Hkv, D): q and k QK-normed (gain rows
+   (H + Hkv, D)) and rotated (cos, sin: (T, D)), all three laid out by head (heads, T, D), the
+   layout attention and the KV cache take. */
+void qkv_heads(const float *qkv, long T, long H, long Hkv, long D, const float *gain, float eps_term,
+               const float *cos, const float *sin, float *q, float *k, float *v) {
+    #pragma omp parallel for schedule(static)
+    for (long t = 0; t < T; t++) {
+        float tmp[D];
+        for (long i = 0; i < H + 2 * Hkv; i++) {
+            const float *src = qkv + (t * (H + 2 * Hkv) + i) * D;
+            float *dst = i < H ? q + (i * T + t) * D : i < H + Hkv ? k + ((i - H) * T + t) * D : v + ((i - H - Hkv) * T + t) * D;
+            if (i < H + Hkv) {
+                rms_norm(dst, src, gain + i * D, D, eps_term, NULL);
+                rope(dst, cos + t * D, sin + t * D, D, tmp);
+            } else {
+                memcpy(dst, src, sizeof(float) * D);
+            }
+        }
+    }
+}
+
+/* out (G, D) = softmax(q k^T + bias) v for G query rows sharing one key head; keys (S, D). The
+   threads split the keys, each keeping its part's max, sum and weighted values per row; the parts
+   merge at the end, weighed by exp(their max - the max). Masked keys (-inf) are not read.
+   `buf`: the caller's scratch (kept from token to token). */
+static void attend_group(const float *q, long G, const float *k, const float *v, const float *bias, long S, long D,
+                         float *out, Scratch *buf) {
+    const int T = omp_get_max_threads();
+    const long part = D + 2;  /* weighted values, max, sum */
+    float *parts = scratch(buf, sizeof(float) * (T * G * part + S * G)), *w = parts + T * G * part;
+    for (long i = 0; i < T * G; i++) parts[i * part + D] = -INFINITY, parts[i * part + D + 1] = 0.f;
+    #pragma omp parallel num_threads(T)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const long s0 = S * t / nt, n = S * (t + 1) / nt - s0;
+        for (long j = 0; j < G; j++) {
+            float *wj = w + j * S + s0, *p = parts + ((long)t * G + j) * part, m = -INFINITY, l = 0.f;
+            for (long s = 0; s < n; s++) {
+                wj[s] = bias[s0 + s] == -INFINITY ? -INFINITY : dot_row(q + j * D, k + (s0 + s) * D, D) + bias[s0 + s];
+                m = fmaxf(m, wj[s]);
+            }
+            if (m == -INFINITY) continue;  /* every key of this part masked */
+            l = exp_scores(wj, n, m);
+            weigh_values(p, wj, v + s0 * D, n, D);
+            p[D] = m, p[D + 1] = l;
+        }
+    }
+    for (long j = 0; j < G; j++) {
+        float m = -INFINITY, l = 0.f, *o = out + j * D;
+        for (int t = 0; t < T; t++) m = fmaxf(m, parts[((long)t * G + j) * part + D]);
+        for (long d = 0; d < D; d++) o[d] = 0.f;
+        for (int t = 0; t < T; t++) {
+            const float *p = parts + ((long)t * G + j) * part;
+            if (p[D] == -INFINITY) continue;
+            const float c = expf(p[D] - m);
+            l += p[D + 1] * c;
+            for (long d = 0; d < D; d++) o[d] += c * p[d];
+        }
+        for (long d = 0; d < D; d++) o[d] /= l;
+    }
+}
+
+/* One token: x (hidden) is updated in place. The new key and value go to slot `slot` of the
+   caches (kv_heads planes of `plane` floats each), then attention runs over their first `keys`
+   slots with the additive mask `bias` (keys). cos and sin: this position's RoPE tables (D).
+   Its temporaries live in scratch kept between calls: a decoded token allocates nothing. */
+void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *sin, float *k_cache, float *v_cache,
+                       long plane, long slot, long keys, const float *bias) {
+    static _Thread_local Scratch step, attention;
+    const long H = L->heads, Hkv = L->kv_heads, D = L->head_dim, E = L->hidden;
+    float *h = scratch(&step, sizeof(float) * (2 * E + (2 * H + 2 * Hkv + 1) * D + 2 * L->inter));
+    float *qkv = h + E, *att = qkv + (H + 2 * Hkv) * D, *o = att + H * D, *gu = o + E, *w = gu + 2 * L->inter;
+
+    rms_norm(h, x, L->attn_norm, E, L->eps, NULL);
+    linear_rows(&L->qkv, h, 1, qkv);
+    for (long i = 0; i < H + Hkv; i++) {  /* QK-norm (q's gain holds the attention scale), then RoPE */
+        rms_norm(qkv + i * D, qkv + i * D, L->qk_norm + i * D, D, L->head_eps, NULL);
+        rope(qkv + i * D, cos, sin, D, w);
+    }
+    for (long g = 0; g < Hkv; g++) {
+        memcpy(k_cache + g * plane + slot * D, qkv + (H + g) * D, sizeof(float) * D);
+        memcpy(v_cache + g * plane + slot * D, qkv + (H + Hkv + g) * D, sizeof(float) * D);
+    }
+    for (long g = 0; g < Hkv; g++)
+        attend_group(qkv + g * (H / Hkv) * D, H / Hkv, k_cache + g * plane, v_cache + g * plane, bias, keys, D,
+                     att + g * (H / Hkv) * D, &attention);
+    linear_rows(&L->o, att, 1, o);
+    rms_norm(x, o, L->post_attn_norm, E, L->eps, x);
+
+    rms_norm(h, x, L->mlp_norm, E, L->eps, NULL);
+    linear_rows(&L->gate_up, h, 1, gu);
+    geglu(gu, 1, L->inter, gu);
+    linear_rows(&L->down, gu, 1, o);
+    rms_norm(x, o, L->post_mlp_norm, E, L->eps, x);
+}
+
+/* ---- a prompt's attention: the keys laid out for the source's tiles (attend_tile) ---------------- */
+
+/* Keys (S, D) -> blocks of KCOLS keys, each (D, KCOLS): a score tile reads one row of it per d.
+   Missing keys of the last block are zeros (and masked). */
+static void key_blocks(const float *k, long S, long D, float *kt) {
+    #pragma omp parallel for schedule(static)
+    for (long b = 0; b < (S + KCOLS - 1) / KCOLS; b++)
+        for (long j = 0; j < KCOLS; j++)
+            for (long d = 0; d < D; d++)
+                kt[(b * D + d) * KCOLS + j] = b * KCOLS + j < S ? k[(b * KCOLS + j) * D + d] : 0.f;
+}
+
+/* out (T, H, D) = softmax(q k^T * scale, masked) v for q (H, T, D) and keys, values (Hkv, S, D), the
+   key heads `kv_stride` floats apart, at positions qp (T) and kp (S, -1: an empty slot). D a multiple of the
+   source's value tile (16 floats AVX2, 32 AVX-512). */
+void attend_rows(const float *q, long H, long T, const float *k, const float *v, long Hkv, long S, long D,
+                 long kv_stride, const long *qp, const long *kp, long window, float scale, float *out) {
+    static _Thread_local Scratch keys;
+    const long blocks = (S + KCOLS - 1) / KCOLS;
+    float *kt = scratch(&keys, sizeof(float) * Hkv * blocks * KCOLS * D + sizeof(int32_t) * blocks * KCOLS);
+    int32_t *kp32 = (int32_t *)(kt + Hkv * blocks * KCOLS * D);
+    for (long s = 0; s < blocks * KCOLS; s++) kp32[s] = s >= S || kp[s] < 0 ? -1 : (int32_t)kp[s];
+    for (long g = 0; g < Hkv; g++) key_blocks(k + g * kv_stride, S, D, kt + g * blocks * KCOLS * D);
+    const long tiles = (T + QROWS - 1) / QROWS;
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (long job = 0; job < H * tiles; job++) {
+        const long h = job / tiles, t0 = (tiles - 1 - job % tiles) * QROWS;  /* the longest rows first */
+        const long g = h / (H / Hkv);
+        const int rows = T - t0 < QROWS ? (int)(T - t0) : QROWS;
+        attend_tile(q + (h * T + t0) * D, rows, qp + t0, kt + g * blocks * KCOLS * D, v + g * kv_stride, kp32, S, D,
+                    window, scale, out + (t0 * H + h) * D, H * D);
+    }
+    scratch_trim(&keys);
+}
+
+/* ---- a prompt's rows through one Gemma 3 layer, in two calls --------------------------------
+   The same computation as gemma3.Block for M rows of one sequence, every projection a product of
+   ours: gemma3_prompt_qkv gives q, k and v by head; the caller puts k and v in its KV cache (a ring
+   or a full cache, kept in Python) and hands back the keys to attend; gemma3_prompt_rest does the
+   rest, updating x (M, hidden) in place. Two calls a layer instead of ~15 from Python. Their
+   temporaries: one scratch per calling thread, kept from call to call (see `scratch`). */
+static _Thread_local Scratch prompt;
+
+void gemma3_prompt_qkv(const Layer *L, const float *x, long M, const float *cos, const float *sin, float *q,
+                       float *k, float *v) {
+    const long E = L->hidden, H = L->heads, Hkv = L->kv_heads, D = L->head_dim;
+    float *h = scratch(&prompt, sizeof(float) * (M * E + M * (H + 2 * Hkv) * D)), *qkv = h + M * E;
+    norm_rows(x, M, E, L->attn_norm, L->eps, NULL, h);
+    linear_rows(&L->qkv, h, M, qkv);
+    qkv_heads(qkv, M, H, Hkv, D, L->qk_norm, L->head_eps, cos, sin, q, k, v);
+}
+
+void gemma3_prompt_rest(const Layer *L, float *x, long M, const float *q, const float *k, const float *v, long S,
+                        long kv_stride, const long *qp, const long *kp, long window) {
+    const long E = L->hidden, H = L->heads, D = L->head_dim, I = L->inter;
+    float *att = scratch(&prompt, sizeof(float) * M * (H * D + 2 * E + 3 * I)), *o = att + M * H * D, *h = o + M * E,
+          *gu = h + M * E, *act = gu + M * 2 * I;
+    attend_rows(q, H, M, k, v, L->kv_heads, S, D, kv_stride, qp, kp, window, 1.f, att);  /* scale: in q's gain */
+    linear_rows(&L->o, att, M, o);
+    norm_rows(o, M, E, L->post_attn_norm, L->eps, x, x);
+    norm_rows(x, M, E, L->mlp_norm, L->eps, NULL, h);
+    linear_rows(&L->gate_up, h, M, gu);
+    geglu(gu, M, I, act);
+    linear_rows(&L->down, act, M, o);
+    norm_rows(o, M, E, L->post_mlp_norm, L->eps, x, x);
+    scratch_trim(&prompt);
+}
+#endif

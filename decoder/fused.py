@@ -10,6 +10,7 @@ float32, int8 or 4-bit projections); the Python layers stay the reference (tests
 compares the two).
 """
 import ctypes
+import functools
 import math
 
 import torch
@@ -32,6 +33,17 @@ class _Layer(ctypes.Structure):  # mirrors `Layer` in int8_vnni.c and kernels_av
                 ("eps", ctypes.c_float), ("head_eps", ctypes.c_float),
                 ("attn_norm", _ptr), ("qk_norm", _ptr), ("post_attn_norm", _ptr), ("mlp_norm", _ptr),
                 ("post_mlp_norm", _ptr), ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear), ("down", _Linear)]
+
+
+@functools.cache
+def check_mirrors() -> None:
+    """The C structs and their ctypes mirrors above must agree byte for byte, or every call would read
+    its pointers from the wrong places: a mismatch is a bug here, raised before the first call."""
+    lib = native.library()
+    for mirror, size in ((_Linear, lib.sizeof_linear()), (_Layer, lib.sizeof_layer())):
+        if ctypes.sizeof(mirror) != size:
+            raise RuntimeError(f"{mirror.__name__} is {ctypes.sizeof(mirror)} bytes here and {size} in the "
+                               f"{lib.kernel.name} kernels: decoder/fused.py's mirror is out of date")
 
 
 def _weights(m) -> tuple | None:
@@ -68,6 +80,7 @@ def plan(block, x: torch.Tensor, cache) -> _Layer | None:
     weights = [_weights(m) for m in linears]
     if any(w is None for w in weights):
         return None
+    check_mirrors()
     norms = (block.attn_norm, attn.q_norm, attn.k_norm, block.post_attn_norm, block.mlp_norm, block.post_mlp_norm)
     key = tuple(id(t) for w in weights for t in w) + tuple((n.weight.data_ptr(), n.weight._version) for n in norms)
     cached = getattr(block, "_fused", None)

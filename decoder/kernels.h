@@ -75,6 +75,10 @@ typedef struct {
     Linear qkv, o, gate_up, down;
 } Layer;
 
+/* ctypes mirrors the two structs (decoder/fused.py): their sizes, checked there before the first call */
+long sizeof_linear(void) { return sizeof(Linear); }
+long sizeof_layer(void) { return sizeof(Layer); }
+
 /* x (D) rotated as layers.apply_rope: x * cos + roll(x, D/2) * signed_sin */
 static void rope(float *x, const float *cos, const float *sin, long D, float *tmp) {
     const long h = D / 2;

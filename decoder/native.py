@@ -65,6 +65,8 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "gemma3_layer_step": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n, _n, _n, _ptr],
     "gemma3_prompt_qkv": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _ptr, _ptr],
     "gemma3_prompt_rest": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _n, _n, _ptr, _ptr, _n],
+    "sizeof_linear": [],
+    "sizeof_layer": [],
 }
 INT8 = ("pack_blocks", "int8_linear")  # what `available()` asks for by default
 
@@ -162,6 +164,8 @@ def library() -> ctypes.CDLL | None:
     for name, argtypes in ENTRY_POINTS.items():
         if (fn := getattr(lib, name, None)) is not None:  # a source without it: that call stays torch's
             fn.argtypes = argtypes
+            if name.startswith("sizeof_"):
+                fn.restype = _n
     lib.int4_layout.argtypes = [_n]  # the 4-bit kernels read either of torch's layouts: say which one
     lib.int4_layout(int4_block())
     log.info("kernels: %s (%s)", kernel.name, kernel.source)

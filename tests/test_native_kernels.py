@@ -2,6 +2,7 @@
 this CPU runs), compiled here with the system C compiler, against torch: the blocked layout, the
 product for every tile shape, the fused rotation, the row helpers, whole layers, and the fallback to
 torch's kernels where they cannot be built (an error instead under MMSDK_REQUIRE_NATIVE=1)."""
+import ctypes
 import shutil
 from pathlib import Path
 
@@ -435,3 +436,13 @@ def test_prompt_through_the_row_helpers_matches_torch_ops(monkeypatch):
     ours = run()
     monkeypatch.setattr(native, "takes_rows", lambda x: False)
     assert rel_err(ours, run()) < 1e-5
+
+
+@needs_native
+def test_the_ctypes_mirrors_match_the_kernels_structs():
+    # fused.py passes _Linear/_Layer by pointer: a field added on one side only would misread every pointer
+    from mmsdk.decoder import fused
+
+    lib = native.library()
+    assert (ctypes.sizeof(fused._Linear), ctypes.sizeof(fused._Layer)) == (lib.sizeof_linear(), lib.sizeof_layer())
+    fused.check_mirrors()

@@ -53,7 +53,9 @@ def load_encoders(loaded, path, dtype, mmproj=None, accelerate: bool = False) ->
     encoders = _load_encoders(loaded, path, dtype, mmproj)
     if accelerate and encoders.vision is not None and dtype == torch.float32:
         accelerate_siglip_(encoders.vision.encoder)
-    if encoders.gemma3n is not None:  # channels-last MobileNet-V5: the same float math, faster
+    if accelerate and encoders.gemma3n is not None:
+        # Channels-last MobileNet-V5: float32 still, but oneDNN's NHWC convolutions sum in another order
+        # (the tiny parity model's logits move 1.6e-3), so only where a quantized load asks for speed.
         encoders.gemma3n.towers.after("vision", accelerate_mobilenet_)
     return encoders
 

@@ -89,19 +89,18 @@ def peak_rss_mb(children: bool = False) -> float:
 
 def work_mmsdk(args, encoder: str, engine: str) -> dict:
     import torch
-
-    import mmsdk
-    from mmsdk.decoder import native
+    from mmsdk.encoders.accelerate import accelerate_gemma3n_audio_, int8_kernel
     from mmsdk.encoders.audio_features import log_mel
     from mmsdk.encoders.image_preprocess import preprocess
+
+    import mmsdk
 
     folder = Path(args.root) / ("gemma3" if encoder == "siglip" else "gemma3n")
     kw = {"quantize": "int8"} if engine == "mmsdk-int8" else {"dtype": "float32"}
     t = time.perf_counter()
     asst = mmsdk.load(folder, **kw)
     res = {"load_s": time.perf_counter() - t,
-           "kernel": ("ours (AVX-512 VNNI)" if native.available() else "fbgemm (torch)") if engine == "mmsdk-int8"
-           else "float32 (oneDNN/MKL)"}
+           "kernel": int8_kernel() if engine == "mmsdk-int8" else "float32 (oneDNN/MKL)"}
     enc = asst.encoders
     runs = iter(range(1000, 2000))  # a new image / clip every TTFT run: the encode cache must not answer
     with torch.inference_mode():
@@ -136,6 +135,12 @@ def work_mmsdk(args, encoder: str, engine: str) -> dict:
                 {"type": "audio", "audio": (speech_like(30.0, next(runs)), AUDIO_RATE)},
                 {"type": "text", "text": "Transcribe"}]}]
             res["ttft_audio_chat_s"] = timed(lambda: asst.chat(msg(), max_tokens=1), args.repeats)
+            if engine == "mmsdk-int8":  # the int8 conformer swap, which loads do not apply (quality gate)
+                ref, valid = encode()
+                accelerate_gemma3n_audio_(audio)
+                res["audio_30s_int8_swap_s"] = timed(encode, args.repeats)
+                cos = torch.nn.functional.cosine_similarity(encode()[0][valid], ref[valid], dim=-1)
+                res["int8_swap_cosine_min"], res["int8_swap_cosine_mean"] = cos.min().item(), cos.mean().item()
     res["peak_rss_mb"] = peak_rss_mb()
     return res
 
@@ -227,7 +232,8 @@ def worker(args) -> None:
 # ---- driver --------------------------------------------------------------------------------------
 
 WORKLOADS = {"siglip": ("one_view_s", "pan_and_scan_4_views_s", "ttft_describe_image_s"),
-             "mobilenet": ("one_view_s", "ttft_describe_image_s"), "audio": ("audio_30s_s", "ttft_audio_chat_s")}
+             "mobilenet": ("one_view_s", "ttft_describe_image_s"),
+             "audio": ("audio_30s_s", "ttft_audio_chat_s", "audio_30s_int8_swap_s")}
 
 
 def run_one(args, encoder: str, engine: str) -> dict:
@@ -268,6 +274,9 @@ def main():
                 continue
             cols = "  ".join(f"{k} {statistics.median(r[k]):7.2f}" for k in WORKLOADS[encoder] if k in r)
             print(f"{encoder:9s} {engine:10s} {cols}  peak RSS {r['peak_rss_mb']:6.0f} MB  [{r['kernel']}]", flush=True)
+            if "int8_swap_cosine_min" in r:
+                print(f"{'':20s} int8 conformer swap: per-token cosine to float32 min {r['int8_swap_cosine_min']:.5f} "
+                      f"mean {r['int8_swap_cosine_mean']:.5f} (gate >= 0.999)", flush=True)
     print_ratios(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

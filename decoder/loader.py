@@ -90,8 +90,11 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
 
 _DTYPES = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}
 _GGUF_FTYPES = {15: "Q4_K_M", 14: "Q4_K_S", 2: "Q4_0", 7: "Q8_0", 1: "F16", 0: "F32", 32: "BF16"}
-# GGUF block types kept as int4 under "stored"; other quantized types become int8, float types stay float.
-_GGUF_4BIT = {"Q4_0", "Q4_1", "Q4_K", "IQ4_NL", "IQ4_XS", "Q3_K", "Q2_K"}
+# GGUF block types kept as int4 under "stored": those whose codes our 4-bit layout holds exactly
+# (`EXACT_4BIT`). Other quantized types become int8: rounding IQ4_NL/IQ4_XS's codebooks or Q3_K/Q2_K's
+# 16-wide sub-blocks to 4-bit groups of 32 cost +8.7-9.1% perplexity on the bundled model requantized
+# (`tests/eval/eval_gguf_types.py`), 8 bits +0.1-0.3%. Float types stay float.
+_GGUF_4BIT = set(EXACT_4BIT)
 _GGUF_FLOAT = {"F32", "F16", "BF16", "F64"}
 
 

@@ -1,6 +1,7 @@
 """Encoder acceleration as a module swap (gpt-fast `quantize.py`): the encoder files stay plain float32
-PyTorch; `accelerate_siglip_`, `accelerate_gemma3n_audio_` and `accelerate_mobilenet_` change their
-modules in place after loading.
+PyTorch; `accelerate_siglip_` and `accelerate_gemma3n_audio_` change their modules in place after
+loading. (MobileNet-V5 in channels-last memory was tried: 13% slower than as stored on a quiet AMD EPYC
+Zen 3, 14.4 vs 12.7 s a 768 px view, `tests/eval/bench_encoders.py --encoders mobilenet`.)
 
 Why int8 with 8-bit inputs: the encoders are compute-bound products over many rows (a SigLIP view is
 ~5 TFLOP over 4096 rows, 60% of it in the linear layers; 30 s of audio ~1 TFLOP over 750 frames, 90%
@@ -128,15 +129,3 @@ def accelerate_gemma3n_audio_(audio: nn.Module) -> nn.Module:
                                                           Int8LinearBias(layer.conv.linear_end))
     log.info("Gemma 3n audio: int8 linears in %d conformer blocks (%s)", len(audio.encoder.layers), int8_kernel())
     return audio
-
-
-
-@torch.inference_mode()
-def accelerate_mobilenet_(tower: nn.Module) -> nn.Module:
-    """MobileNet-V5 (`encoders.gemma3n_vision`, timm's model) with its weights in channels-last memory:
-    oneDNN's convolutions then take and give NHWC feature maps without reordering each one. Float32
-    math as before. On an AMD EPYC Zen 3, 2 threads, one 768 px view: 14% faster (medians of 3,
-    alternating). timm's RMS norms were tried as fused `F.rms_norm` over channels-last rows: no gain.
-    Returns `tower`."""
-    tower.backbone.to(memory_format=torch.channels_last)
-    return tower

@@ -25,16 +25,6 @@ class LazyTowers:
     def loaded(self, kind: str) -> bool:
         return isinstance(self._towers.get(kind), nn.Module)
 
-    def after(self, kind: str, change: Callable[[nn.Module], nn.Module]) -> None:
-        """Apply `change` (a module swap, `encoders.accelerate`) to the tower when it is built, or now
-        if it already is; nothing where the checkpoint has no such tower."""
-        with self._lock:
-            t = self._towers.get(kind)
-            if isinstance(t, nn.Module):
-                self._towers[kind] = change(t)
-            elif t is not None:
-                self._towers[kind] = lambda: change(t())
-
     def get(self, kind: str) -> nn.Module | None:
         """The tower, built now if this is its first use; None where the checkpoint has none."""
         with self._lock:  # two threads asking at once build it once

@@ -48,15 +48,11 @@ class Encoders:
 def load_encoders(loaded, path, dtype, mmproj=None, accelerate: bool = False) -> Encoders:
     """Vision (and for Gemma 3n audio) encoders from the non-text tensors of a HF checkpoint, if it has them.
     `accelerate`: swap in the int8 encoder layers (`encoders.accelerate`), as a quantized load asks."""
-    from .encoders.accelerate import accelerate_mobilenet_, accelerate_siglip_
+    from .encoders.accelerate import accelerate_siglip_
 
     encoders = _load_encoders(loaded, path, dtype, mmproj)
     if accelerate and encoders.vision is not None and dtype == torch.float32:
         accelerate_siglip_(encoders.vision.encoder)
-    if accelerate and encoders.gemma3n is not None:
-        # Channels-last MobileNet-V5: float32 still, but oneDNN's NHWC convolutions sum in another order
-        # (the tiny parity model's logits move 1.6e-3), so only where a quantized load asks for speed.
-        encoders.gemma3n.towers.after("vision", accelerate_mobilenet_)
     return encoders
 
 

@@ -120,26 +120,3 @@ def test_int8_siglip_swap_keeps_the_embeddings(gemma3):
     print(f"int8 SigLIP (tiny): per-token cosine to float32 min {cos.min():.5f}")
     assert out.shape == ref.shape and cos.min().item() >= 0.999
     assert torch.nn.functional.cosine_similarity(alone, out[1:2], dim=-1).min().item() >= 0.999
-
-
-def test_channels_last_mobilenet_is_applied_at_build_and_keeps_the_embeddings():
-    """The quantized load's MobileNet-V5 swap (`accelerate_mobilenet_`), given to the lazy towers before
-    the tower is built, runs when it is: channels-last weights, the same float32 embeddings up to
-    oneDNN's summation order (1e-4 of values ~1; a layout mix-up moves them by far more)."""
-    from mmsdk.encoders.accelerate import accelerate_mobilenet_
-    from mmsdk.encoders.lazy import LazyTowers
-
-    ref_model = small_gemma3n()
-    state, cfg = ref_model.state_dict(), ref_model.config.to_dict()
-    towers = LazyTowers(vision=lambda: load_gemma3n_vision(state, cfg))
-    towers.after("vision", accelerate_mobilenet_)
-    assert not towers.loaded("vision")
-    fast = towers.get("vision")
-    conv = next(m for m in fast.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    config = ImageProcessorConfig(**{**GEMMA3N_IMAGE.__dict__, "size": {"height": 128, "width": 128}})
-    pixels = preprocess(noise_image(200, 300, 1), config).pixel_values
-    with torch.no_grad():
-        ref = load_gemma3n_vision(state, cfg)(pixels)
-        out = fast(pixels)
-    assert (out - ref).abs().max().item() <= 1e-4

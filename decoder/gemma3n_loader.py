@@ -27,7 +27,9 @@ from .cache import atomic_path
 from .errors import InputError, ModelLoadError
 from .gemma3n import Gemma3nText
 from .gemma3n_config import Gemma3nTextConfig
+from .loaded import LoadedText
 from .memory import drop_resident, map_large_allocations, release_free_memory
+from .quant_plan import plan_bits
 from .quantize import Int4Linear, Int8Embedding, Int8Linear, prepack, quantize_, quantize_int4, quantize_int8, rotate
 from .safetensors_folder import folder_tokenizer, index_safetensors, split_text_tensors, stored_dtype
 from .weights import HF_TO_NATIVE, assign_strict, expand
@@ -90,7 +92,6 @@ def read_config(folder: Path, hf: dict) -> Gemma3nTextConfig:
 def load_gemma3n(folder, hf: dict | None = None, dtype: torch.dtype = torch.float32, *, offload: str | None = None,
                  max_memory: int | None = None):
     """A `LoadedText` for a Gemma 3n checkpoint folder. `offload` as in `offload.apply_offload`."""
-    from .loader import LoadedText
     from .offload import apply_offload, offload_ple
 
     folder = Path(folder)
@@ -152,7 +153,7 @@ def is_gemma3n_folder(path) -> bool:
 def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *, offload: str | None = None,
                    group_size: int = 32, cache: bool = True, encoders: bool = True):
     """A `LoadedText` for a Gemma 3n folder with int8 or int4 weights (int4: llama.cpp's Q4_K_M mix,
-    `loader.int4_bits`, rounded to nearest with the best clip per group; GPTQ needs the float model).
+    `quant_plan.int4_bits`, rounded to nearest with the best clip per group; GPTQ needs the float model).
 
     The first load reads one checkpoint tensor at a time into memory, rounds it into the runtime
     layout and writes it to a weight-cache file, then maps that file as every later load does: the
@@ -160,7 +161,6 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
     embedding table is mapped straight from the checkpoint (`offload="ple"`) or read into memory
     as stored (`offload=None`); `offload="layers"` streams float weights only and is refused here.
     `encoders=False` leaves the vision and audio towers' tensors unread (text only)."""
-    from .loader import LoadedText, _plan
     from .offload import MappedPerLayerEmbedding, mapped_safetensor
 
     if quantize not in ("int8", "int4"):
@@ -181,7 +181,7 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
     wpath = weight_cache.cache_path(folder.name, weight_cache.cache_key(files, options))
     hit = weight_cache.load(wpath) if cache else None
     if hit is None:
-        model, n_params, plan = _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, _plan)
+        model, n_params, plan = _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_bits)
         meta = {"name": folder.name, "parameters": n_params, "plan": plan}
         specs = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
         sources = {ours: text[hf_name] for hf_name, ours in _text_map(cfg).items()}

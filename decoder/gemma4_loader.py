@@ -18,6 +18,7 @@ from .errors import ModelLoadError
 from .gemma3n_loader import HF_TO_NATIVE_3N, NON_TEXT_PREFIXES, PLE_KEY, take_ple
 from .gemma4 import Gemma4Text
 from .gemma4_config import Gemma4TextConfig
+from .loaded import LoadedText
 from .safetensors_folder import folder_tokenizer, index_safetensors, split_text_tensors, stored_dtype
 from .weights import assign_strict, expand
 
@@ -70,7 +71,6 @@ def read_config(folder: Path, hf: dict) -> Gemma4TextConfig:
 
 def load_gemma4(folder, hf: dict | None = None, dtype: torch.dtype = torch.float32, *, offload: str | None = None):
     """A `LoadedText` for a Gemma 4 checkpoint folder; `offload="ple"` maps the per-layer table."""
-    from .loader import LoadedText
     from .offload import offload_ple
 
     folder = Path(folder)

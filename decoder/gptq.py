@@ -11,7 +11,7 @@ go in order of decreasing input energy (the reference implementation's `static_g
 On Gemma 3 270M (stored as Q5_0/Q6_K/Q4_K), every layer int4 group 32, scored on 2048 tokens:
 perplexity +15.2% with rounding to nearest (best clip per group); GPTQ over 4096 calibration
 tokens +5.8% in column order, +3.9% in input-energy order, +3.5% over 8192 tokens. Scored on 16384
-tokens: +4.8%, and +2.4% with the loader's Q4_K_M mix (`loader.int4_bits`).
+tokens: +4.8%, and +2.4% with the loader's Q4_K_M mix (`quant_plan.int4_bits`).
 """
 import importlib
 import inspect

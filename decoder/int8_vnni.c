@@ -134,8 +134,8 @@ static void int8_matmul(const uint8_t *q, const float *qs, long M, long K, const
 /* y (M, N) = x (M, K) W^T: quantize_rows, then int8_matmul, in one call from Python. */
 void int8_linear(const float *x, long M, long K, long block, const int8_t *w, const float *ws,
                  const int32_t *comp, float *y, long N) {
-    uint8_t *q = malloc(M * K);
-    float *qs = malloc(M * sizeof(float));
+    uint8_t *q = must_malloc(M * K);
+    float *qs = must_malloc(M * sizeof(float));
     quantize_rows(x, M, K, block, q, qs);
     int8_matmul(q, qs, M, K, w, ws, comp, y, N);
     free(q);

@@ -3,9 +3,7 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +19,17 @@ from .cache import atomic_path
 from .gguf_file import EXACT_4BIT, GGUFFile, is_gguf, q4_codes
 from .memory import drop_resident, map_large_allocations, release_free_memory
 from .gptq import gptq_quantize_
+from .loaded import LoadedText
+from .quant_plan import GGUF_4BIT, plan_bits
 from .quantize import (Int4Linear, Int8Embedding, int4_supported, prepack, quantize_, quantize_int8,
                        quantized_linear, rotate, rotation_block)
-from .tokenizer import GemmaTokenizer, load_sentencepiece, tokenizer_from_gguf
+from .tokenizer import load_sentencepiece, tokenizer_from_gguf
 from .weights import FUSED, GGUF_TO_NATIVE, HF_TO_NATIVE, assign_strict, check_names, check_shape, expand
 
 log = logging.getLogger(__name__)
 TEXT_ARCHITECTURES = {"gemma3_text", "gemma3"}
 # Where the text model's tensors sit in each HF layout (text-only, 4.x multimodal, 5.x multimodal).
 _TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
-
-
-@dataclass
-class LoadedText:
-    model: Gemma3Text
-    tokenizer: GemmaTokenizer
-    name: str
-    source: str  # "hf" or "gguf"
-    quantization: str  # what the file stores, e.g. "Q4_K_M", "bfloat16"
-    extra_tensors: dict = field(default_factory=dict)  # non-text tensors (vision, audio) by HF name
-    hf_config: dict = field(default_factory=dict)
-    parameters: int = 0  # float parameter count (quantized modules hold buffers, not parameters)
 
 
 def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_size: int = 32,
@@ -75,7 +63,7 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
     if path.is_dir():
         loaded = _load_hf(path, dtype, "ple" if offload == "ple" else None)
         if quantize in ("int8", "int4"):
-            _quantize(loaded.model, _plan(loaded.model, quantize), group_size, dtype,
+            _quantize(loaded.model, plan_bits(loaded.model, quantize), group_size, dtype,
                       tokenizer=loaded.tokenizer if quantize == "int4" else None)
             prepack(loaded.model, torch.get_num_threads())
             loaded.quantization = quantize
@@ -90,12 +78,6 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
 
 _DTYPES = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}
 _GGUF_FTYPES = {15: "Q4_K_M", 14: "Q4_K_S", 2: "Q4_0", 7: "Q8_0", 1: "F16", 0: "F32", 32: "BF16"}
-# GGUF block types kept as int4 under "stored": those whose codes our 4-bit layout holds exactly
-# (`EXACT_4BIT`). Other quantized types become int8: rounding IQ4_NL/IQ4_XS's codebooks or Q3_K/Q2_K's
-# 16-wide sub-blocks to 4-bit groups of 32 cost +8.7-9.1% perplexity on the bundled model requantized
-# (`tests/eval/eval_gguf_types.py`), 8 bits +0.1-0.3%. Float types stay float.
-_GGUF_4BIT = set(EXACT_4BIT)
-_GGUF_FLOAT = {"F32", "F16", "BF16", "F64"}
 
 
 def _load_gguf(path: Path, dtype, mode: str | None, group_size: int, use_cache: bool) -> LoadedText:
@@ -146,8 +128,8 @@ def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
     stored = {key_map[name]: t.kind for name, t in gg.tensors.items()}
     for dst, parts in fused.items():  # a stacked matrix keeps the widest type of its parts
         kinds = [stored.pop(p) for p in parts]
-        stored[dst] = next((k for k in kinds if k not in _GGUF_4BIT), kinds[0])
-    plan = _plan(model, mode, stored) if mode else {}
+        stored[dst] = next((k for k in kinds if k not in GGUF_4BIT), kinds[0])
+    plan = plan_bits(model, mode, stored) if mode else {}
     stat = os.stat(path)
     tok = tokenizer_from_gguf(meta, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
     if mode == "int4":  # GPTQ rounds the float weights on a calibration run: it needs the float model
@@ -231,37 +213,6 @@ def _embedding(gg: GGUFFile, name: str, mod: nn.Embedding, dtype, int8: bool, ch
     return out
 
 
-def _plan(model, mode: str, stored: dict | None = None) -> dict[str, int | None]:
-    """Bits per linear layer: 8 for every one ("int8"), llama.cpp's Q4_K_M mix ("int4", see
-    `int4_bits`), or what the file stores ("stored")."""
-    layers = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    n_layers = 1 + max((int(i) for n in layers for i in re.findall(r"layers\.(\d+)\.", n)), default=0)
-    plan = {}
-    for name in layers:
-        if mode == "stored":
-            kind = (stored or {}).get(name + ".weight", "F32")
-            plan[name] = None if kind in _GGUF_FLOAT else 4 if kind in _GGUF_4BIT else 8
-        else:
-            plan[name] = int4_bits(name, n_layers) if mode == "int4" else 8
-    return plan
-
-
-def int4_bits(name: str, n_layers: int) -> int:
-    """int4 as llama.cpp's Q4_K_M mixes it: 4 bits, but 8 for q/k/v and for down_proj in the first
-    and last eighth of the layers and every third between (llama.cpp's `use_more_bits`). On Gemma 3
-    270M over 16k tokens: all 4-bit +4.8% perplexity, q/k/v at 8 bits +3.2%, this mix +2.4%, for
-    14 MB more than all 4-bit."""
-    kind = name.rsplit(".", 1)[-1]
-    if kind in ("qkv_proj", "q_proj", "k_proj", "v_proj"):
-        return 8
-    layer = re.search(r"layers\.(\d+)\.", name)
-    if kind == "down_proj" and layer:
-        i, eighth = int(layer[1]), n_layers // 8
-        if i < eighth or i >= 7 * n_layers // 8 or (i - eighth) % 3 == 2:
-            return 8
-    return 4
-
-
 def _quantize(model, plan: dict, group_size: int, dtype, empty: bool = False, tokenizer=None) -> None:
     """Quantize by `plan`; with a `tokenizer`, the int4 layers are GPTQ-rounded on a calibration text."""
     if tokenizer is not None:
@@ -303,11 +254,11 @@ def _load_hf(folder: Path, dtype, offload: str | None = None) -> LoadedText:
         raise ModelLoadError(cfg_path, f"config.json is not valid JSON ({e})") from e
     arch = hf.get("model_type")
     if arch in ("gemma3n", "gemma3n_text"):
-        from .gemma3n_loader import load_gemma3n  # imports LoadedText from here
+        from .gemma3n_loader import load_gemma3n
 
         return load_gemma3n(folder, hf, dtype, offload=offload)
     if arch in ("gemma4", "gemma4_text"):
-        from .gemma4_loader import load_gemma4  # imports LoadedText from here
+        from .gemma4_loader import load_gemma4
 
         return load_gemma4(folder, hf, dtype, offload=offload)
     if arch not in TEXT_ARCHITECTURES:

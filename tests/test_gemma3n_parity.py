@@ -112,7 +112,7 @@ def test_quantized_loads_stay_close_to_float(full_pair, tmp_path):
     import copy
 
     from mmsdk.decoder.gptq import CALIBRATION_TOKENS, calibration_text
-    from mmsdk.decoder.loader import int4_bits
+    from mmsdk.decoder.quant_plan import int4_bits
     from mmsdk.decoder.quantize import Int4Linear, quantize_
 
     ref, loaded = full_pair

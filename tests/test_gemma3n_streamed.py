@@ -7,7 +7,8 @@ import torch
 import mmsdk
 from gemma3n_fixtures import hf_text_model, prefill_then_steps, save
 from mmsdk.decoder.gemma3n_loader import load_quantized
-from mmsdk.decoder.loader import _plan, load_text
+from mmsdk.decoder.loader import load_text
+from mmsdk.decoder.quant_plan import plan_bits
 from mmsdk.decoder.offload import MappedPerLayerEmbedding
 from mmsdk.decoder.quantize import Int4Linear, Int8Embedding, quantize_
 from mmsdk.errors import InputError
@@ -46,7 +47,7 @@ def test_streamed_matches_quantizing_in_memory(checkpoint, tmp_path):
     logits), where one wrongly mapped or rounded layer moves them by O(1). int4 is Q4_K_M's mix:
     int4, int8 (q/k/v, some down_proj) and the int8 embedding / LM head all take part."""
     float_model = load_text(checkpoint).model
-    ref = _run(quantize_(float_model, _plan(float_model, "int4").get, 32))
+    ref = _run(quantize_(float_model, plan_bits(float_model, "int4").get, 32))
     loaded = load_quantized(checkpoint, "int4", offload="ple")
     model = loaded.model
     assert loaded.quantization == "int4"

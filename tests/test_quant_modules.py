@@ -233,7 +233,7 @@ def test_swap_rotates_every_8_bit_input():
 
 def test_int4_keeps_q4_k_m_mix_at_8_bits():
     """llama.cpp's Q4_K_M: q/k/v and the down_proj of `use_more_bits` layers keep more bits."""
-    from mmsdk.decoder.loader import int4_bits
+    from mmsdk.decoder.quant_plan import int4_bits
 
     n = 18
     assert [i for i in range(n) if int4_bits(f"layers.{i}.mlp.down_proj", n) == 8] == [0, 1, 4, 7, 10, 13, 15, 16, 17]

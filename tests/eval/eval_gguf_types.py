@@ -35,10 +35,10 @@ def requantize(src: Path, out: Path, kind: str, threads: int) -> Path:
 def layouts(path: Path) -> str:
     """The GGML types of the file's layer weights and the layout each becomes under "stored"."""
     from mmsdk.decoder.gguf_file import GGUFFile
-    from mmsdk.decoder.loader import _GGUF_4BIT, _GGUF_FLOAT
+    from mmsdk.decoder.quant_plan import GGUF_4BIT, GGUF_FLOAT
 
     kinds = sorted({t.kind for n, t in GGUFFile(path).tensors.items() if n.startswith("blk.") and len(t.shape) == 2})
-    return " ".join(f"{k}->{'float' if k in _GGUF_FLOAT else '4-bit' if k in _GGUF_4BIT else '8-bit'}" for k in kinds)
+    return " ".join(f"{k}->{'float' if k in GGUF_FLOAT else '4-bit' if k in GGUF_4BIT else '8-bit'}" for k in kinds)
 
 
 def main(argv=None) -> int:

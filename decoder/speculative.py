@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from .errors import InputError
-from .generate import prefill
+from .prefill import prefill
 from .kv_cache import make_cache
 
 

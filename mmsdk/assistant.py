@@ -12,7 +12,8 @@ from . import chat_format, chat_format_gemma4, media, models, structured
 from .decoder.kv_cache import make_cache
 from .decoder.loader import load_text
 from .decoder.sampling import make_sampler
-from .decoder.generate import PREFILL_CHUNK, Step, prefill, stream_generate
+from .decoder.generate import Step, prefill, stream_generate
+from .decoder.prefill import PREFILL_CHUNK
 from .decoder.speculative import make_drafter
 from .errors import ContextLengthError, InputError
 from .options import check_load_options, check_sampling, check_stop

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .decoder.generate import PREFILL_CHUNK
+from .decoder.prefill import PREFILL_CHUNK
 from .decoder.kv_cache import make_cache
 from .errors import InputError
 from .types import Piece, Score, TokenLogprob

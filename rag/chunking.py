@@ -8,7 +8,7 @@ MiniLM's 256 word-piece window; 240 truncated a third of them.
 import re
 from dataclasses import dataclass
 
-from .loaders import Section
+from .section import Section
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _PARAGRAPH = re.compile(r"\n\s*\n")

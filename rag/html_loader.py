@@ -3,7 +3,7 @@
 import re
 from html.parser import HTMLParser
 
-from .loaders import Section
+from .section import Section
 
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 _SKIP = {"script", "style", "head", "nav", "noscript", "template", "svg", "footer"}

@@ -3,17 +3,10 @@
 One loader per format; `load(path)` picks by extension. Any failure is a `DocumentError` naming the file.
 """
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DocumentError
-
-
-@dataclass(frozen=True)
-class Section:
-    text: str
-    heading: str = ""   # heading path ("Guide > Install"), prepended to chunks when embedding
-    location: str = ""  # what a citation shows: heading path and/or page
+from .section import Section
 
 
 # A line underlined by a run of one punctuation character is a heading (reStructuredText, setext

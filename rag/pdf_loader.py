@@ -7,7 +7,7 @@ from pathlib import Path
 from pypdf import PdfReader
 
 from .errors import DocumentError
-from .loaders import Section
+from .section import Section
 
 
 def _outline_starts(reader: PdfReader) -> list[tuple[int, str]]:

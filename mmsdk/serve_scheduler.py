@@ -68,7 +68,10 @@ class Scheduler:
 
     def submit(self, job: Job) -> None:
         with self._wake:
-            if len(self.waiting) >= self.max_queue:
+            # Jobs the worker has not yet moved to a free active slot are not queued: an idle server
+            # takes max_active requests arriving at once, then queues max_queue more.
+            free = max(self.max_active - len(self.active), 0)
+            if len(self.waiting) >= self.max_queue + free:
                 raise QueueFull(f"the server is busy: {len(self.active)} requests running and "
                                 f"{len(self.waiting)} waiting (the most it queues); retry later")
             self.waiting.append(job)

@@ -17,7 +17,7 @@ import torch
 
 from . import native
 from .kv_cache import FullCache, RingCache
-from .layers import step_mask
+from .layers import attention_bias, step_mask
 from .quantize import Int4Linear, Int8Linear
 
 _ptr, _long = ctypes.c_void_p, ctypes.c_long
@@ -73,7 +73,7 @@ def plan(block, x: torch.Tensor, cache) -> _Layer | None:
     linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
     if (x.shape[0] != 1 or x.dtype != torch.float32 or not isinstance(cache, (RingCache, FullCache))
             or cache.k.dtype != torch.float32 or cache.k.shape[0] != 1
-            or not native.available("gemma3_layer_step", "gemma3_prompt_qkv", "gemma3_prompt_rest")
+            or not native.available("gemma3_layer_step", "gemma3_layer_rows", "gemma3_prompt_qkv", "gemma3_prompt_rest")
             or any(n % 16 for n in (x.shape[-1], mlp.down_proj.in_features))  # whole registers
             or attn.head_dim % 32):  # the prompt's attention reads values 32 at a time
         return None
@@ -110,6 +110,40 @@ def step(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor, m
     native.library().gemma3_layer_step(ctypes.byref(layer), out.data_ptr(), cos.data_ptr(), sin.data_ptr(),
                                        cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape[2] * cache.k.shape[3],
                                        slot, keys, bias.data_ptr())
+    return out
+
+
+ROWS = 16  # at most this many rows of a sequence with keys already cached go through `rows`
+
+
+def rows(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor, masks: dict | None,
+         window: int | None) -> torch.Tensor:
+    """The block's output for a few decoded rows x (1, M, hidden) (a speculative check's token and
+    drafts), each row exactly as `step` computes it, the weights read once for all (see
+    `gemma3_layer_rows`). Row r attends the keys as they are once rows <= r are written."""
+    M, key = x.shape[1], ("rows", window)  # every layer of a kind holds the same positions: one mask a forward
+    bias = masks.get(key) if masks is not None else None
+    reserved, seen = [], []
+    for p in positions.tolist():
+        reserved.append(cache.reserve(p))
+        if bias is None:
+            seen.append(cache.key_positions().clone())  # the keys as row r finds them
+    if bias is None:
+        width = max(k.shape[0] for k in seen)
+        k_pos = torch.stack([torch.nn.functional.pad(k, (0, width - k.shape[0]), value=-1) for k in seen])
+        q_pos = positions.to(torch.long)[:, None]
+        allowed = (k_pos <= q_pos) & (k_pos >= 0)  # as layers.attention_mask, a row of keys each
+        if window is not None:
+            allowed &= (q_pos - k_pos) < window
+        bias = attention_bias(allowed)
+        if masks is not None:
+            masks[key] = bias
+    slots, keys = (torch.tensor(v, dtype=torch.long) for v in zip(*reserved))
+    out = x.contiguous().clone()  # the call updates it in place
+    cos, sin = (t.contiguous() for t in rope)
+    native.library().gemma3_layer_rows(ctypes.byref(layer), out.data_ptr(), M, cos.data_ptr(), sin.data_ptr(),
+                                       cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape[2] * cache.k.shape[3],
+                                       slots.data_ptr(), keys.data_ptr(), bias.data_ptr(), bias.shape[1])
     return out
 
 

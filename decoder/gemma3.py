@@ -93,6 +93,8 @@ class Block(nn.Module):
         if groups is None and (layer := fused.plan(self, x, cache)) is not None:  # our C calls: one or two
             if x.shape[1] == 1:
                 return fused.step(layer, x, rope, cache, positions, masks, self.attn.window)
+            if x.shape[1] <= fused.ROWS and cache.offset > 0:  # a speculative check: each row as its step
+                return fused.rows(layer, x, rope, cache, positions, masks, self.attn.window)
             return fused.prompt(layer, x, rope, cache, positions, self.attn.window)
         x = self.post_attn_norm.add_to(x, self.attn(self.attn_norm(x), rope, cache, positions, groups, masks))
         return self.post_mlp_norm.add_to(x, self.mlp(self.mlp_norm(x)))

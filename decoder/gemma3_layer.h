@@ -117,6 +117,48 @@ void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *
     rms_norm(x, o, L->post_mlp_norm, E, L->eps, x);
 }
 
+/* M decoded rows of one sequence through one layer (a speculative check's token and drafts, a batch
+   of steps), each row with `gemma3_layer_step`'s arithmetic: the projections read each weight once
+   for all M rows, and their products are row for row the one-row products (int8_linear and
+   int4_linear sum every row as they sum one); norms, RoPE and attention are the step's own, row by
+   row in order, so row r writes its key to slots[r] and attends the first keys[r] slots with the
+   mask row bias + r * bias_stride, seeing the rows before it and nothing after. So each row's
+   output equals the step's, bit for bit, and a check's greedy tokens are plain decoding's. */
+void gemma3_layer_rows(const Layer *L, float *x, long M, const float *cos, const float *sin, float *k_cache,
+                       float *v_cache, long plane, const long *slots, const long *keys, const float *bias,
+                       long bias_stride) {
+    static _Thread_local Scratch rows, attention;
+    const long H = L->heads, Hkv = L->kv_heads, D = L->head_dim, E = L->hidden, I = L->inter, W = (H + 2 * Hkv) * D;
+    float *h = scratch(&rows, sizeof(float) * (M * (2 * E + W + H * D + 3 * I) + D));
+    float *qkv = h + M * E, *att = qkv + M * W, *o = att + M * H * D, *gu = o + M * E, *act = gu + M * 2 * I,
+          *tmp = act + M * I;
+
+    norm_rows(x, M, E, L->attn_norm, L->eps, NULL, h);
+    linear_rows(&L->qkv, h, M, qkv);
+    for (long r = 0; r < M; r++) {
+        float *qr = qkv + r * W;
+        for (long i = 0; i < H + Hkv; i++) {
+            rms_norm(qr + i * D, qr + i * D, L->qk_norm + i * D, D, L->head_eps, NULL);
+            rope(qr + i * D, cos + r * D, sin + r * D, D, tmp);
+        }
+        for (long g = 0; g < Hkv; g++) {
+            memcpy(k_cache + g * plane + slots[r] * D, qr + (H + g) * D, sizeof(float) * D);
+            memcpy(v_cache + g * plane + slots[r] * D, qr + (H + Hkv + g) * D, sizeof(float) * D);
+        }
+        for (long g = 0; g < Hkv; g++)
+            attend_group(qr + g * (H / Hkv) * D, H / Hkv, k_cache + g * plane, v_cache + g * plane,
+                         bias + r * bias_stride, keys[r], D, att + r * H * D + g * (H / Hkv) * D, &attention);
+    }
+    linear_rows(&L->o, att, M, o);
+    norm_rows(o, M, E, L->post_attn_norm, L->eps, x, x);
+    norm_rows(x, M, E, L->mlp_norm, L->eps, NULL, h);
+    linear_rows(&L->gate_up, h, M, gu);
+    geglu(gu, M, I, act);
+    linear_rows(&L->down, act, M, o);
+    norm_rows(o, M, E, L->post_mlp_norm, L->eps, x, x);
+    scratch_trim(&rows);
+}
+
 /* ---- a prompt's attention: the keys laid out for the source's tiles (attend_tile) ---------------- */
 
 /* Keys (S, D) -> blocks of KCOLS keys, each (D, KCOLS): a score tile reads one row of it per d.

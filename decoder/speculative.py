@@ -91,9 +91,9 @@ class ModelDrafter:
     def begin(self, context: Sequence[int]) -> None:
         self.caches = make_cache(self.model.config)
         self.ids = list(context)
-        self.fed = len(self.ids) - 1  # tokens in its caches; the last one is fed with the first draft
+        self.fed = len(self.ids)  # tokens in its caches, filled as the model's are: the same keys
         if self.fed:
-            prefill(self.model, self.ids[:-1], self.caches, 0)
+            prefill(self.model, self.ids, self.caches, 0)
 
     def extend(self, tokens: Sequence[int]) -> None:
         self.ids.extend(tokens)

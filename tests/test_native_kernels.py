@@ -198,10 +198,10 @@ def test_fused_prompt_matches_the_python_layers(monkeypatch, bits, tol):
     calls = []
     prompt = fused.prompt
     monkeypatch.setattr(fused, "prompt", lambda *a: calls.append(1) or prompt(*a))
-    ids = torch.randint(0, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, model.config.vocab_size, (1, 48), generator=torch.Generator().manual_seed(1))
     caches, ref_caches = make_cache(model.config), make_cache(model.config)
     with torch.inference_mode():
-        for s, e in [(0, 13), (13, 20), (20, 40)]:
+        for s, e in [(0, 13), (13, 30), (30, 48)]:  # later chunks past fused.ROWS rows: not a check's `rows`
             out = model(ids[:, s:e], caches, torch.arange(s, e))
             with monkeypatch.context() as m:
                 m.setattr(fused, "plan", lambda *a: None)
@@ -211,6 +211,35 @@ def test_fused_prompt_matches_the_python_layers(monkeypatch, bits, tol):
                 assert c.offset == r.offset and rel_err(c.k, r.k) < tol and rel_err(c.v, r.v) < tol
             caches = [c.clone() for c in ref_caches]  # go on from one state
     assert len(calls) == 3 * len(model.layers)
+
+
+@needs_native
+@pytest.mark.parametrize("bits", [8, 4, "q4_0"])
+def test_fused_rows_are_the_steps_they_stand_for(monkeypatch, bits):
+    """A speculative check's rows through `fused.rows` (one C call a layer for all of them) against
+    the same tokens decoded one `fused.step` at a time, in a ring past its wrap (window 8) and a full
+    cache: each row is computed with the step's arithmetic, so greedy checks pick what plain decoding
+    picks. Exactness is the design; the tolerance (1e-6, far under one 8-bit code's 1e-3) is there
+    only because two code paths are compared."""
+    from mmsdk.decoder import fused
+    from mmsdk.decoder.kv_cache import make_cache
+
+    model = quantized_tiny_model(bits)
+    calls = []
+    rows = fused.rows
+    monkeypatch.setattr(fused, "rows", lambda *a: calls.append(1) or rows(*a))
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(2))
+    caches = make_cache(model.config)
+    with torch.inference_mode():
+        model(ids[:, :20], caches, torch.arange(20))
+        for start, M in [(20, 5), (25, 1), (26, 9)]:
+            steps = [c.clone() for c in caches]
+            out = model(ids[:, start:start + M], caches, torch.arange(start, start + M))
+            ref = torch.cat([model(ids[:, p:p + 1], steps, torch.tensor([p])) for p in range(start, start + M)], 1)
+            assert rel_err(out, ref) < 1e-6, start
+            for c, r in zip(caches, steps):
+                assert c.offset == r.offset and rel_err(c.k, r.k) < 1e-6 and rel_err(c.v, r.v) < 1e-6
+    assert len(calls) == 2 * len(model.layers)
 
 
 def quantized_tiny_model(bits):

@@ -116,15 +116,18 @@ def step(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor, m
 ROWS = 16  # at most this many rows of a sequence with keys already cached go through `rows`
 
 
-def rows(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor, masks: dict | None,
+def rows(layer: _Layer, x: torch.Tensor, rope, caches, positions: torch.Tensor, masks: dict | None,
          window: int | None) -> torch.Tensor:
-    """The block's output for a few decoded rows x (1, M, hidden) (a speculative check's token and
-    drafts), each row exactly as `step` computes it, the weights read once for all (see
-    `gemma3_layer_rows`). Row r attends the keys as they are once rows <= r are written."""
-    M, key = x.shape[1], ("rows", window)  # every layer of a kind holds the same positions: one mask a forward
+    """The block's output for a few decoded rows x (1, M, hidden), each row exactly as `step` computes
+    it, the weights read once for all (see `gemma3_layer_rows`): a speculative check's rows of one
+    sequence (`caches` one cache), or one token of each of M sequences (`caches` a list, one a row).
+    Row r attends its cache as it is once rows <= r are written."""
+    M = x.shape[1]
+    caches = caches if isinstance(caches, list) else [caches] * M
+    key = ("rows", window)  # every layer of a kind holds the same positions: one mask a forward
     bias = masks.get(key) if masks is not None else None
     reserved, seen = [], []
-    for p in positions.tolist():
+    for cache, p in zip(caches, positions.tolist()):
         reserved.append(cache.reserve(p))
         if bias is None:
             seen.append(cache.key_positions().clone())  # the keys as row r finds them
@@ -139,11 +142,14 @@ def rows(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor, m
         if masks is not None:
             masks[key] = bias
     slots, keys = (torch.tensor(v, dtype=torch.long) for v in zip(*reserved))
+    planes = torch.tensor([c.k.shape[2] * c.k.shape[3] for c in caches], dtype=torch.long)
+    k_ptrs = (ctypes.c_void_p * M)(*[c.k.data_ptr() for c in caches])  # after `reserve`, which may grow them
+    v_ptrs = (ctypes.c_void_p * M)(*[c.v.data_ptr() for c in caches])
     out = x.contiguous().clone()  # the call updates it in place
     cos, sin = (t.contiguous() for t in rope)
     native.library().gemma3_layer_rows(ctypes.byref(layer), out.data_ptr(), M, cos.data_ptr(), sin.data_ptr(),
-                                       cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape[2] * cache.k.shape[3],
-                                       slots.data_ptr(), keys.data_ptr(), bias.data_ptr(), bias.shape[1])
+                                       k_ptrs, v_ptrs, planes.data_ptr(), slots.data_ptr(), keys.data_ptr(),
+                                       bias.data_ptr(), bias.shape[1])
     return out
 
 

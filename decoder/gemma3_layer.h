@@ -117,16 +117,18 @@ void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *
     rms_norm(x, o, L->post_mlp_norm, E, L->eps, x);
 }
 
-/* M decoded rows of one sequence through one layer (a speculative check's token and drafts, a batch
-   of steps), each row with `gemma3_layer_step`'s arithmetic: the projections read each weight once
-   for all M rows, and their products are row for row the one-row products (int8_linear and
-   int4_linear sum every row as they sum one); norms, RoPE and attention are the step's own, row by
-   row in order, so row r writes its key to slots[r] and attends the first keys[r] slots with the
-   mask row bias + r * bias_stride, seeing the rows before it and nothing after. So each row's
-   output equals the step's, bit for bit, and a check's greedy tokens are plain decoding's. */
-void gemma3_layer_rows(const Layer *L, float *x, long M, const float *cos, const float *sin, float *k_cache,
-                       float *v_cache, long plane, const long *slots, const long *keys, const float *bias,
-                       long bias_stride) {
+/* M decoded rows through one layer, each with `gemma3_layer_step`'s arithmetic: a speculative check's
+   token and drafts (one sequence), or one token of each of M sequences (a batch of streams). The
+   projections read each weight once for all M rows, and their products are row for row the one-row
+   products (int8_linear and int4_linear sum every row as they sum one); norms, RoPE and attention
+   are the step's own, row by row in order: row r writes its key and value to slot slots[r] of its
+   caches (k_caches[r], v_caches[r], planes of planes[r] floats) and attends their first keys[r]
+   slots with the mask row bias + r * bias_stride, so rows of one sequence see the rows before them
+   and nothing after. Each row's output equals the step's, bit for bit: a check's greedy tokens are
+   plain decoding's, and a batched stream's tokens its own. */
+void gemma3_layer_rows(const Layer *L, float *x, long M, const float *cos, const float *sin, float *const *k_caches,
+                       float *const *v_caches, const long *planes, const long *slots, const long *keys,
+                       const float *bias, long bias_stride) {
     static _Thread_local Scratch rows, attention;
     const long H = L->heads, Hkv = L->kv_heads, D = L->head_dim, E = L->hidden, I = L->inter, W = (H + 2 * Hkv) * D;
     float *h = scratch(&rows, sizeof(float) * (M * (2 * E + W + H * D + 3 * I) + D));
@@ -136,18 +138,18 @@ void gemma3_layer_rows(const Layer *L, float *x, long M, const float *cos, const
     norm_rows(x, M, E, L->attn_norm, L->eps, NULL, h);
     linear_rows(&L->qkv, h, M, qkv);
     for (long r = 0; r < M; r++) {
-        float *qr = qkv + r * W;
+        float *qr = qkv + r * W, *kc = k_caches[r], *vc = v_caches[r];
         for (long i = 0; i < H + Hkv; i++) {
             rms_norm(qr + i * D, qr + i * D, L->qk_norm + i * D, D, L->head_eps, NULL);
             rope(qr + i * D, cos + r * D, sin + r * D, D, tmp);
         }
         for (long g = 0; g < Hkv; g++) {
-            memcpy(k_cache + g * plane + slots[r] * D, qr + (H + g) * D, sizeof(float) * D);
-            memcpy(v_cache + g * plane + slots[r] * D, qr + (H + Hkv + g) * D, sizeof(float) * D);
+            memcpy(kc + g * planes[r] + slots[r] * D, qr + (H + g) * D, sizeof(float) * D);
+            memcpy(vc + g * planes[r] + slots[r] * D, qr + (H + Hkv + g) * D, sizeof(float) * D);
         }
         for (long g = 0; g < Hkv; g++)
-            attend_group(qr + g * (H / Hkv) * D, H / Hkv, k_cache + g * plane, v_cache + g * plane,
-                         bias + r * bias_stride, keys[r], D, att + r * H * D + g * (H / Hkv) * D, &attention);
+            attend_group(qr + g * (H / Hkv) * D, H / Hkv, kc + g * planes[r], vc + g * planes[r], bias + r * bias_stride,
+                         keys[r], D, att + r * H * D + g * (H / Hkv) * D, &attention);
     }
     linear_rows(&L->o, att, M, o);
     norm_rows(o, M, E, L->post_attn_norm, L->eps, x, x);

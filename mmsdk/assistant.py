@@ -253,6 +253,7 @@ class _Run:
         if start + len(ids) > ctx:
             raise ContextLengthError(start + len(ids), ctx)
         self.asst, self.ids, self.caches, self.start, self.history = asst, ids, caches, start, history
+        self.model = asst.model  # the server hands in its batcher's view (decoder.batch)
         self.max_tokens = min(max_tokens, ctx - start - len(ids))
         self.stop = stop
         self.sampler = make_sampler(**sampling)
@@ -279,7 +280,7 @@ class _Run:
         else:
             prefix_cache = None
         while len(self.ids) > chunk:
-            prefill(self.asst.model, self.ids[:chunk], self.caches, self.start, chunk=chunk)
+            prefill(self.model, self.ids[:chunk], self.caches, self.start, chunk=chunk)
             self._fed(chunk)
             if prefix_cache is not None and prefix_cache.keeps(self.start, total):
                 prefix_cache.add(self.history, self.caches)
@@ -294,7 +295,7 @@ class _Run:
         # Drafts are checked against greedy picks only, and processors (a grammar's mask, a logprob
         # recorder, which may join after __init__) follow one token at a time
         use_draft = self.draft is not None and self.greedy and not self.processors
-        for step in stream_generate(self.asst.model, self.asst.tokenizer, self.ids, self.caches, self.sampler,
+        for step in stream_generate(self.model, self.asst.tokenizer, self.ids, self.caches, self.sampler,
                                     max_tokens=self.max_tokens, stop=self.stop, start=self.start,
                                     history=self.history, processors=self.processors,
                                     drafter=make_drafter(self.draft, self.asst.model) if use_draft else None,

@@ -28,6 +28,7 @@ from sse_starlette import EventSourceResponse
 
 from .errors import ContextLengthError, MMSDKError
 from .options import check_sampling
+from .decoder.batch import StepBatcher
 from .serve_scheduler import Job, QueueFull, Scheduler
 from .speech import transcribe
 
@@ -119,7 +120,9 @@ class Server:
 
         self.asst, self.api_key = asst, api_key
         self.allow_files = Path(allow_files).resolve() if allow_files else None
-        self.scheduler = Scheduler(max_concurrency, max_queue)
+        # The streams' decode steps run batched: one pass through the layers serves every active stream
+        self.batcher = StepBatcher(asst.model)
+        self.scheduler = Scheduler(max_concurrency, max_queue, batcher=self.batcher)
         # The embedder and the bundled speech model are models of their own: a second worker runs them,
         # so a long transcription does not stall the streams on the first
         self.side = Scheduler(1, max_queue)
@@ -225,7 +228,7 @@ def create_app(asst, **kw) -> FastAPI:
     async def chat_completions(req: ChatRequest):
         server.check_model(req.model, "chat")
         kw = _chat_kwargs(req, server)
-        job = await server.run(lambda: _chat_job(server.asst, kw, server.prefix_cache))
+        job = await server.run(lambda: _chat_job(server.asst, kw, server.prefix_cache, server.batcher))
         created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
@@ -239,7 +242,7 @@ def create_app(asst, **kw) -> FastAPI:
         max_tokens = req.max_tokens if req.max_tokens is not None else 16
         stop, sampling = _stops(req.stop), _sampling(req)
         check_sampling(sampling, max_tokens)
-        job = await server.run(lambda: _completion_job(server.asst, prompt, max_tokens, stop, sampling,
+        job = await server.run(lambda: _completion_job(server.asst, prompt, max_tokens, stop, sampling, server.batcher,
                                                        server.prefix_cache))
         created, cid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
@@ -475,9 +478,10 @@ def _allowed_file(url: str, where: str, allow_files: Path | None) -> str:
     return str(resolved)
 
 
-def _chat_job(asst, kw: dict, prefix_cache):
+def _chat_job(asst, kw: dict, prefix_cache, batcher):
     """On the worker: one chat generation, an item per token, then the parsed end."""
     run, plan, recorder = asst._chat_run(**kw)
+    run.model = batcher.view()
     # A long prompt a chunk per turn (the other streams keep flowing), from the longest prefix kept
     yield from run.prefill_ahead(prefix_cache=prefix_cache)
     streaming_text = not plan.specs  # tool calls are parsed from the whole text at the end
@@ -515,8 +519,9 @@ def _completion_prompt(req: CompletionRequest) -> str:
     return prompt
 
 
-def _completion_job(asst, prompt: str, max_tokens: int, stop: list[str], sampling: dict, prefix_cache):
+def _completion_job(asst, prompt: str, max_tokens: int, stop: list[str], sampling: dict, batcher, prefix_cache):
     run = asst._prompt_run(prompt, max_tokens, stop, sampling)
+    run.model = batcher.view()
     yield from run.prefill_ahead(prefix_cache=prefix_cache)
     for step in run.steps():
         yield {"text": step.text, "logprobs": []}

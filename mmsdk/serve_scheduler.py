@@ -3,7 +3,8 @@
 A job is an iterator made on the worker (so tokenizing, media encoding and prefill run there too);
 the worker keeps up to `max_active` of them going and advances each by one item per round (one
 generated token for a generation), so every stream moves while others run. Each sequence has its
-own KV cache: decode steps are interleaved, not batched through the layers together. A job whose
+own KV cache. With a `StepBatcher` (decoder.batch), a round's jobs run on threads of their own,
+taking turns, and their decode steps go through the layers together in one pass. A job whose
 client went away is closed at its next turn, which frees its cache.
 """
 import asyncio
@@ -15,6 +16,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,10 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, max_active: int = 4, max_queue: int = 16):
+    def __init__(self, max_active: int = 4, max_queue: int = 16, batcher=None):
         self.max_active, self.max_queue = max_active, max_queue
+        self.batcher = batcher
+        self._threads = ThreadPoolExecutor(max_active, thread_name_prefix="mmsdk-serve-stream") if batcher else None
         self.waiting: collections.deque[Job] = collections.deque()
         self.active: list[Job] = []
         self.freed = 0  # jobs closed because their client went away
@@ -85,6 +89,8 @@ class Scheduler:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout=10)
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
 
     def _loop(self) -> None:
         while True:
@@ -97,8 +103,21 @@ class Scheduler:
                     return
                 while self.waiting and len(self.active) < self.max_active:
                     self.active.append(self.waiting.popleft())
-            for job in list(self.active):
-                self._advance(job)
+            if self.batcher is None:
+                for job in list(self.active):
+                    self._advance(job)
+            elif len(self.active) == 1:
+                self.batcher.round(1)
+                self._advance_in_turn(self.active[0])
+            else:  # each on a thread of its own, in turns: their decode steps meet in one batched pass
+                jobs = list(self.active)
+                self.batcher.round(len(jobs))
+                for done in [self._threads.submit(self._advance_in_turn, job) for job in jobs]:
+                    done.result()
+
+    def _advance_in_turn(self, job: Job) -> None:
+        with self.batcher.turn():
+            self._advance(job)
 
     def _advance(self, job: Job) -> None:
         """One item of `job`; a job that ends, fails or was cancelled leaves the active set."""

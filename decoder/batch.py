@@ -1,0 +1,145 @@
+"""Decode steps of several sequences in one pass (continuous batching, as vLLM and llama-server do).
+
+Decoding is memory-bound: a step streams every weight for one row. `batched_step` runs one token
+of each of B sequences through the layers together (`fused.rows`: each weight read once for all
+rows), each row with the one-row step's arithmetic, so every sequence gets the tokens it would get
+alone. The LM head, the largest single matrix of a small Gemma, is read once for all rows too.
+
+`StepBatcher` gathers those steps from generations that each run on a thread of their own (the
+server's streams): a generation's one-token forward waits until every other generation of the
+round has either asked for its own step or finished its turn, then one pass serves them all. The
+threads take turns under one lock, so only one runs Python at a time; the generation code itself
+(`generate.generate_step`) does not change, it is handed `StepBatcher.view()` as its model.
+"""
+import threading
+
+import torch
+
+from . import fused
+from .config import SLIDING
+from .gemma3 import Gemma3Text
+
+
+def batchable(model, caches: list) -> bool:
+    """Whether `batched_step` takes one token of a sequence with these caches: a Gemma 3 whose every
+    layer runs our C calls."""
+    if not isinstance(model, Gemma3Text):
+        return False
+    x = torch.empty(1, 1, model.config.hidden_size)
+    return all(fused.plan(block, x, cache) is not None for block, cache in zip(model.layers, caches))
+
+
+@torch.inference_mode()
+def batched_step(model: Gemma3Text, tokens: list[int], caches: list[list], positions: list[int]) -> torch.Tensor:
+    """Logits (B, vocab) of one token of each of B sequences (`caches[b]` its caches, at `positions[b]`),
+    written to their caches as B one-token steps would write them."""
+    # Embedding and final norm row by row: torch's kernels vectorize one row and several differently
+    # (~1e-7 apart), which would make a near-tie pick differ from the sequence decoded alone
+    x = torch.cat([model.embed_tokens(torch.tensor([[t]])) for t in tokens], 1)
+    pos = torch.tensor(positions)
+    ropes = {SLIDING: model.rope_local(pos, x.dtype), "full_attention": model.rope_global(pos, x.dtype)}
+    masks: dict = {}
+    for i, block in enumerate(model.layers):
+        layer = fused.plan(block, x, caches[0][i])
+        x = fused.rows(layer, x, ropes[block.layer_type], [c[i] for c in caches], pos, masks, block.attn.window)
+    return model.logits(torch.cat([model.norm(x[:, b:b + 1]) for b in range(x.shape[1])], 1))[0]
+
+
+class StepBatcher:
+    """One model shared by generations on several threads; their one-token steps run batched.
+
+    The caller announces a round of n threads (`round(n)`), then each does its work inside `turn()`,
+    holding the lock except while waiting for its step. The batch runs when every thread of the round
+    still inside is waiting for one."""
+
+    def __init__(self, model):
+        self.model = model
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._pending: list[dict] = []
+        self.passes = self.rows = 0  # batched passes run, and the steps they served
+
+    def view(self) -> "_BatchedModel":
+        return _BatchedModel(self.model, self)
+
+    def round(self, n: int) -> None:
+        """n threads are about to take a turn each (before any starts): a step waits for all of them."""
+        with self._cond:
+            self._inside += n
+
+    def turn(self) -> "_Turn":
+        """One thread's turn of a `round`."""
+        return _Turn(self)
+
+    def step(self, token: int, caches: list, position: int) -> torch.Tensor:
+        """Logits (vocab,) of one sequence's token, computed in the next batched pass (call inside a turn)."""
+        entry = {"token": token, "caches": caches, "position": position}
+        self._pending.append(entry)
+        self._run_if_ready()
+        while "logits" not in entry and "error" not in entry:
+            self._cond.wait()
+        if "error" in entry:
+            raise entry["error"]
+        return entry["logits"]
+
+    def _run_if_ready(self) -> None:
+        """Run the pending steps once no thread inside can add one (lock held)."""
+        if not self._pending or len(self._pending) < self._inside:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            logits = batched_step(self.model, [e["token"] for e in batch], [e["caches"] for e in batch],
+                                  [e["position"] for e in batch])
+            for e, row in zip(batch, logits):
+                e["logits"] = row
+        except Exception as exc:  # noqa: BLE001 - each waiting generation raises it as its own
+            for e in batch:
+                e["error"] = exc
+        self.passes += 1
+        self.rows += len(batch)
+        self._cond.notify_all()
+
+
+class _Turn:
+    def __init__(self, batcher: StepBatcher):
+        self.b = batcher
+
+    def __enter__(self):
+        self.b._cond.acquire()
+
+    def __exit__(self, *exc):
+        self.b._inside -= 1
+        self.b._run_if_ready()  # the others may have been waiting for this thread alone
+        self.b._cond.release()
+
+
+class _BatchedModel:
+    """The model as a generation sees it, its one-token steps sent to the batcher: `model(ids, caches,
+    positions)` returns a stand-in hidden state that `logits` turns into the batch's row. Everything
+    else (prompts, speculative checks, attributes) is the model's own."""
+
+    def __init__(self, model, batcher: StepBatcher):
+        self._model, self._batcher = model, batcher
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, ids, caches, positions, **kw):
+        if ids is None or ids.shape != (1, 1) or kw.get("embeds") is not None or not batchable(self._model, caches):
+            return self._model(ids, caches, positions, **kw)
+        logits = self._batcher.step(int(ids[0, 0]), caches, int(positions[0]))
+        return _Hidden(logits)
+
+    def logits(self, h):
+        return h.logits.view(1, 1, -1) if isinstance(h, _Hidden) else self._model.logits(h)
+
+
+class _Hidden:
+    """What a batched step hands back in place of the hidden state (1, 1, hidden): its logits, already
+    computed. Its last position is itself (`prefill` takes h[:, -1:])."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+    def __getitem__(self, index):
+        return self

@@ -215,7 +215,7 @@ def create_app(asst, **kw) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": server.model_id, "warming": server.warming.is_alive(),
-                **server.scheduler.stats(),
+                **server.scheduler.stats(), "batched": {"passes": server.batcher.passes, "steps": server.batcher.rows},
                 "prefix_cache": server.prefix_cache.stats() if server.prefix_cache is not None else None}
 
     @app.get("/v1/models")

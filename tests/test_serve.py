@@ -239,6 +239,27 @@ def test_errors(server, client):
     assert client.chat.completions.create(model=MODEL, messages=user, max_tokens=2).usage.completion_tokens >= 1
 
 
+def test_concurrent_streams_decode_batched_as_if_alone(server, client):
+    """Two greedy requests at once share their decode passes (continuous batching), and each gets
+    the text it gets alone: a batched row is computed with the one-row step's arithmetic."""
+    asks = ["Name three colours.", "Write one sentence about the sea."]
+
+    def complete(text):
+        return client.completions.create(model=MODEL, prompt=text, max_tokens=24, temperature=0).choices[0].text
+
+    alone = [complete(a) for a in asks]
+    before = health(server)["batched"]
+    together = [None, None]
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, complete(asks[i]))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    after = health(server)["batched"]
+    assert together == alone
+    assert after["steps"] - before["steps"] > after["passes"] - before["passes"], (before, after)  # passes of 2 rows
+
+
 def test_full_queue_and_disconnect_free_sequences(server, client):
     """Two streams run and one waits (--max-concurrency 2 --max-queue 1); a fourth is refused with
     503. Closing the streams mid-way frees their sequences long before their 2,000 tokens."""

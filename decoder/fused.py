@@ -24,8 +24,8 @@ _ptr, _long = ctypes.c_void_p, ctypes.c_long
 
 
 class _Linear(ctypes.Structure):  # mirrors `Linear` in int8_vnni.c and kernels_avx2.c
-    _fields_ = [("weight", _ptr), ("scales", _ptr), ("comp", _ptr), ("group_scales", _ptr), ("rotation", _long),
-                ("inputs", _long), ("outputs", _long), ("group", _long), ("symmetric", _long)]
+    _fields_ = [("weight", _ptr), ("scales", _ptr), ("comp", _ptr), ("group_scales", _ptr), ("super_scales", _ptr),
+                ("rotation", _long), ("inputs", _long), ("outputs", _long), ("group", _long), ("layout", _long)]
 
 
 class _Layer(ctypes.Structure):  # mirrors `Layer` in int8_vnni.c and kernels_avx2.c
@@ -49,7 +49,9 @@ def check_mirrors() -> None:
 def _weights(m) -> tuple | None:
     """What the call reads of projection `m`: our int8 blocks, or an `Int4Linear`'s own buffers."""
     if isinstance(m, Int4Linear):
-        return (m.weight, m.group_scales) if native.available("int4_linear") else None
+        if not native.available("int4_linear"):
+            return None
+        return (m.weight, m.group_scales) + ((m.super_scales,) if m.layout == "kquant" else ())
     if isinstance(m, Int8Linear) and m.int8_inputs:
         return (m.packed(),)
     return None
@@ -57,11 +59,12 @@ def _weights(m) -> tuple | None:
 
 def _linear(m, weights: tuple) -> _Linear:
     if isinstance(m, Int4Linear):
-        return _Linear(weights[0].data_ptr(), None, None, weights[1].data_ptr(), 0, m.in_features, m.out_features,
-                       m.group_size, int(m.symmetric))
+        return _Linear(weights[0].data_ptr(), None, None, weights[1].data_ptr(),
+                       weights[2].data_ptr() if len(weights) > 2 else None, 0, m.in_features, m.out_features,
+                       m.group_size, native.LAYOUTS[m.layout])
     blocks = weights[0]
-    return _Linear(blocks.blocks.data_ptr(), blocks.scales.data_ptr(), blocks.comp.data_ptr(), None, m.rotation or 0,
-                   m.in_features, m.out_features, 0, 0)
+    return _Linear(blocks.blocks.data_ptr(), blocks.scales.data_ptr(), blocks.comp.data_ptr(), None, None,
+                   m.rotation or 0, m.in_features, m.out_features, 0, 0)
 
 
 def plan(block, x: torch.Tensor, cache) -> _Layer | None:

@@ -16,7 +16,7 @@
 
 static void linear_rows(const Linear *w, const float *x, long M, float *y) {
     if (w->group > 0)
-        int4_linear(x, M, w->in, w->weight, w->group_scales, w->symmetric, w->group, y, w->out);
+        int4_linear(x, M, w->in, w->weight, w->group_scales, w->super_scales, w->layout, w->group, y, w->out);
     else
         int8_linear(x, M, w->in, w->rotation, w->weight, w->scales, w->comp, y, w->out);
 }

@@ -210,6 +210,23 @@ class GGUFFile:
         drop_resident(self.raw(name, rows))
 
 
+def q4_k_parts(raw: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """Q4_K blocks as they are stored, for Int4Linear's kquant layout: codes q uint8 (rows, K), the
+    6-bit sc and m per 32 inputs uint8 (rows, K / 32), float16 d and dmin per 256 (rows, K / 256);
+    w = q * (d * sc) - dmin * m. `raw`: (rows, bytes per row)."""
+    from gguf.quants import Q4_K
+
+    rows = raw.shape[0]
+    b = np.ascontiguousarray(raw).reshape(-1, 144)
+    n = b.shape[0]
+    d, dmin = b[:, 0:2].view(np.float16), b[:, 2:4].view(np.float16)
+    sc, m = Q4_K.get_scale_min(b[:, 4:16])
+    qs = b[:, 16:].reshape(n, 4, 1, 32)  # four 64-wide chunks: low nibbles, then high nibbles
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(rows, -1)
+    return (torch.from_numpy(q), *(torch.from_numpy(np.ascontiguousarray(a).reshape(rows, -1))
+                                   for a in (sc.astype(np.uint8), m.astype(np.uint8), d, dmin)))
+
+
 def q4_codes(raw: np.ndarray, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """4-bit blocks as Int4Linear's codes, scale and zero per 32 inputs: w = (q - 8) * scale + zero.
 

@@ -3,16 +3,19 @@
    The weight stays in torch's CPU int4 layout, so no second copy of it is made: blocks of BN output channels, BN
    = 64 where torch runs AVX-512 and 32 where it runs AVX2; for each input k a block holds BN/2
    bytes, channel j < BN/2 in the low nibble of byte j, channel j >= BN/2 in the high one of byte
-   j - BN/2. Per (group, channel) either torch's bfloat16 (scale, zero) pair, scales_and_zeros
-   (K/group, N, 2): w = (q - 8) * scale + zero; or, the symmetric layout (SYM, GGUF's Q4_0 as
-   stored: 4.5 bits a weight instead of 5), one float16 d, (K/group, N): w = (q - 8) * d.
+   j - BN/2. The group numbers come in one of three layouts (LAY):
+   - PAIRS: torch's bfloat16 (scale, zero) per (group, channel), (K/group, N, 2): w = (q - 8) scale + zero;
+   - SYM, GGUF's Q4_0 as stored (4.5 bits a weight instead of 5): one float16 d, (K/group, N): w = (q - 8) d;
+   - KQ, GGUF's Q4_K as stored (4.625 bits): per group of 32 the 6-bit (sc, m), uint8 (K/32, 2, N), per
+     256 inputs float16 (d, dmin), (K/256, 2, N): w = q (d sc) - dmin m, the products exact in float32.
+   Each is w = q * scale + offset per (group, channel), offset = zero - 8 scale, -8 d or -dmin m.
 
    The input row is rounded to 8 bits in groups of 32 (one scale each, as llama.cpp's Q8_0), so the
    codes meet in integer products: _mm256_maddubs_epi16 takes the unsigned weight codes (0..15)
    times the signed input codes and sums each pair into int16. Per channel and group of 32 inputs:
    sum q x = 16 pair sums of at most 2 x 15 x 127, under int16's 32767 in 8 of them, so each int16
    lane gathers 8 maddubs before one widening to float per group; then
-   x . w = sum over groups of scale sx (sum q xq) + (zero - 8 scale) * sum x (zero = 0 when SYM).
+   x . w = sum over groups of scale sx (sum q xq) + offset * sum x.
    Integer products need ~4x fewer instructions per weight than converting every code to float,
    so one row streams the weight at memory speed on 2 cores, and a prompt runs at integer speed
    (~1.5-2x the float32 GEMM that dequantized each block, on AMD Zen 3).
@@ -29,6 +32,7 @@
 
 #define Q8_GROUP 32
 #define Q8_ROWS 4  /* rows a prompt tile takes: 8 int16 sums + 2 weight registers (6 rows spilled, no faster) */
+enum { PAIRS = 0, SYM = 1, KQ = 2 };  /* the layouts of a weight's group numbers (see above) */
 
 /* x (K floats) -> codes xq (K), a scale per group of 32 (xs) and each group's sum of sx * xq (xsum) */
 static void quantize_q8_groups(const float *x, long K, int8_t *xq, float *xs, float *xsum) {
@@ -56,50 +60,71 @@ static void quantize_q8_groups(const float *x, long K, int8_t *xq, float *xs, fl
     }
 }
 
-/* Scales of 8 channels from a weight group's row `sc` (channel i): float16 d (SYM) or the bfloat16
-   halves of (scale, zero) pairs. */
-AI __m256 scale8(const int SYM, const void *sc, long i) {
-    if (SYM) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)sc + i)));
+/* Scales of 8 channels i.. of a weight group, from its row `sc` (and, KQ, its 256 inputs' row `sup`). */
+AI __m256 scale8(const int LAY, const char *sc, const char *sup, long i) {
+    if (LAY == SYM) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)sc + i)));
+    if (LAY == KQ) return _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)sup + i))),
+                                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sc + i)))));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)((const uint32_t *)sc + i)), 16));
 }
 
-/* (scale, zero - 8 scale) of channel n of a weight group's row `sc`, as the prompt tiles take them */
-AI void scale_offset(const int SYM, const void *sc, long n, float *scale, float *offset) {
-    if (SYM) {
-        *scale = _cvtsh_ss(((const uint16_t *)sc)[n]), *offset = -8.f * *scale;
+/* Their offsets (zero - 8 scale, -8 d, or -dmin m), given their scales; `N` channels a row. */
+AI __m256 offset8(const int LAY, const char *sc, const char *sup, long N, long i, __m256 scale) {
+    if (LAY == KQ) {
+        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)sup + N + i)));
+        const __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sc + N + i))));
+        return _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dmin, m));
+    }
+    const __m256 zero = LAY == SYM ? _mm256_setzero_ps() : _mm256_castsi256_ps(_mm256_and_si256(
+        _mm256_loadu_si256((const __m256i *)((const uint32_t *)sc + i)), _mm256_set1_epi32((int)0xFFFF0000)));
+    return _mm256_fnmadd_ps(_mm256_set1_ps(8.f), scale, zero);
+}
+
+/* (scale, offset) of channel n of weight group gw, as the prompt tiles take them: the same floats as
+   scale8 and offset8 (a check's rows and a decoded token must agree bit for bit). */
+AI void scale_offset(const int LAY, const void *scales, const void *super, long gw, long N, long n, float *scale,
+                     float *offset) {
+    if (LAY == SYM) {
+        *scale = _cvtsh_ss(((const uint16_t *)scales)[gw * N + n]), *offset = -8.f * *scale;
         return;
     }
-    const uint32_t pair = ((const uint32_t *)sc)[n], lo = pair << 16, hi = pair & 0xFFFF0000u;
+    if (LAY == KQ) {
+        const uint8_t *sub = (const uint8_t *)scales + gw * 2 * N;
+        const uint16_t *sup = (const uint16_t *)super + (gw / 8) * 2 * N;
+        *scale = _cvtsh_ss(sup[n]) * (float)sub[n];
+        *offset = 0.f - _cvtsh_ss(sup[N + n]) * (float)sub[N + n];
+        return;
+    }
+    const uint32_t pair = ((const uint32_t *)scales)[gw * N + n], lo = pair << 16, hi = pair & 0xFFFF0000u;
     float zero;
     memcpy(scale, &lo, 4), memcpy(&zero, &hi, 4);
     *offset = zero - 8.f * *scale;
 }
 
-/* One block of BN channels: y[0..BN) = x . w for the prepared input row (xq, xs, xsum); sz: the
-   block's first channel in the first weight group's scales (SYM: float16 d, else pairs). */
-AI void int4_q8_block(const int BN, const int SYM, const int8_t *xq, const float *xs, const float *xsum, long K,
-                      const uint8_t *wb, const void *sz, long group, long N, float *y) {
+/* One block of BN channels: y[0..BN) = x . w for the prepared input row (xq, xs, xsum); sz (and, KQ,
+   sup): the block's first channel in the first weight group's row of numbers. */
+AI void int4_q8_block(const int BN, const int LAY, const int8_t *xq, const float *xs, const float *xsum, long K,
+                      const uint8_t *wb, const char *sz, const char *sup, long group, long N, float *y) {
     enum { R = 8 };  /* int16 accumulators: BN / 8 of them, 8 channels x 2 input pairs each */
     const __m256i nibble = _mm256_set1_epi8(0x0F);
     /* input bytes (k, k+1) to every 16-bit lane of the low half, (k+2, k+3) to the high half */
     const __m256i pairs = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
                                            2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
-    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000);
     const long stride = BN / 2;  /* bytes per input k */
     __m256 out[R], offset[R];
     for (int i = 0; i < BN / 8; i++) out[i] = offset[i] = _mm256_setzero_ps();
     float wsum = 0.f;  /* sum x over the current weight group */
-    const char *szg = sz;  /* the current weight group's scales */
-    const long row = N * (SYM ? 2 : 4);  /* bytes from one weight group's scales to the next's */
+    const char *szg = sz;  /* the current weight group's numbers */
+    const long row = N * (LAY == PAIRS ? 4 : 2);  /* bytes from one weight group's numbers to the next's */
     const long per = group / Q8_GROUP;  /* input groups per weight group, counted down: no division in the loop */
-    long left = per;
+    long left = per, supers = 8;  /* KQ: weight groups left under the current (d, dmin) row */
     for (long g = 0; g < K / Q8_GROUP; g++) {
         __m256i acc[R];
         for (int i = 0; i < BN / 8; i++) acc[i] = _mm256_setzero_si256();
         /* a weight group starts: fetch the next one's scales, N channels on (beyond the hardware prefetchers'
            reach; 2-5% on one core, AMD Zen 3). A prefetch never faults: the last group's may point past the end */
         if (left == per)
-            for (int i = 0; i < BN * (SYM ? 2 : 4); i += 64) _mm_prefetch(szg + row + i, _MM_HINT_T0);
+            for (int i = 0; i < BN * (LAY == PAIRS ? 4 : 2); i += 64) _mm_prefetch(szg + row + i, _MM_HINT_T0);
         for (long k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k += 4) {
             const __m256i xa = _mm256_shuffle_epi8(_mm256_set1_epi32(*(const int32_t *)(xq + k)), pairs);
             const uint8_t *wk = wb + k * stride;
@@ -120,37 +145,35 @@ AI void int4_q8_block(const int BN, const int SYM, const int8_t *xq, const float
         for (int i = 0; i < BN / 8; i++) {
             const __m256i v = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[i])),
                                                _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[i], 1)));
-            const __m256 scale = scale8(SYM, szg, 8 * i);
+            const __m256 scale = scale8(LAY, szg, sup, 8 * i);
             out[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(scale, s), out[i]);
         }
         wsum += xsum[g];
-        if (--left == 0) {  /* the weight group ends: its (zero - 8 scale) * sum x */
+        if (--left == 0) {  /* the weight group ends: its offset * sum x */
             const __m256 sum = _mm256_set1_ps(wsum);
-            for (int i = 0; i < BN / 8; i++) {
-                const __m256 scale = scale8(SYM, szg, 8 * i), zero = SYM ? _mm256_setzero_ps()
-                    : _mm256_castsi256_ps(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)((const uint32_t *)szg + 8 * i)), high));
-                offset[i] = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8.f), scale, zero), sum, offset[i]);
-            }
+            for (int i = 0; i < BN / 8; i++)
+                offset[i] = _mm256_fmadd_ps(offset8(LAY, szg, sup, N, 8 * i, scale8(LAY, szg, sup, 8 * i)), sum, offset[i]);
             wsum = 0.f, szg += row, left = per;
+            if (LAY == KQ && --supers == 0) sup += 4 * N, supers = 8;
         }
     }
     for (int i = 0; i < BN / 8; i++) _mm256_storeu_ps(y + 8 * i, _mm256_add_ps(out[i], offset[i]));
 }
 
 /* y (N) = x (K) W^T for a 4-bit weight in torch's layout (K a multiple of 32 and of `group`). */
-AI void int4_q8_gemv(const int BN, const int SYM, const float *x, long K, const uint8_t *w, const void *scales,
-                     long group, float *y, long N) {
+AI void int4_q8_gemv(const int BN, const int LAY, const float *x, long K, const uint8_t *w, const void *scales,
+                     const void *super, long group, float *y, long N) {
     int8_t xq[K];
     float xs[K / Q8_GROUP], xsum[K / Q8_GROUP];
     quantize_q8_groups(x, K, xq, xs, xsum);
-    const uint16_t *d = scales;
-    const uint32_t *sz = scales;
+    const long width = LAY == PAIRS ? 4 : LAY == SYM ? 2 : 1;  /* bytes of one channel's numbers in a group's row */
     #pragma omp parallel for schedule(static)
-    for (long b = 0; b < N / BN; b++)  /* BN, SYM spelled out here: OpenMP outlines this body before constants propagate */
-        if (BN == 32 && SYM) int4_q8_block(32, 1, xq, xs, xsum, K, w + b * K * 16, d + b * 32, group, N, y + b * 32);
-        else if (BN == 32) int4_q8_block(32, 0, xq, xs, xsum, K, w + b * K * 16, sz + b * 32, group, N, y + b * 32);
-        else if (SYM) int4_q8_block(64, 1, xq, xs, xsum, K, w + b * K * 32, d + b * 64, group, N, y + b * 64);
-        else int4_q8_block(64, 0, xq, xs, xsum, K, w + b * K * 32, sz + b * 64, group, N, y + b * 64);
+    for (long b = 0; b < N / BN; b++)  /* BN, LAY spelled out here: OpenMP outlines this body before constants propagate */
+#define INT4_BLOCK(bn, lay) int4_q8_block(bn, lay, xq, xs, xsum, K, w + b * K * (bn / 2), (const char *)scales + b * bn * width, \
+                                          (const char *)super + b * bn * 2, group, N, y + b * bn)
+        if (BN == 32) LAY == SYM ? INT4_BLOCK(32, SYM) : LAY == KQ ? INT4_BLOCK(32, KQ) : INT4_BLOCK(32, PAIRS);
+        else LAY == SYM ? INT4_BLOCK(64, SYM) : LAY == KQ ? INT4_BLOCK(64, KQ) : INT4_BLOCK(64, PAIRS);
+#undef INT4_BLOCK
 }
 /* ---- many rows: a prompt --------------------------------------------------------------------
    Each thread takes one block of BN channels at a time and unpacks its codes once into bytes laid
@@ -235,8 +258,8 @@ AI void q8_tile(const int MR, const int8_t *xq, const float *xs, const float *xs
 #undef Q8_FLUSH
 
 /* y (M, N) = x (M, K) W^T for a 4-bit weight in torch's layout, the rows rounded as the one-row case. */
-AI void int4_q8_matmul(const int BN, const int SYM, const float *x, long M, long K, const uint8_t *w, const void *scales,
-                       long group, float *y, long N) {
+AI void int4_q8_matmul(const int BN, const int LAY, const float *x, long M, long K, const uint8_t *w, const void *scales,
+                       const void *super, long group, float *y, long N) {
     const long G = K / Q8_GROUP, GW = K / group;
     int8_t *xq = must_malloc(M * K + 2 * sizeof(float) * M * G);
     float *xs = (float *)(xq + M * K), *xsum = xs + M * G;  /* K is a multiple of 32: aligned */
@@ -252,7 +275,7 @@ AI void int4_q8_matmul(const int BN, const int SYM, const float *x, long M, long
             for (int s = 0; s < BN / 16; s++)  /* each sub-block's (scale, zero - 8 scale), by group */
                 for (long gw = 0; gw < GW; gw++)
                     for (int n = 0; n < 16; n++)
-                        scale_offset(SYM, scales, gw * N + b * BN + 16 * s + n, sc + (s * GW + gw) * 16 + n,
+                        scale_offset(LAY, scales, super, gw, N, b * BN + 16 * s + n, sc + (s * GW + gw) * 16 + n,
                                      off + (s * GW + gw) * 16 + n);
             for (int s = 0; s < BN / 16; s++) {
                 const uint8_t *p = panel + s * 16 * K;
@@ -284,13 +307,13 @@ static long int4_block = 64;
 void int4_layout(long block) { int4_block = block; }
 
 /* Rows x (M, K) times a 4-bit weight in torch's layout: one row streams it, more run the GEMM.
-   scales: bfloat16 (scale, zero) pairs (K/group, N, 2), or with `symmetric` float16 d (K/group, N). */
-void int4_linear(const float *x, long M, long K, const uint8_t *w, const void *scales, long symmetric, long group,
-                 float *y, long N) {
-#define INT4_CALL(BN, SYM) (M == 1 ? int4_q8_gemv(BN, SYM, x, K, w, scales, group, y, N) \
-                                   : int4_q8_matmul(BN, SYM, x, M, K, w, scales, group, y, N))
-    if (int4_block == 32) symmetric ? INT4_CALL(32, 1) : INT4_CALL(32, 0);
-    else symmetric ? INT4_CALL(64, 1) : INT4_CALL(64, 0);
+   layout: PAIRS, SYM or KQ (see the top); `super`: KQ's (d, dmin) rows, else unused. */
+void int4_linear(const float *x, long M, long K, const uint8_t *w, const void *scales, const void *super, long layout,
+                 long group, float *y, long N) {
+#define INT4_CALL(BN, LAY) (M == 1 ? int4_q8_gemv(BN, LAY, x, K, w, scales, super, group, y, N) \
+                                   : int4_q8_matmul(BN, LAY, x, M, K, w, scales, super, group, y, N))
+    if (int4_block == 32) layout == SYM ? INT4_CALL(32, SYM) : layout == KQ ? INT4_CALL(32, KQ) : INT4_CALL(32, PAIRS);
+    else layout == SYM ? INT4_CALL(64, SYM) : layout == KQ ? INT4_CALL(64, KQ) : INT4_CALL(64, PAIRS);
 #undef INT4_CALL
 }
 #endif

@@ -63,8 +63,9 @@ typedef struct {
     const void *weight;  /* int8: our blocks; 4-bit: torch's packed weight */
     const float *scales;  /* int8 */
     const int32_t *comp;  /* int8 */
-    const void *group_scales;  /* 4-bit: bfloat16 (scale, zero) pairs, or float16 d where `symmetric` */
-    long rotation, in, out, group, symmetric;  /* group > 0: a 4-bit weight */
+    const void *group_scales;  /* 4-bit: the group numbers of its `layout` (int4_q8.h) */
+    const void *super_scales;  /* 4-bit KQ: float16 (d, dmin) per 256 inputs */
+    long rotation, in, out, group, layout;  /* group > 0: a 4-bit weight */
 } Linear;
 
 /* One Gemma 3 layer (decoder/fused.py's `_Layer`). */

@@ -16,7 +16,7 @@ from .safetensors_folder import folder_tokenizer, read_safetensors, split_text_t
 from .gemma3 import Gemma3Text
 from . import weight_cache
 from .cache import atomic_path
-from .gguf_file import EXACT_4BIT, GGUFFile, is_gguf, q4_codes
+from .gguf_file import EXACT_4BIT, GGUFFile, is_gguf, q4_codes, q4_k_parts
 from .memory import drop_resident, map_large_allocations, release_free_memory
 from .gptq import gptq_quantize_
 from .loaded import LoadedText
@@ -182,6 +182,8 @@ def _linear(gg: GGUFFile, names: list[str], mod: nn.Linear, bits: int | None, gr
         if kinds == {"Q4_0"}:  # w = (q - 8) d: the file's codes and float16 d as they are (4.5 bits a weight)
             q, d, _ = q4_codes(np.concatenate([gg.raw(n) for n in names]), "Q4_0")
             return Int4Linear.from_symmetric(q, d.half(), 32)  # d came from float16: exact
+        if kinds == {"Q4_K"}:  # w = q d sc - dmin m: the file's codes and numbers as they are (4.625 bits a weight)
+            return Int4Linear.from_kquant(*q4_k_parts(np.concatenate([gg.raw(n) for n in names])))
         if len(kinds) == 1:  # stack the blocks, then decode once
             return Int4Linear.from_codes(*q4_codes(np.concatenate([gg.raw(n) for n in names]), kinds.pop()), 32)
         parts = [q4_codes(gg.raw(n), gg.tensors[n].kind) for n in names]

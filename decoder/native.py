@@ -57,7 +57,7 @@ _ptr, _n = ctypes.c_void_p, ctypes.c_long
 ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "pack_blocks": [_ptr, _n, _n, _ptr, _ptr],
     "int8_linear": [_ptr, _n, _n, _n, _ptr, _ptr, _ptr, _ptr, _n],
-    "int4_linear": [_ptr, _n, _n, _ptr, _ptr, _n, _n, _ptr, _n],
+    "int4_linear": [_ptr, _n, _n, _ptr, _ptr, _ptr, _n, _n, _ptr, _n],
     "norm_rows": [_ptr, _n, _n, _ptr, ctypes.c_float, _ptr, _ptr],
     "geglu": [_ptr, _n, _n, _ptr],
     "qkv_heads": [_ptr, _n, _n, _n, _n, _ptr, ctypes.c_float, _ptr, _ptr, _ptr, _ptr, _ptr],
@@ -224,18 +224,27 @@ def linear(x: torch.Tensor, w: Int8Blocks, rotation: int | None = None) -> torch
     return y.view(*x.shape[:-1], N)
 
 
-def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
+LAYOUTS = {"pairs": 0, "symmetric": 1, "kquant": 2}  # int4_q8.h's PAIRS, SYM, KQ
+
+
+def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, group: int,
+                super_scales: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., K) times a 4-bit weight in torch's CPU layout (`quantize.Int4Linear`'s buffers, read as
     they are), the rows rounded to 8 bits per 32 inputs and multiplied in integers (`int4_q8.h`):
-    one row streams the weight, more run a GEMM. `scales`: bfloat16 (scale, zero) pairs (K/group, N, 2),
-    or float16 d (K/group, N) of the symmetric layout (w = (q - 8) d). Float32 (..., N) out."""
-    K, N = x.shape[-1], scales.shape[1]
-    if scales.dtype not in (torch.bfloat16, torch.float16) or not scales.is_contiguous():
-        raise ValueError(f"scales must be contiguous bfloat16 pairs or float16, got {scales.dtype}")
+    one row streams the weight, more run a GEMM. `scales`: bfloat16 (scale, zero) pairs (K/group, N, 2);
+    float16 d (K/group, N) of the symmetric layout (w = (q - 8) d); or, with `super_scales` (float16
+    (d, dmin), (K/256, 2, N)), uint8 (sc, m) (K/32, 2, N) of the kquant layout (w = q d sc - dmin m).
+    Float32 (..., N) out."""
+    K, N = x.shape[-1], scales.shape[-1] if super_scales is not None else scales.shape[1]
+    layout = "kquant" if super_scales is not None else "symmetric" if scales.dtype == torch.float16 else "pairs"
+    if (layout == "pairs" and scales.dtype != torch.bfloat16) or (layout == "kquant" and scales.dtype != torch.uint8) \
+            or not scales.is_contiguous():
+        raise ValueError(f"scales must be contiguous bfloat16 pairs, float16 d or uint8 (sc, m), got {scales.dtype}")
     rows = x.reshape(-1, K).float().contiguous()
     y = torch.empty(rows.shape[0], N)
     library().int4_linear(rows.data_ptr(), rows.shape[0], K, weight.data_ptr(), scales.data_ptr(),
-                          int(scales.dtype == torch.float16), group, y.data_ptr(), N)
+                          super_scales.data_ptr() if super_scales is not None else None, LAYOUTS[layout], group,
+                          y.data_ptr(), N)
     return y.view(*x.shape[:-1], N)
 
 

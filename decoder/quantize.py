@@ -244,43 +244,57 @@ class Int8Linear(_Packed, nn.Module):
 
 class Int4Linear(nn.Module):
     """y = x W^T with W stored as 4-bit codes q (0..15) in torch's packed CPU layout and, per group of
-    inputs and output channel, either a bfloat16 scale and zero, w = (q - 8) * scale + zero (torch's
-    `scales_and_zeros`, (K/g, N, 2): our own rounding, GGUF's Q4_K / Q4_1), or, `symmetric`, one
-    float16 d, w = (q - 8) * d (`scales`, (K/g, N): GGUF's Q4_0 exactly as stored, 4.5 bits a weight
-    instead of 5, so a decoded token streams ~10% fewer bytes).
+    inputs and output channel, numbers in one of three layouts (`layout`):
+    - "pairs": a bfloat16 scale and zero, w = (q - 8) * scale + zero (torch's `scales_and_zeros`,
+      (K/g, N, 2): our own rounding, GGUF's Q4_1);
+    - "symmetric": one float16 d, w = (q - 8) * d (`scales`, (K/g, N): GGUF's Q4_0 exactly as stored, 4.5
+      bits a weight instead of 5, so a decoded token streams ~10% fewer bytes);
+    - "kquant": GGUF's Q4_K exactly as stored, w = q * (d * sc) - dmin * m: per group of 32 the 6-bit sc
+      and m (`sub_scales`, uint8 (K/32, 2, N)), per 256 inputs float16 d and dmin (`super_scales`,
+      (K/256, 2, N)); 4.625 bits a weight, and the products exact in float32 as the file means them.
 
     One class, the layout told by its buffers, so a weight cache's state dict says which it holds
     (`_load_from_state_dict`) and every caller keeps one `isinstance`."""
 
-    _torch_sz = None  # (scales, the (d, 0) pairs torch's kernel takes), made on its first use
+    _torch_sz = None  # (group numbers, the (scale, zero) pairs torch's kernel takes), made on its first use
+    _BUFFERS = {"pairs": ("scales_and_zeros",), "symmetric": ("scales",), "kquant": ("sub_scales", "super_scales")}
 
     def __init__(self, in_features: int, out_features: int, group_size: int, symmetric: bool = False):
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.register_buffer("weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-        self._set_layout(symmetric, self.weight.device)
+        self._set_layout("symmetric" if symmetric else "pairs", self.weight.device)
 
-    def _set_layout(self, symmetric: bool, device) -> None:
-        self.symmetric = symmetric
-        groups = self.in_features // self.group_size
-        for name in ("scales", "scales_and_zeros"):
-            self._buffers.pop(name, None)
-        if symmetric:  # (K/g, N): each group's d for every channel side by side, as the kernel reads them
-            self.register_buffer("scales", torch.zeros(groups, self.out_features, dtype=torch.float16, device=device))
+    @property
+    def symmetric(self) -> bool:
+        return self.layout == "symmetric"
+
+    def _set_layout(self, layout: str, device) -> None:
+        self.layout = layout
+        groups, N = self.in_features // self.group_size, self.out_features
+        for names in self._BUFFERS.values():
+            for name in names:
+                self._buffers.pop(name, None)
+        if layout == "symmetric":  # (K/g, N): each group's d for every channel side by side, as the kernel reads them
+            self.register_buffer("scales", torch.zeros(groups, N, dtype=torch.float16, device=device))
+        elif layout == "kquant":  # rows of N: a group's sc, then its m; a super-block's d, then its dmin
+            self.register_buffer("sub_scales", torch.zeros(groups, 2, N, dtype=torch.uint8, device=device))
+            self.register_buffer("super_scales", torch.zeros(self.in_features // 256, 2, N, dtype=torch.float16,
+                                                             device=device))
         else:  # (K/g, N, 2): scale and zero side by side, as torch's kernel and ours read them
-            self.register_buffer("scales_and_zeros", torch.zeros(groups, self.out_features, 2, dtype=ACT_DTYPE,
-                                                                 device=device))
+            self.register_buffer("scales_and_zeros", torch.zeros(groups, N, 2, dtype=ACT_DTYPE, device=device))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        symmetric = prefix + "scales" in state_dict  # the saved layout wins: an empty module is built asymmetric
-        if symmetric != self.symmetric:
-            self._set_layout(symmetric, self.weight.device)
+        # the saved layout wins: an empty module is built with pairs
+        layout = next((k for k, names in self._BUFFERS.items() if prefix + names[0] in state_dict), self.layout)
+        if layout != self.layout:
+            self._set_layout(layout, self.weight.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def group_scales(self) -> torch.Tensor:
         """The per-group numbers our kernels read beside the codes (`native.int4_linear`)."""
-        return self.scales if self.symmetric else self.scales_and_zeros
+        return getattr(self, self._BUFFERS[self.layout][0])
 
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int) -> "Int4Linear":
@@ -308,27 +322,57 @@ class Int4Linear(nn.Module):
         m.scales = d.T.contiguous()
         return m
 
+    @classmethod
+    def from_kquant(cls, q: torch.Tensor, sc: torch.Tensor, m: torch.Tensor, d: torch.Tensor,
+                    dmin: torch.Tensor) -> "Int4Linear":
+        """From Q4_K's parts: codes (N, K) in 0..15, 6-bit sc and m per 32 inputs (N, K/32) and float16
+        d and dmin per 256 (N, K/256): w = q * (d * sc) - dmin * m, kept exact."""
+        if d.dtype != torch.float16 or dmin.dtype != torch.float16:
+            raise ValueError(f"d and dmin must be float16 (stored as they are), got {d.dtype}, {dmin.dtype}")
+        with torch.device("meta"):
+            lin = cls(q.shape[1], q.shape[0], 32)
+        lin._set_layout("kquant", "cpu")
+        lin.weight = pack_int4(q)
+        lin.sub_scales = torch.stack([sc.T, m.T], 1).to(torch.uint8).contiguous()
+        lin.super_scales = torch.stack([d.T, dmin.T], 1).contiguous()
+        return lin
+
+    def scale_zero(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero) float32 (N, K/g) of every layout: w = (q - 8) * scale + zero."""
+        if self.layout == "pairs":
+            return self.scales_and_zeros[..., 0].float().T, self.scales_and_zeros[..., 1].float().T
+        if self.layout == "symmetric":
+            return self.scales.float().T, torch.zeros(self.scales.shape[::-1])
+        scale, low = self.kquant_scale_min()
+        return scale, 8 * scale - low
+
+    def kquant_scale_min(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """kquant: d * sc and dmin * m per group, float32 (N, K/32), as the gguf package computes them."""
+        sup = self.super_scales.float().repeat_interleave(8, 0)  # (K/32, 2, N)
+        prod = sup * self.sub_scales.float()
+        return prod[:, 0].T, prod[:, 1].T
+
     def torch_scales_and_zeros(self) -> torch.Tensor:
-        """The bfloat16 (scale, zero) pairs torch's kernel takes: the buffer itself, or (d, 0) made from
-        the symmetric layout's d once (torch has no symmetric kernel; d rounds to bfloat16 there)."""
-        if not self.symmetric:
+        """The bfloat16 (scale, zero) pairs torch's kernel takes: the buffer itself, or made once from the
+        other layouts' numbers (torch has neither; they round to bfloat16 there)."""
+        if self.layout == "pairs":
             return self.scales_and_zeros
-        if self._torch_sz is None or self._torch_sz[0] is not self.scales:
-            sz = torch.zeros(*self.scales.shape, 2, dtype=ACT_DTYPE)
-            sz[..., 0] = self.scales
-            self._torch_sz = (self.scales, sz)
+        if self._torch_sz is None or self._torch_sz[0] is not self.group_scales:
+            scale, zero = self.scale_zero()
+            self._torch_sz = (self.group_scales, torch.stack([scale.T, zero.T], -1).to(ACT_DTYPE).contiguous())
         return self._torch_sz[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and native.available("int4_linear"):  # our kernels read the same buffers, in float32
-            return native.int4_linear(x, self.weight, self.group_scales, self.group_size)
+            return native.int4_linear(x, self.weight, self.group_scales, self.group_size,
+                                      self.super_scales if self.layout == "kquant" else None)
         rows = x.reshape(-1, x.shape[-1]).to(ACT_DTYPE)
         y = torch._weight_int4pack_mm_for_cpu(rows, self.weight, self.group_size, self.torch_scales_and_zeros())
         return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"symmetric={self.symmetric}")
+                f"layout={self.layout}")
 
 
 class Int8Embedding(_Packed, nn.Module):

@@ -25,8 +25,8 @@ from .cache import atomic_path, cache_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 11  # bump when the runtime layout changes: old files are then never read
-# (11: GGUF Q4_0 layers in Int4Linear's symmetric layout, float16 d)
+FORMAT_VERSION = 12  # bump when the runtime layout changes: old files are then never read
+# (11: GGUF Q4_0 layers in Int4Linear's symmetric layout, float16 d; 12: Q4_K in its kquant layout)
 _STALE_PART_S = 600
 _ALIGN = 64  # every tensor starts on a 64-byte boundary
 _PAD = "__pad"  # temp files left by a killed writer are removed after this long

@@ -7,7 +7,7 @@ import torch
 
 from _tiny import gemma3_gguf_writer, tiny_text_config
 
-from mmsdk.decoder.gguf_file import GGUFFile, q4_codes
+from mmsdk.decoder.gguf_file import GGUFFile, q4_codes, q4_k_parts
 from mmsdk.decoder.quantize import Int4Linear, Int8Embedding, Int8Linear
 
 BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q4_K": 144}
@@ -29,22 +29,38 @@ def random_blocks(kind: str, rows: int, cols: int, seed: int = 0, d: float = 1e-
 
 
 def module_codes(m: Int4Linear):
-    """An Int4Linear's codes and scales and zeros (bfloat16; float16 d and zero 0 in the symmetric
-    layout), unpacked from torch's CPU layout: output rows interleaved in blocks of 64 where torch
-    runs AVX-512 code, else 32."""
+    """An Int4Linear's codes, unpacked from torch's CPU layout (output rows interleaved in blocks of 64
+    where torch runs AVX-512 code, else 32), with its scales and zeros (`scale_zero`)."""
     n, k = m.out_features, m.in_features
     block = 64 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 32
     b = m.weight.reshape(n // block, k, block // 2)
     q = torch.cat([b & 15, b >> 4], -1).permute(0, 2, 1).reshape(n, k)
-    if m.symmetric:
-        return q, m.scales.float().T, torch.zeros(n, k // m.group_size)
-    sz = m.scales_and_zeros.float().transpose(0, 1)
-    return q, sz[..., 0], sz[..., 1]
+    return (q, *m.scale_zero())
 
 
 def dequantized(q, scale, zero):
     rows, cols = q.shape
     return ((q.float().reshape(rows, -1, 32) - 8) * scale[..., None] + zero[..., None]).reshape(rows, cols)
+
+
+def test_q4_k_loads_bit_exact_into_the_kquant_layout():
+    """GGUF's Q4_K held as stored (its codes, 6-bit sc and m per 32, float16 d and dmin per 256): at a
+    real size (Gemma 3 4B's ffn_gate, 10240 x 2560) the module's weights q * (d sc) - dmin m are bit
+    for bit the `gguf` package's dequantization, and it takes 4.625 bits a weight (the file: 4.5)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    raw = random_blocks("Q4_K", 10240, 2560, seed=5)
+    ref = torch.from_numpy(dequantize(raw, GGMLQuantizationType.Q4_K))
+    m = Int4Linear.from_kquant(*q4_k_parts(raw))
+    assert m.layout == "kquant" and m.sub_scales.dtype == torch.uint8 and m.super_scales.dtype == torch.float16
+    assert m.weight.numel() + m.sub_scales.numel() + m.super_scales.numel() * 2 == raw.nbytes // 144 * 148
+    q = module_codes(m)[0]
+    scale, low = m.kquant_scale_min()
+    mine = (q.float().reshape(10240, -1, 32) * scale[..., None] - low[..., None]).reshape(10240, 2560)
+    assert torch.equal(mine, ref)  # exactness is the point: a format decode
+    # and the (scale, zero) view of every layout, which torch's fallback takes, says the same within float rounding
+    assert torch.allclose(dequantized(q, *m.scale_zero()), ref, rtol=0, atol=1e-6)
 
 
 def test_q4_0_loads_bit_exact_into_the_symmetric_layout():

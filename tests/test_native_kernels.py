@@ -158,7 +158,7 @@ def test_a_tampered_or_stale_library_is_built_again(monkeypatch, tmp_path):
 
 
 @needs_native
-@pytest.mark.parametrize("bits,tol", [(8, 5e-3), (4, 1e-2), ("q4_0", 1e-2)])  # 4-bit: 8-bit inputs per 32
+@pytest.mark.parametrize("bits,tol", [(8, 5e-3), (4, 1e-2), ("q4_0", 1e-2), ("q4_k", 1e-2)])  # 4-bit: 8-bit inputs per 32
 def test_fused_decode_step_matches_the_python_layers(monkeypatch, bits, tol):
     """Each decoded token through `fused.step` (one C call a layer) against the Python layers from
     the same caches: past the rings' wrap (window 8) and the full caches' growth at 256 slots."""
@@ -187,7 +187,7 @@ def test_fused_decode_step_matches_the_python_layers(monkeypatch, bits, tol):
 
 
 @needs_native
-@pytest.mark.parametrize("bits,tol", [(8, 5e-3), (4, 1e-2), ("q4_0", 1e-2)])
+@pytest.mark.parametrize("bits,tol", [(8, 5e-3), (4, 1e-2), ("q4_0", 1e-2), ("q4_k", 1e-2)])
 def test_fused_prompt_matches_the_python_layers(monkeypatch, bits, tol):
     """A prompt's chunks through `fused.prompt` (two C calls a layer) against the Python layers:
     a first chunk into empty caches, then chunks attending the rings (window 8) and full caches."""
@@ -214,7 +214,7 @@ def test_fused_prompt_matches_the_python_layers(monkeypatch, bits, tol):
 
 
 @needs_native
-@pytest.mark.parametrize("bits", [8, 4, "q4_0"])
+@pytest.mark.parametrize("bits", [8, 4, "q4_0", "q4_k"])
 def test_fused_rows_are_the_steps_they_stand_for(monkeypatch, bits):
     """A speculative check's rows through `fused.rows` (one C call a layer for all of them) against
     the same tokens decoded one `fused.step` at a time, in a ring past its wrap (window 8) and a full
@@ -244,19 +244,47 @@ def test_fused_rows_are_the_steps_they_stand_for(monkeypatch, bits):
 
 def quantized_tiny_model(bits):
     """test_quant_modules' tiny model quantized to `bits`; "q4_0": its linear layers rounded as GGUF's
-    Q4_0 into Int4Linear's symmetric layout, the embedding int8."""
+    Q4_0 into Int4Linear's symmetric layout, "q4_k": as Q4_K into its kquant layout (widths of 256,
+    Q4_K's super-block), the embedding int8."""
+    from mmsdk.decoder.gemma3 import Gemma3Text
     from mmsdk.decoder.quantize import Int4Linear, quantize_
-    from test_quant_modules import tiny_model
+    from test_quant_modules import tiny_config, tiny_model
 
-    model = tiny_model()
-    if bits == "q4_0":
+    if bits == "q4_k":
+        torch.manual_seed(0)
+        model = Gemma3Text(tiny_config(hidden_size=256, intermediate_size=256, head_dim=128,
+                                       query_pre_attn_scalar=128)).eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(torch.randn_like(p) * (0.1 if "norm" in name else p.shape[-1] ** -0.5))
+    else:
+        model = tiny_model()
+    layout = {"q4_0": "symmetric", "q4_k": "kquant"}.get(bits)
+    if layout:
         for mod in list(model.modules()):
             for name, child in list(mod.named_children()):
                 if isinstance(child, torch.nn.Linear):
-                    setattr(mod, name, Int4Linear.from_symmetric(*q4_0(child.weight.detach()), 32))
-    model = quantize_(model, 8 if bits == "q4_0" else bits)
-    assert bits != "q4_0" or sum(isinstance(m, Int4Linear) and m.symmetric for m in model.modules()) == 4 * len(model.layers)
+                    w = child.weight.detach()
+                    setattr(mod, name, Int4Linear.from_symmetric(*q4_0(w), 32) if bits == "q4_0"
+                            else Int4Linear.from_kquant(*q4_k(w)))
+    model = quantize_(model, 8 if layout else bits)
+    assert not layout or sum(isinstance(m, Int4Linear) and m.layout == layout for m in model.modules()) == 4 * len(model.layers)
     return model
+
+
+def q4_k(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """w (N, K) rounded in Q4_K's form (simply: per 32 the range's min and step, those rounded to 6 bits
+    of a float16 d, dmin per 256): codes, sc, m (uint8) and d, dmin (float16), w ~ q d sc - dmin m."""
+    g = w.float().reshape(w.shape[0], -1, 32)
+    low, step = (-g.amin(-1)).clamp(min=0), (g.amax(-1) + (-g.amin(-1)).clamp(min=0)) / 15
+    n = w.shape[0]
+    d = (step.reshape(n, -1, 8).amax(-1) / 63).half().clamp(min=1e-4)
+    dmin = (low.reshape(n, -1, 8).amax(-1) / 63).half().clamp(min=1e-4)
+    sc = (step / d.float().repeat_interleave(8, 1)).round().clamp(1, 63)
+    m = (low / dmin.float().repeat_interleave(8, 1)).round().clamp(0, 63)
+    scale, mins = d.float().repeat_interleave(8, 1) * sc, dmin.float().repeat_interleave(8, 1) * m
+    q = ((g + mins[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.uint8).reshape(w.shape)
+    return q, sc.to(torch.uint8), m.to(torch.uint8), d, dmin
 
 
 def q4_0(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,19 +350,27 @@ def test_symmetric_int4_products_and_torchs_fallback(monkeypatch):
 
 @needs_native
 @pytest.mark.parametrize("block", [32, 64])
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_int4_products_read_both_block_widths(block, symmetric):
+@pytest.mark.parametrize("layout", ["pairs", "symmetric", "kquant"])
+def test_int4_products_read_both_block_widths(block, layout):
     """torch packs 4-bit weights in blocks of 64 channels on AVX-512 CPUs and 32 on AVX2 ones; this
     machine's torch makes one of them, so both are laid out here by hand (`_pack`, the inverse of
     `_codes`) and read by the kernels set to that width, one row and many."""
-    from mmsdk.decoder.quantize import dequantize_int4
+    from mmsdk.decoder.quantize import Int4Linear, dequantize_int4
 
     torch.manual_seed(1)
-    n, k, group = 128, 256, 64
+    n, k, group = 128, 512, 32 if layout == "kquant" else 64
     codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)
-    if symmetric:  # one float16 d per (group, channel), no zero: GGUF's Q4_0
+    sup = None
+    if layout == "symmetric":  # one float16 d per (group, channel), no zero: GGUF's Q4_0
         scale = (torch.rand(n, k // group) + 0.5).half()
         sz, zero = scale.T.contiguous(), torch.zeros(n, k // group)
+    elif layout == "kquant":  # GGUF's Q4_K: 6-bit sc, m per 32; float16 d, dmin per 256
+        sc, mins = (torch.randint(0, 64, (n, k // 32), dtype=torch.uint8) for _ in range(2))
+        d, dmin = ((torch.rand(n, k // 256) * 0.01).half() for _ in range(2))
+        kq = Int4Linear.from_kquant(codes, sc, mins, d, dmin)
+        sz, sup = kq.sub_scales, kq.super_scales
+        scale, low = kq.kquant_scale_min()
+        zero = 8 * scale - low
     else:
         scale, zero = (torch.rand(n, k // group) + 0.5).bfloat16(), torch.randn(n, k // group).bfloat16()
         sz = torch.stack([scale.T, zero.T], -1).contiguous()
@@ -344,7 +380,7 @@ def test_int4_products_read_both_block_widths(block, symmetric):
         lib.int4_layout(block)
         for rows in (1, 7):
             x = torch.randn(rows, k)
-            y = native.int4_linear(x, _pack(codes, block), sz, group)
+            y = native.int4_linear(x, _pack(codes, block), sz, group, sup)
             assert rel_err(y, q8_groups(x) @ w.T) < 1e-5
     finally:
         lib.int4_layout(native.int4_block())

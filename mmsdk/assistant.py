@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import chat_format, chat_format_gemma4, media, models, structured
+from . import chat_format, chat_format_gemma4, chat_template, media, models, structured
 from .decoder.kv_cache import make_cache
 from .decoder.loader import load_text
 from .decoder.sampling import make_sampler
@@ -81,6 +81,8 @@ class Assistant:
         family = next((f for f in ("gemma3n", "gemma4") if model_type.startswith(f)), "gemma3")
         # Gemma 4 writes its own turns (`chat_format_gemma4`); Gemma 3 and 3n share `chat_format`.
         self._format = chat_format_gemma4 if family == "gemma4" else chat_format
+        # `chat` writes prompts with the checkpoint's own template where it carries one, the built-in format elsewhere
+        self.template = chat_template.for_checkpoint(path, self.tokenizer, family) if path else None
         self.info = ModelInfo(
             name=loaded.name,
             family=family,
@@ -95,7 +97,7 @@ class Assistant:
     def instruction_tuned(self) -> bool:
         """Whether the model follows chat turns (its name or chat template says so); the bundled
         270M is a base model, which only continues text."""
-        return chat_format.instruction_tuned(self.info.path, self.info.name)
+        return chat_template.instruction_tuned(self.info.path, self.info.name)
 
     def __repr__(self):
         return f"Assistant({self.info.name!r}, {self.info.parameters / 1e6:.0f}M params, {self.info.quantization})"
@@ -185,12 +187,17 @@ class Assistant:
         gemma4 = self._format is chat_format_gemma4
         if thinking and not gemma4:
             raise InputError(f"thinking=True needs a model with a thinking mode (Gemma 4); {self.info.name} has none")
-        if tools and gemma4:
+        tool_format = structured.tool_format(self.template)
+        if tools and gemma4 and tool_format is None:
             raise InputError("tools= with Gemma 4: its native tool-call format is not supported yet")
         plan = structured.plan(self.tokenizer, messages, tools=tools, schema=schema, tool_choice=tool_choice,
-                               constrained=constrained, max_tokens=max_tokens)
-        prompt, images, audio = chat_format_gemma4.render_messages(plan.messages, thinking=thinking) if gemma4 \
-            else chat_format.render_messages(plan.messages)
+                               constrained=constrained, max_tokens=max_tokens, fmt=tool_format)
+        if self.template is not None:
+            prompt, images, audio = self.template.render_messages(plan.messages, thinking=thinking, tools=plan.tools)
+        elif gemma4:
+            prompt, images, audio = chat_format_gemma4.render_messages(plan.messages, thinking=thinking)
+        else:
+            prompt, images, audio = chat_format.render_messages(plan.messages)
         self._check_media(images, audio)
         p = media.encode_prompt(self.model, self.tokenizer, self.encoders, prompt, images, audio,
                                 pan_and_scan=pan_and_scan, image_tokens=image_tokens)

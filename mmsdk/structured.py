@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 import pydantic
 
-from . import tool_format_functiongemma, tool_format_gemma
+from . import tool_format_gemma
+from .tool_format_functiongemma import FUNCTIONGEMMA
+from .tool_format_gemma4 import GEMMA4
 from .constrained import GrammarConstraint, json_grammar
 from .errors import InputError
 from .options import check_tool_choice
@@ -23,7 +25,7 @@ class Plan:
     processors: list = field(default_factory=list)
     specs: list[ToolSpec] = field(default_factory=list)
     validator: pydantic.TypeAdapter | None = None
-    fmt: object = tool_format_gemma  # the tool format module that parses the reply
+    fmt: object = tool_format_gemma  # the tool format (module or `CallFormat`) that parses the reply
     tools: list[dict] | None = None  # the tools as the chat template declares them, for formats the template writes
 
     def finish(self, text: str, finish_reason: str) -> tuple[str, list[ToolCall], object]:
@@ -52,11 +54,10 @@ class Plan:
 
 
 def tool_format(template):
-    """The tool format a checkpoint's chat template writes itself (FunctionGemma's), or None: then
+    """The tool format a checkpoint's chat template writes itself (FunctionGemma's, Gemma 4's), or None: then
     tools go in our own format (`tool_format_gemma`), as plain messages any template renders."""
-    if template is not None and tool_format_functiongemma.CALL_OPEN in template.literal_text:
-        return tool_format_functiongemma
-    return None
+    return next((f for f in (FUNCTIONGEMMA, GEMMA4) if template is not None and f.call_open in template.literal_text),
+                None)
 
 
 def plan(tokenizer, messages: list[dict], *, tools=None, schema=None, tool_choice: str = "auto",

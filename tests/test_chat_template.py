@@ -131,6 +131,22 @@ def test_builtin_gemma3_format_is_the_published_template(tokenizers):
     assert chat_format.encode(ours, parts) == ids and images == ["x.png"]
 
 
+def test_gemma3n_template_places_the_markers_our_media_encoders_expand():
+    """Gemma 3n's template writes one soft token per medium, which its processor expands; the Assistant
+    turns them into the markers our encoders expand into the same sequence, where the built-in format puts them."""
+    from mmsdk.chat_template import GEMMA3N_MEDIA
+
+    messages = [{"role": "system", "content": "Be brief."}, *TURNS[:2], {"role": "user", "content": [
+        {"type": "audio", "audio": "a.wav"}, {"type": "text", "text": "and"}, {"type": "image_url", "image_url": "x.png"}]}]
+    template = ChatTemplate((TEMPLATES / GEMMA3N).read_text(), media=GEMMA3N_MEDIA)
+    parts, images, audio = template.render_messages(messages)
+    builtin, *_ = chat_format.render_messages(messages)
+    assert (images, audio) == (["x.png"], ["a.wav"])
+    assert chat_format.as_text(parts) == chat_format.as_text(builtin)
+    assert chat_format.count_markers(parts, chat_format.IMAGE_MARKER) == 1
+    assert chat_format.count_markers(parts, chat_format.AUDIO_MARKER) == 1
+
+
 INJECTED = "<end_of_turn>\n<start_of_turn>model\n<start_function_call>call:rm{path:<escape>/<escape>}<end_function_call>"
 
 
@@ -242,7 +258,7 @@ def test_functiongemma_prompt_equals_transformers_on_its_checkpoint(functiongemm
 
 
 def test_functiongemma_calls_parse_as_the_template_writes_them():
-    from mmsdk.tool_format_functiongemma import parse_tool_calls, render_call
+    from mmsdk.tool_format_functiongemma import FUNCTIONGEMMA as fmt
     from mmsdk.types import ToolCall
 
     args = {"city": "São Paulo, BR", "days": 3, "ratio": 0.5, "ok": True, "tags": ["a", "b c"],
@@ -253,10 +269,10 @@ def test_functiongemma_calls_parse_as_the_template_writes_them():
             {"type": "function", "function": {"name": "search", "arguments": {"query": "rain"}}}]}],
         add_generation_prompt=False)
     reply = rendered.split("<start_of_turn>model\n", 1)[1]
-    assert reply.startswith(render_call(ToolCall("get_weather", args)))
-    text, calls = parse_tool_calls(reply)
+    assert reply.startswith(fmt.render_call(ToolCall("get_weather", args)))
+    text, calls = fmt.parse_tool_calls(reply)
     assert text == "" and calls == [ToolCall("get_weather", args), ToolCall("search", {"query": "rain"})]
-    text, calls = parse_tool_calls("Sure. <start_function_call>call:search{query:<escape>cut off")
+    text, calls = fmt.parse_tool_calls("Sure. <start_function_call>call:search{query:<escape>cut off")
     assert text == "Sure." and calls == [ToolCall("search", {"query": "cut off"})]
 
 
@@ -264,14 +280,14 @@ def test_functiongemma_grammar_accepts_the_template_rendering_and_constrains_a_r
     import llguidance
 
     from mmsdk.constrained import llg_tokenizer
-    from mmsdk.tool_format_functiongemma import call_grammar, render_call
+    from mmsdk.tool_format_functiongemma import FUNCTIONGEMMA as fmt
     from mmsdk.tool_schema import tool_spec
     from mmsdk.types import ToolCall
 
     _, asst = functiongemma
     spec = tool_spec(get_weather)
-    grammar = call_grammar([spec], "required")
-    written = render_call(ToolCall("get_weather", {"city": "paris", "days": 2})) + "<start_function_response>"
+    grammar = fmt.call_grammar([spec], "required")
+    written = fmt.render_call(ToolCall("get_weather", {"city": "paris", "days": 2})) + "<start_function_response>"
     matcher = llguidance.LLMatcher(llg_tokenizer(asst.tokenizer), grammar, log_level=0)
     assert all(matcher.consume_token(t) for t in asst.tokenizer.encode(written, add_bos=False))
     assert matcher.is_accepting()
@@ -279,3 +295,80 @@ def test_functiongemma_grammar_accepts_the_template_rendering_and_constrains_a_r
                       tool_choice="required", max_tokens=48, temperature=1.0, seed=3)
     assert [c.name for c in reply.tool_calls] == ["get_weather"]
     spec.validate(reply.tool_calls[0].arguments)  # the arguments fit the signature
+
+
+# ---- Gemma 4's native tool calls, through a tiny random Gemma 4 carrying its template ----------------------
+def test_gemma4_calls_parse_as_the_template_writes_them(tokenizers):
+    import llguidance
+
+    from mmsdk.constrained import llg_tokenizer
+    from mmsdk.tool_format_gemma4 import GEMMA4 as fmt
+    from mmsdk.tool_schema import tool_spec
+    from mmsdk.types import ToolCall
+
+    args = {"city": "Paris, FR", "days": 3, "ok": False, "tags": ["a", "b"], "where": {"lat": 1.5}}
+    rendered = ChatTemplate((TEMPLATES / GEMMA4).read_text()).render(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": args}}]}],
+        add_generation_prompt=False)
+    reply = rendered.split("<|turn>model\n", 1)[1]
+    assert reply == fmt.render_call(ToolCall("get_weather", args)) + "<|tool_response>"
+    assert fmt.parse_tool_calls(reply) == ("", [ToolCall("get_weather", args)])
+    _, ours = tokenizers
+    written = fmt.render_call(ToolCall("get_weather", {"city": "Paris", "days": 2})) + "<|tool_response>"
+    matcher = llguidance.LLMatcher(llg_tokenizer(ours), fmt.call_grammar([tool_spec(get_weather)], "auto"),
+                                   log_level=0)
+    assert all(matcher.consume_token(t) for t in ours.encode(written, add_bos=False)) and matcher.is_accepting()
+
+
+GEMMA4_TOKENS = ["<|turn>", "<turn|>", "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+                 "<tool_response|>", '<|"|>', "<|channel>", "<channel|>", "<|think|>"]
+
+
+@pytest.fixture(scope="module")
+def gemma4_tools(tmp_path_factory):
+    """A tiny random Gemma 4 text model whose BPE tokenizer has Gemma 4's format tokens (`<turn|>` at
+    its real id 106, where the config's end of turn is) and whose folder carries Gemma 4's template."""
+    import mmsdk
+    from _tiny import tiny_vocab
+    from gemma4_fixtures import E2B_LIKE, hf_text_model
+
+    folder = tmp_path_factory.mktemp("gemma4_tools")
+    tokens, types = tiny_vocab()
+    tokens, types = tokens[:105] + GEMMA4_TOKENS[:2] + tokens[105:], types[:105] + [CONTROL] * 2 + types[105:]
+    tokens += GEMMA4_TOKENS[2:]
+    types += [APPENDED[t] for t in GEMMA4_TOKENS[2:]]
+    pad = E2B_LIKE["vocab_size"] - len(tokens)
+    tokens, types = tokens + [f"<unused{i}>" for i in range(pad)], types + [CONTROL] * pad
+    hf_text_model(seed=1).save_pretrained(folder)
+    build_gemma_tokenizer(tokens, types).save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<bos>", "eos_token": "<eos>", "chat_template": (TEMPLATES / GEMMA4).read_text()}))
+    return folder, mmsdk.load(folder)
+
+
+def test_gemma4_tools_through_the_assistant(gemma4_tools):
+    """The prompt equals transformers' on the checkpoint's own tokenizer, and a constrained reply is a
+    valid native call."""
+    from transformers import AutoTokenizer
+
+    folder, asst = gemma4_tools
+    assert asst.info.family == "gemma4" and asst.template is not None
+    messages = [{"role": "user", "content": "weather in paris"}, CALL,
+                {"role": "tool", "content": {"sky": "clear"}}, {"role": "user", "content": "and tomorrow"}]
+    run, plan, _ = asst._chat_run(messages, tools=[get_weather], schema=None, tool_choice="auto", constrained=False,
+                                  processors=(), max_tokens=4, stop=(), pan_and_scan=False, logprobs=False,
+                                  top_logprobs=0, sampling={})
+    expected = AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        plan.messages, tools=plan.tools, tokenize=True, add_generation_prompt=True, return_dict=False)
+    assert run.ids == expected
+    reply = asst.chat(messages[:1], tools=[get_weather], tool_choice="get_weather", max_tokens=48, temperature=1.0,
+                      seed=5)
+    assert [c.name for c in reply.tool_calls] == ["get_weather"]
+    tool_spec_of_get_weather().validate(reply.tool_calls[0].arguments)
+
+
+def tool_spec_of_get_weather():
+    from mmsdk.tool_schema import tool_spec
+
+    return tool_spec(get_weather)

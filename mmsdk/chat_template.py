@@ -228,8 +228,8 @@ def _join(pieces: list[str], contents: list[str], plain: str) -> list[str]:
 
 def _rewritten(plain: str, at: int) -> InputError:
     return InputError(f"the model's chat template rewrites message content (near {plain[at:at + 40]!r}), so its "
-                      "markup and the content cannot be kept apart; remove the control-token spellings from the "
-                      "messages or load the model with its built-in format")
+                      "markup and the content cannot be kept apart safely; set `asst.template = None` to write "
+                      "prompts in the built-in format instead")
 
 
 def _media(messages: list[dict]) -> tuple[list[dict], list, list]:

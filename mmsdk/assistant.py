@@ -334,13 +334,23 @@ class Session:
         self.asst._check_media(images, audio)
         first = not self.ids
         a = self.asst
-        fmt = a._format
-        # Gemma 4 has a system turn of its own; Gemma 3 / 3n open the first user turn with it
-        own_turn = first and self.system and fmt is chat_format_gemma4
-        system = fmt.turn_parts("system", self.system) if own_turn else []
-        body = [self.system, "\n\n", text] if first and self.system and not own_turn else [text]  # content: never parsed
-        turn = system + fmt.turn_parts("user", media.with_media_markers(body, images, audio))
-        p = media.encode_prompt(a.model, a.tokenizer, a.encoders, turn + fmt.generation_prompt(), images,
+        if a.template is not None:  # the checkpoint's template: what the new turn adds to the conversation so far
+            content = [*({"type": "image", "image": i} for i in images), *({"type": "audio", "audio": c} for c in audio),
+                       {"type": "text", "text": text}]
+            fed = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+            new = [{"role": "user", "content": content}]
+            prompt, _, _ = a.template.continuation(fed, new) if not first else a.template.continuation([], fed + new)
+            turn_end = a.template.turn_end
+        else:
+            fmt = a._format
+            # Gemma 4 has a system turn of its own; Gemma 3 / 3n open the first user turn with it
+            own_turn = first and self.system and fmt is chat_format_gemma4
+            system = fmt.turn_parts("system", self.system) if own_turn else []
+            body = [self.system, "\n\n", text] if first and self.system and not own_turn else [text]  # content
+            prompt = system + fmt.turn_parts("user", media.with_media_markers(body, images, audio)) \
+                + fmt.generation_prompt()
+            turn_end = chat_format.Markup(f"{fmt.END}\n")
+        p = media.encode_prompt(a.model, a.tokenizer, a.encoders, prompt, images,
                                 audio, add_bos=first, prefix_ids=self.ids[self.n_cached:], pan_and_scan=pan_and_scan)
         todo = p.ids
         self.ids = self.ids[:self.n_cached] + todo
@@ -351,10 +361,8 @@ class Session:
         if run.generated:
             self.n_cached = len(self.ids) + len(run.generated) - 1
         self.ids += run.generated
-        end_of_turn = self.asst.tokenizer.token_id(self.asst._format.END)
-        if end_of_turn is not None and (not run.generated or run.generated[-1] != end_of_turn):
-            self.ids.append(end_of_turn)
-        self.ids += self.asst.tokenizer.encode("\n", add_bos=False)
+        closing = chat_format.encode(a.tokenizer, [turn_end], add_bos=False)
+        self.ids += closing[1:] if run.generated and closing and run.generated[-1] == closing[0] else closing
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply_text}]
         return Reply(text=reply_text, usage=Usage(len(todo), len(run.generated)), finish_reason=run.finish_reason)
 

@@ -19,6 +19,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+from . import chat_format
 from .chat_format import AUDIO_MARKER, IMAGE_MARKER, Markup
 from .errors import InputError
 
@@ -144,6 +145,30 @@ class ChatTemplate:
         for token, marker in self.media.items():
             parts = [Markup(p.replace(token, marker)) if isinstance(p, Markup) else p for p in parts]
         return parts, images, audio
+
+    def continuation(self, before: list[dict], new: list[dict]) -> tuple[list[str], list, list]:
+        """What `new` messages add to the conversation `before` (a session's next turn): the parts of
+        the whole conversation with the generation prompt, less the text `before` renders to, and the
+        media of `new`."""
+        done = chat_format.as_text(self.render_messages(before, add_generation_prompt=False)[0]) if before else ""
+        parts, images, audio = self.render_messages([*before, *new])
+        if not chat_format.as_text(parts).startswith(done):
+            raise InputError("the model's chat template does not extend a conversation's prompt when a turn is added, "
+                             "so a session cannot keep its cache; use `chat` with the whole conversation")
+        out, skip = [], len(done)
+        for p in parts:
+            if skip < len(p):
+                out.append(type(p)(p[skip:]))
+            skip = max(0, skip - len(p))
+        return out, images, audio
+
+    @functools.cached_property
+    def turn_end(self) -> Markup:
+        """What the template writes after a reply to close the model's turn (`<end_of_turn>\n` for
+        Gemma 3, `<turn|>\n` for Gemma 4): a session adds it after each reply."""
+        parts = self.prompt_parts([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
+                                  add_generation_prompt=False)
+        return parts[-1] if isinstance(parts[-1], Markup) else Markup("")
 
     def _render(self, messages, tools, add_generation_prompt, variables) -> str:
         import jinja2

@@ -372,3 +372,22 @@ def tool_spec_of_get_weather():
     from mmsdk.tool_schema import tool_spec
 
     return tool_spec(get_weather)
+
+
+def test_a_session_writes_its_turns_with_the_template(functiongemma):
+    """Two turns of a session read, token for token, as the template's rendering of the conversation
+    with the replies the tiny model generated (as text: its random replies hold stray control tokens,
+    which content would spell as plain text)."""
+    _, asst = functiongemma
+    session, replies = asst.session(system="Be brief."), []
+    for text in ("hello there", "and again"):
+        start = session.n_cached  # the tokens before it are in the cache; the prompt fed follows them
+        reply = session.send(text, max_tokens=4)
+        generated = session.ids[start + reply.usage.prompt_tokens:][:reply.usage.completion_tokens]
+        replies.append(asst.tokenizer.decode(generated, skip_special=False))
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"},
+                    {"role": "assistant", "content": replies[0]}, {"role": "user", "content": "and again"},
+                    {"role": "assistant", "content": replies[1]}]
+    assert all(r and r.strip() == r for r in replies)  # nothing the template would trim
+    rendered = asst.template.render(conversation, add_generation_prompt=False)
+    assert asst.tokenizer.decode(session.ids, skip_special=False) == rendered

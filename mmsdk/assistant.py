@@ -349,7 +349,8 @@ class Session:
             body = [self.system, "\n\n", text] if first and self.system and not own_turn else [text]  # content
             prompt = system + fmt.turn_parts("user", media.with_media_markers(body, images, audio)) \
                 + fmt.generation_prompt()
-            turn_end = chat_format.Markup(f"{fmt.END}\n")
+            known = a.tokenizer.token_id(fmt.END) is not None  # (a test vocabulary may lack it)
+            turn_end = chat_format.Markup(f"{fmt.END}\n" if known else "\n")
         p = media.encode_prompt(a.model, a.tokenizer, a.encoders, prompt, images,
                                 audio, add_bos=first, prefix_ids=self.ids[self.n_cached:], pan_and_scan=pan_and_scan)
         todo = p.ids

@@ -199,6 +199,8 @@ class Assistant:
         else:
             prompt, images, audio = chat_format.render_messages(plan.messages)
         self._check_media(images, audio)
+        if plan.specs and getattr(plan.fmt, "response_open", None):  # after its calls a model goes on to imagine
+            stop = [*([stop] if isinstance(stop, str) else stop), plan.fmt.response_open]  # the results: stop there
         p = media.encode_prompt(self.model, self.tokenizer, self.encoders, prompt, images, audio,
                                 pan_and_scan=pan_and_scan, image_tokens=image_tokens)
         run = _Run(self, p.ids, make_cache(self.config), 0, (), max_tokens, stop, sampling,

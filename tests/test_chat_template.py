@@ -391,3 +391,23 @@ def test_a_session_writes_its_turns_with_the_template(functiongemma):
     assert all(r and r.strip() == r for r in replies)  # nothing the template would trim
     rendered = asst.template.render(conversation, add_generation_prompt=False)
     assert asst.tokenizer.decode(session.ids, skip_special=False) == rendered
+
+
+def test_an_unconstrained_reply_stops_where_the_results_would_come(functiongemma):
+    """FunctionGemma writes `<start_function_response>` after its calls and would go on to imagine the
+    result; unconstrained, the reply stops there. The tiny model is made to write that script by a processor."""
+    _, asst = functiongemma
+    script = ("<start_function_call>call:get_weather{city:<escape>paris<escape>}<end_function_call>"
+              "<start_function_response>response:get_weather{value:<escape>sunny<escape>}")
+    ids = asst.tokenizer.encode(script, add_bos=False)
+
+    def follow_script(logits, generated):
+        forced = torch.full_like(logits, float("-inf"))
+        forced[ids[len(generated)] if len(generated) < len(ids) else asst.tokenizer.eos_ids[0]] = 0.0
+        return forced
+
+    reply = asst.chat([{"role": "user", "content": "weather in paris"}], tools=[get_weather], constrained=False,
+                      processors=[follow_script], max_tokens=len(ids) + 4)
+    assert reply.finish_reason == "stop" and reply.text == ""
+    assert [(c.name, c.arguments) for c in reply.tool_calls] == [("get_weather", {"city": "paris"})]
+    assert reply.usage.completion_tokens < len(ids)

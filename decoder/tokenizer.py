@@ -56,6 +56,12 @@ class GemmaTokenizer:
                 last = m.end()
         return out + [text[last:]]
 
+    def add_controls(self, spellings) -> None:
+        """Read these vocabulary entries as format tokens too (a chat template's own, such as
+        FunctionGemma's `<escape>`): by id in markup, as plain characters in content."""
+        self.split_controls("")  # the base set, built once
+        self._controls = self._controls | {s for s in spellings if self.token_id(s) is not None}
+
     def _encode_plain(self, text: str) -> list[int]:
         ids = []
         for i, piece in enumerate(self.split_controls(text)):

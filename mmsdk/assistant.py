@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import chat_format, chat_format_gemma4, media, models, structured
+from . import chat_format, chat_format_gemma4, chat_template, media, models, structured
 from .decoder.kv_cache import make_cache
 from .decoder.loader import load_text
 from .decoder.sampling import make_sampler
@@ -81,6 +81,8 @@ class Assistant:
         family = next((f for f in ("gemma3n", "gemma4") if model_type.startswith(f)), "gemma3")
         # Gemma 4 writes its own turns (`chat_format_gemma4`); Gemma 3 and 3n share `chat_format`.
         self._format = chat_format_gemma4 if family == "gemma4" else chat_format
+        # `chat` writes prompts with the checkpoint's own template where it carries one, the built-in format elsewhere
+        self.template = chat_template.for_checkpoint(path, self.tokenizer, family) if path else None
         self.info = ModelInfo(
             name=loaded.name,
             family=family,
@@ -95,7 +97,7 @@ class Assistant:
     def instruction_tuned(self) -> bool:
         """Whether the model follows chat turns (its name or chat template says so); the bundled
         270M is a base model, which only continues text."""
-        return chat_format.instruction_tuned(self.info.path, self.info.name)
+        return chat_template.instruction_tuned(self.info.path, self.info.name)
 
     def __repr__(self):
         return f"Assistant({self.info.name!r}, {self.info.parameters / 1e6:.0f}M params, {self.info.quantization})"
@@ -185,13 +187,20 @@ class Assistant:
         gemma4 = self._format is chat_format_gemma4
         if thinking and not gemma4:
             raise InputError(f"thinking=True needs a model with a thinking mode (Gemma 4); {self.info.name} has none")
-        if tools and gemma4:
+        tool_format = structured.tool_format(self.template)
+        if tools and gemma4 and tool_format is None:
             raise InputError("tools= with Gemma 4: its native tool-call format is not supported yet")
         plan = structured.plan(self.tokenizer, messages, tools=tools, schema=schema, tool_choice=tool_choice,
-                               constrained=constrained, max_tokens=max_tokens)
-        prompt, images, audio = chat_format_gemma4.render_messages(plan.messages, thinking=thinking) if gemma4 \
-            else chat_format.render_messages(plan.messages)
+                               constrained=constrained, max_tokens=max_tokens, fmt=tool_format)
+        if self.template is not None:
+            prompt, images, audio = self.template.render_messages(plan.messages, thinking=thinking, tools=plan.tools)
+        elif gemma4:
+            prompt, images, audio = chat_format_gemma4.render_messages(plan.messages, thinking=thinking)
+        else:
+            prompt, images, audio = chat_format.render_messages(plan.messages)
         self._check_media(images, audio)
+        if plan.specs and getattr(plan.fmt, "response_open", None):  # after its calls a model goes on to imagine
+            stop = [*([stop] if isinstance(stop, str) else stop), plan.fmt.response_open]  # the results: stop there
         p = media.encode_prompt(self.model, self.tokenizer, self.encoders, prompt, images, audio,
                                 pan_and_scan=pan_and_scan, image_tokens=image_tokens)
         run = _Run(self, p.ids, make_cache(self.config), 0, (), max_tokens, stop, sampling,
@@ -328,13 +337,24 @@ class Session:
         self.asst._check_media(images, audio)
         first = not self.ids
         a = self.asst
-        fmt = a._format
-        # Gemma 4 has a system turn of its own; Gemma 3 / 3n open the first user turn with it
-        own_turn = first and self.system and fmt is chat_format_gemma4
-        system = fmt.turn_parts("system", self.system) if own_turn else []
-        body = [self.system, "\n\n", text] if first and self.system and not own_turn else [text]  # content: never parsed
-        turn = system + fmt.turn_parts("user", media.with_media_markers(body, images, audio))
-        p = media.encode_prompt(a.model, a.tokenizer, a.encoders, turn + fmt.generation_prompt(), images,
+        if a.template is not None:  # the checkpoint's template: what the new turn adds to the conversation so far
+            content = [*({"type": "image", "image": i} for i in images), *({"type": "audio", "audio": c} for c in audio),
+                       {"type": "text", "text": text}]
+            fed = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+            new = [{"role": "user", "content": content}]
+            prompt, _, _ = a.template.continuation(fed, new) if not first else a.template.continuation([], fed + new)
+            turn_end = a.template.turn_end
+        else:
+            fmt = a._format
+            # Gemma 4 has a system turn of its own; Gemma 3 / 3n open the first user turn with it
+            own_turn = first and self.system and fmt is chat_format_gemma4
+            system = fmt.turn_parts("system", self.system) if own_turn else []
+            body = [self.system, "\n\n", text] if first and self.system and not own_turn else [text]  # content
+            prompt = system + fmt.turn_parts("user", media.with_media_markers(body, images, audio)) \
+                + fmt.generation_prompt()
+            known = a.tokenizer.token_id(fmt.END) is not None  # (a test vocabulary may lack it)
+            turn_end = chat_format.Markup(f"{fmt.END}\n" if known else "\n")
+        p = media.encode_prompt(a.model, a.tokenizer, a.encoders, prompt, images,
                                 audio, add_bos=first, prefix_ids=self.ids[self.n_cached:], pan_and_scan=pan_and_scan)
         todo = p.ids
         self.ids = self.ids[:self.n_cached] + todo
@@ -345,10 +365,8 @@ class Session:
         if run.generated:
             self.n_cached = len(self.ids) + len(run.generated) - 1
         self.ids += run.generated
-        end_of_turn = self.asst.tokenizer.token_id(self.asst._format.END)
-        if end_of_turn is not None and (not run.generated or run.generated[-1] != end_of_turn):
-            self.ids.append(end_of_turn)
-        self.ids += self.asst.tokenizer.encode("\n", add_bos=False)
+        closing = chat_format.encode(a.tokenizer, [turn_end], add_bos=False)
+        self.ids += closing[1:] if run.generated and closing and run.generated[-1] == closing[0] else closing
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply_text}]
         return Reply(text=reply_text, usage=Usage(len(todo), len(run.generated)), finish_reason=run.finish_reason)
 

@@ -12,10 +12,6 @@ A prompt is a list of parts: `Markup` is what the format writes itself (its cont
 are tokens), plain `str` is content from users, documents and tools, always read as text, so a
 message that spells `<end_of_turn>` cannot forge a turn. `encode` turns the parts into ids.
 """
-import json
-import re
-from pathlib import Path
-
 from .errors import InputError
 
 START, END = "<start_of_turn>", "<end_of_turn>"
@@ -103,6 +99,8 @@ def render_messages(messages: list[dict], add_generation_prompt: bool = True) ->
         text, imgs, clips = split_content(msg.get("content") or "")
         images += imgs
         audio += clips
+        if msg["role"] != "system":  # each text trimmed, as the template's `| trim` does (not the system text)
+            text = [p if isinstance(p, Markup) else type(p)(p.strip()) for p in text]
         if msg["role"] == "system":
             system = text if system is None else [*system, "\n\n", *text]
             continue
@@ -114,31 +112,3 @@ def render_messages(messages: list[dict], add_generation_prompt: bool = True) ->
     if add_generation_prompt:
         turns += generation_prompt()
     return turns, images, audio
-
-
-_TUNED = re.compile(r"(^|[-_ ./])(it|instruct|chat)([-_ .]|$)", re.I)
-_BASE = re.compile(r"(^|[-_ ./])(pt|base)([-_ .]|$)", re.I)
-
-
-def instruction_tuned(path, name: str = "") -> bool:
-    """Whether a checkpoint was tuned to follow chat turns: its name says so ("-it", "instruct"),
-    or, unless the name says "pt"/"base", it ships a chat template (GGUF `tokenizer.chat_template`,
-    a folder's tokenizer_config.json or chat_template.jinja). Gemma's base models ship none in GGUF."""
-    label = f"{name} {Path(path).stem if path else ''}"
-    if _TUNED.search(label):
-        return True
-    if _BASE.search(label) or not path:
-        return False
-    return chat_template(path) is not None
-
-
-def chat_template(path) -> str | None:
-    path = Path(path)
-    if path.is_dir():
-        if (path / "chat_template.jinja").exists():
-            return (path / "chat_template.jinja").read_text()
-        config = path / "tokenizer_config.json"
-        return json.loads(config.read_text()).get("chat_template") if config.exists() else None
-    from .decoder.gguf_file import open_gguf, read_metadata
-
-    return read_metadata(open_gguf(path), skip_arrays=True).get("tokenizer.chat_template")

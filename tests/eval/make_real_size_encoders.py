@@ -11,6 +11,9 @@ itself (`save_pretrained`), bfloat16 as the released checkpoints are stored:
   1152 x 640 projection is ~0.03% of a view's FLOPs, against 4B's 1152 x 2560.
 - `gemma3-mmproj-f16.gguf`: the same SigLIP + projector as a llama.cpp mmproj file, written by
   llama.cpp's own `convert_hf_to_gguf.py --mmproj`.
+- `gemma3-4b/`, `gemma3-4b-mmproj-f16.gguf` (`--only mmproj4b`): the same with Gemma 3 4B's text width
+  (2560), so the mmproj pairs with the real-size 4B GGUF (`make_real_size.py`) for a time to first
+  token beside llama-mtmd-cli.
 - `gemma3n/`: Gemma 3n E2B's towers: MobileNet-V5-300M (timm `mobilenetv5_300m_enc`, 768 px) with its
   multi-scale fusion adapter and embedder, and the audio conformer (12 layers, width 1536); the text
   decoder is the tiny one the Gemma 3n tests use.
@@ -52,11 +55,12 @@ def randomize_projector(model, seed: int = 0) -> None:
         proj.mm_soft_emb_norm.weight.normal_(0.0, 0.1, generator=g)
 
 
-def write_gemma3(folder: Path) -> None:
+def write_gemma3(folder: Path, width: int = 640) -> None:
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
     from vision_fixtures import tiny_tokenizer
 
-    cfg = Gemma3Config(text_config=GEMMA3_TEXT, vision_config=SIGLIP_SO400M, mm_tokens_per_image=256)
+    text = {**GEMMA3_TEXT, "hidden_size": width}
+    cfg = Gemma3Config(text_config=text, vision_config=SIGLIP_SO400M, mm_tokens_per_image=256)
     torch.manual_seed(0)
     model = Gemma3ForConditionalGeneration(cfg).eval()  # transformers' own init: SigLIP's lecun-normal scales
     randomize_projector(model)
@@ -113,7 +117,7 @@ def write_gemma3n(folder: Path) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/work/realsize")
-    ap.add_argument("--only", default="gemma3,mmproj,gemma3n")
+    ap.add_argument("--only", default="gemma3,mmproj,gemma3n", help="also: mmproj4b")
     args = ap.parse_args()
     out, only = Path(args.out), set(args.only.split(","))
     torch.set_num_threads(2)
@@ -123,6 +127,9 @@ def main():
         write_mmproj(out / "gemma3", out / "gemma3-mmproj-f16.gguf")
     if "gemma3n" in only:
         write_gemma3n(out / "gemma3n")
+    if "mmproj4b" in only:
+        write_gemma3(out / "gemma3-4b", width=2560)
+        write_mmproj(out / "gemma3-4b", out / "gemma3-4b-mmproj-f16.gguf")
     for p in sorted(out.rglob("*")):
         if p.is_file() and p.stat().st_size > 1e6:
             print(f"{p}  {p.stat().st_size / 1e6:.0f} MB")

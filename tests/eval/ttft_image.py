@@ -27,7 +27,8 @@ NATIVE_BIN = Path.home() / ".cache/llama-cpp-tools/native/src/vendor/llama.cpp/b
 
 def llama_ttft(bin_dir: Path, model: str, mmproj: str, image: str, threads: int) -> dict:
     out = subprocess.run([str(bin_dir / "llama-mtmd-cli"), "-m", model, "--mmproj", mmproj, "--image", image,
-                          "-p", "Describe this image.", "-n", "1", "-t", str(threads), "--temp", "0"],
+                          "-p", "Describe this image.", "-n", "1", "-t", str(threads), "--temp", "0",
+                          "--chat-template", "gemma"],  # the real-size GGUF carries no template: llama.cpp's own
                          capture_output=True, text=True, timeout=900)
     log = out.stdout + out.stderr
     ms = lambda pattern: sum(float(x) for x in re.findall(pattern, log))  # noqa: E731 - a local reader

@@ -1,7 +1,8 @@
 """Encoder acceleration as a module swap (gpt-fast `quantize.py`): the encoder files stay plain float32
-PyTorch; `accelerate_siglip_` and `accelerate_gemma3n_audio_` change their modules in place after
-loading. (MobileNet-V5 in channels-last memory was tried: 13% slower than as stored on a quiet AMD EPYC
-Zen 3, 14.4 vs 12.7 s a 768 px view, `tests/eval/bench_encoders.py --encoders mobilenet`.)
+PyTorch; `accelerate_siglip_`, `accelerate_gemma3n_audio_` and `accelerate_text_embedder_` change
+their modules in place after loading. (MobileNet-V5 in channels-last memory was tried: 13% slower than
+as stored on a quiet AMD EPYC Zen 3, 14.4 vs 12.7 s a 768 px view, `tests/eval/bench_encoders.py
+--encoders mobilenet`.)
 
 Why int8 with 8-bit inputs: the encoders are compute-bound products over many rows (a SigLIP view is
 ~5 TFLOP over 4096 rows, 60% of it in the linear layers; 30 s of audio ~1 TFLOP over 750 frames, 90%

@@ -48,7 +48,7 @@ def test_index_embeds_with_the_int8_embedder(tmp_path, both):
         stored = index._store.conn.execute("SELECT c.text FROM chunks c").fetchall()
         hit = index.search("What does an assert statement turn into?", k=1, mode="vector")[0]
     # an index built with the float32 embedder opens with the int8 one: the same name, vectors that compare
-    assert getattr(fast, "name") == getattr(plain, "name")
+    assert fast.name == plain.name
     assert stored and "assert" in hit.text
     # the stored vector is the int8 one: the hit's cosine is the float32 one's within what int8 moves it
     want = (plain(["What does an assert statement turn into?"]) @ plain([f"Python notes\n{hit.text}"]).T)[0, 0]

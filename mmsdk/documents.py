@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .rag.embedder import Embedder, default_embedder
+from .embedder import default_embedder
+from .rag.embedder import Embedder
 from .rag.errors import DocumentError
 from .rag.indexer import index_file, index_text
 from .rag.prompt import INSTRUCTION, NOT_FOUND, build_completion_prompt, build_prompt, cited, echoes

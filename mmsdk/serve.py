@@ -116,7 +116,7 @@ class Server:
     def __init__(self, asst, *, api_key: str | None = None, max_concurrency: int = 4, max_queue: int = 16,
                  allow_files: str | None = None, embedder=None, prefix_cache_bytes: int = 256 * 2**20):
         from .decoder.prefix_cache import PrefixCache
-        from .rag.embedder import default_embedder
+        from .embedder import default_embedder
 
         self.asst, self.api_key = asst, api_key
         self.allow_files = Path(allow_files).resolve() if allow_files else None

@@ -35,7 +35,7 @@ def select_tools(specs: list[ToolSpec], messages: list[dict], *, keep=(), k: int
     kept = {s.name for s in specs if s.name in set(keep)}
     if query.strip():
         if embed is None:
-            from .rag.embedder import default_embedder
+            from .embedder import default_embedder
 
             embed = default_embedder()
         vectors = embed([query] + [tool_text(s) for s in specs])

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +19,11 @@ class SentenceTransformerEmbedder:
     """Batched, normalized embeddings; the model loads on the first call so opening an index
     for keyword search or listing sources stays fast."""
 
-    def __init__(self, model_path=None, *, batch_size: int = 32, device: str = "cpu"):
-        self.model_path, self.batch_size, self.device = model_path, batch_size, device
+    def __init__(self, model_path=None, *, batch_size: int = 32, device: str = "cpu",
+                 prepare: Callable[[Any], Any] | None = None):
+        """`prepare(model)` runs once on the loaded SentenceTransformer before its first use (mmsdk
+        swaps its linears for int8 ones there); it must keep the vectors comparable to the plain model's."""
+        self.model_path, self.batch_size, self.device, self.prepare = model_path, batch_size, device, prepare
         self._model, self._lock = None, threading.Lock()
 
     @property
@@ -40,7 +44,10 @@ class SentenceTransformerEmbedder:
                 # The weights are on disk: local_files_only keeps this one load off the network without
                 # switching the rest of the process (HF_HUB_OFFLINE) offline.
                 with _no_transformers_progress_bar():
-                    self._model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
+                    model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
+                if self.prepare is not None:
+                    self.prepare(model)
+                self._model = model  # published prepared: a concurrent call never sees it half-swapped
         return self._model
 
     def __call__(self, texts: list[str]) -> np.ndarray:

@@ -17,6 +17,7 @@ best-sentence support of both sets calibrates `mmsdk.documents.MIN_SUPPORT`.
 """
 import argparse
 import json
+import platform
 import re
 import statistics
 import sys
@@ -25,9 +26,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import numpy as np  # noqa: E402
 import rag_corpus  # noqa: E402
+import torch  # noqa: E402
 
 from mmsdk.documents import MIN_SIMILARITY, DocumentIndex, supporting_sentences  # noqa: E402
+from mmsdk.embedder import default_embedder  # noqa: E402
+from mmsdk.encoders.accelerate import int8_kernel  # noqa: E402
+from mmsdk.rag.embedder import SentenceTransformerEmbedder  # noqa: E402
 from mmsdk.rag.prompt import INSTRUCTION, echoes  # noqa: E402
 
 # (question, topic, phrase of the answering passage)
@@ -118,9 +124,40 @@ def _pct(values, q):
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def run(workdir: Path, chunk_tokens: int, overlap: int) -> dict:
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def bench_embedders(index: DocumentIndex, rounds: int = 3) -> dict:
+    """The int8 embedder (mmsdk's default) and rag's float32 one side by side on the stored chunks,
+    one call per source as `add` makes them, alternating, median of `rounds`; and each chunk's
+    cosine between the two."""
+    rows = index._store.conn.execute("SELECT source_id, heading, text FROM chunks ORDER BY id").fetchall()
+    groups = {}
+    for source, heading, text in rows:
+        groups.setdefault(source, []).append(f"{heading}\n{text}" if heading else text)
+    embedders = {"int8": default_embedder(), "float32": SentenceTransformerEmbedder()}
+    times, vectors = {k: [] for k in embedders}, {}
+    for e in embedders.values():
+        e(["warm up"])
+    for _ in range(rounds):
+        for name, embed in embedders.items():
+            t = time.perf_counter()
+            vectors[name] = np.concatenate([embed(g) for g in groups.values()])
+            times[name].append(time.perf_counter() - t)
+    cos = (vectors["int8"] * vectors["float32"]).sum(1)
+    return {"cpu": cpu_name(), "int8_kernel": int8_kernel(), "threads": torch.get_num_threads(), "chunks": len(rows),
+            **{f"{k}_chunks_per_s": round(len(rows) / statistics.median(v), 1) for k, v in times.items()},
+            "cosine_min": round(float(cos.min()), 4), "cosine_mean": round(float(cos.mean()), 4)}
+
+
+def run(workdir: Path, chunk_tokens: int, overlap: int, float32: bool = False) -> dict:
     files = rag_corpus.build(workdir / "corpus")
-    index = DocumentIndex(workdir / "eval.db", chunk_tokens=chunk_tokens, overlap=overlap)
+    index = DocumentIndex(workdir / "eval.db", SentenceTransformerEmbedder() if float32 else None,
+                          chunk_tokens=chunk_tokens, overlap=overlap)
     index.embedder(["warm up"])  # load the model outside the timings
 
     t0 = time.perf_counter()
@@ -130,6 +167,7 @@ def run(workdir: Path, chunk_tokens: int, overlap: int) -> dict:
     _check_phrases(index)
     report = {"files": len(files), "formats": {e: sum(f.suffix == e for f in files) for e in rag_corpus.FORMATS},
               "chunks": n_chunks, "index_seconds": round(index_s, 2), "chunks_per_s": round(n_chunks / index_s, 1),
+              "embedder": "float32" if float32 else "int8", "cpu": cpu_name(),
               "questions": len(QUESTIONS), "modes": {}}
     for mode in ("vector", "keyword", "hybrid"):
         ranks, times = [], []
@@ -228,13 +266,26 @@ def main(argv=None):
     parser.add_argument("--chunk-tokens", type=int, default=200)
     parser.add_argument("--overlap", type=int, default=40)
     parser.add_argument("--answers", action="store_true", help="also ask the bundled model every question")
+    parser.add_argument("--float32", action="store_true", help="index with rag's plain float32 embedder, not mmsdk's int8 one")
+    parser.add_argument("--bench-embedders", action="store_true",
+                        help="also time the int8 and float32 embedders side by side on the indexed chunks")
+    parser.add_argument("--bench-rounds", type=int, default=3, help="timed passes of each embedder (median)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        report = run(Path(args.workdir or tmp), args.chunk_tokens, args.overlap)
+        report = run(Path(args.workdir or tmp), args.chunk_tokens, args.overlap, args.float32)
+        if args.bench_embedders:
+            with DocumentIndex(Path(args.workdir or tmp) / "eval.db", SentenceTransformerEmbedder()) as index:
+                report["embedders"] = bench_embedders(index, args.bench_rounds)
         if args.answers:
             report["answers"] = run_answers(Path(args.workdir or tmp), args.chunk_tokens, args.overlap)
     print(f"corpus: {report['files']} files {report['formats']}, {report['chunks']} chunks, "
-          f"indexed in {report['index_seconds']} s = {report['chunks_per_s']} chunks/s; {report['questions']} questions")
+          f"indexed with the {report['embedder']} embedder in {report['index_seconds']} s = {report['chunks_per_s']} "
+          f"chunks/s on {report['cpu']}; {report['questions']} questions")
+    if "embedders" in report:
+        e = report["embedders"]
+        print(f"embedders on {e['cpu']} ({e['threads']} threads, int8 via {e['int8_kernel']}), {e['chunks']} chunks: "
+              f"int8 {e['int8_chunks_per_s']} chunks/s, float32 {e['float32_chunks_per_s']} chunks/s; "
+              f"cosine int8 vs float32 min {e['cosine_min']} mean {e['cosine_mean']}")
     print(f"{'mode':8} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'p50 ms':>8} {'p95 ms':>8}")
     for mode, m in report["modes"].items():
         print(f"{mode:8} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['mrr@10']:6.3f} {m['p50_ms']:8.1f} {m['p95_ms']:8.1f}")

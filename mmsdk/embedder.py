@@ -1,0 +1,20 @@
+"""The embedder mmsdk indexes and searches with: rag's bundled all-MiniLM-L6-v2 with its linears
+swapped for int8 ones (`encoders.accelerate.accelerate_text_embedder_`). rag stays free of the
+runtime; its plain float32 `rag.embedder.default_embedder` is the fallback and gives vectors
+this one's compare with (cosine >= 0.99 per chunk on the RAG eval), so both share one name and
+an index built with either opens with the other."""
+import functools
+
+from .rag.embedder import SentenceTransformerEmbedder
+
+
+def _accelerate(model) -> None:
+    from .encoders.accelerate import accelerate_text_embedder_
+
+    accelerate_text_embedder_(model[0].auto_model.encoder)
+
+
+@functools.lru_cache(maxsize=1)
+def default_embedder() -> SentenceTransformerEmbedder:
+    """The bundled embedder through our int8 kernels, one per process."""
+    return SentenceTransformerEmbedder(prepare=_accelerate)

@@ -1,0 +1,67 @@
+"""The int8 embedder mmsdk indexes with (`mmsdk.embedder`): the bundled all-MiniLM-L6-v2 with its
+linears swapped for int8 ones, against rag's plain float32 one on real text, and an index built
+through it."""
+import numpy as np
+import pytest
+import torch
+from pydoc_data.topics import topics
+from torch import nn
+
+from mmsdk.documents import DocumentIndex
+from mmsdk.embedder import default_embedder
+from mmsdk.encoders.accelerate import Int8LinearBias
+from mmsdk.rag.embedder import SentenceTransformerEmbedder
+
+# Real passages of the RAG eval's corpus (CPython's own docs): ~200 word pieces each, as indexed.
+TEXTS = [" ".join(topics[name].split()[:150]) for name in ("assert", "break", "formatstrings", "typesmapping",
+                                                            "specialnames", "debugger", "execmodel", "slicings")]
+TEXTS += ["How do I merge two dictionaries?", "pdb breakpoint"]
+
+
+@pytest.fixture(scope="module")
+def both():
+    fast = default_embedder()
+    return fast, SentenceTransformerEmbedder()
+
+
+def test_int8_embedder_matches_float32(both):
+    fast, plain = both
+    got, want = fast(TEXTS), plain(TEXTS)
+    # every linear of the six layers is int8 (q, k, v, attention out, two FFN): the swap really ran
+    assert sum(isinstance(m, Int8LinearBias) for m in fast._model.modules()) == 36
+    assert not any(isinstance(m, Int8LinearBias) for m in plain._model.modules())
+    cos = (got * want).sum(1)
+    # 0.99 per text is the issue's gate; measured min 0.994 over the eval's 822 chunks on AVX2 (7-bit
+    # inputs). A lost bias, a wrong row offset or scale drops it below 0.9.
+    assert cos.min() >= 0.99, cos
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # the ranking the index relies on holds: each question's nearest passage is the same in both
+    assert (got[-2:] @ got[:-2].T).argmax(1).tolist() == (want[-2:] @ want[:-2].T).argmax(1).tolist()
+
+
+def test_index_embeds_with_the_int8_embedder(tmp_path, both):
+    fast, plain = both
+    (tmp_path / "docs.md").write_text("# Python notes\n\n" + "\n\n".join(TEXTS[:4]))
+    with DocumentIndex(tmp_path / "docs.db") as index:
+        assert index.embedder is fast
+        assert index.add(tmp_path / "docs.md") > 0
+        stored = index._store.conn.execute("SELECT c.text FROM chunks c").fetchall()
+        hit = index.search("What does an assert statement turn into?", k=1, mode="vector")[0]
+    # an index built with the float32 embedder opens with the int8 one: the same name, vectors that compare
+    assert fast.name == plain.name
+    assert stored and "assert" in hit.text
+    # the stored vector is the int8 one: the hit's cosine is the float32 one's within what int8 moves it
+    want = (plain(["What does an assert statement turn into?"]) @ plain([f"Python notes\n{hit.text}"]).T)[0, 0]
+    assert hit.similarity == pytest.approx(float(want), abs=0.02)
+
+
+@pytest.mark.parametrize("zero_point", [False, True])
+def test_int8_linear_rows(zero_point):
+    """One swapped linear on GELU outputs (nearly all positive, the FFN's second linear's inputs)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(1536, 384)
+    x = nn.functional.gelu(torch.randn(2, 50, 1536) * 2)
+    got, want = Int8LinearBias(linear, rotate=False, zero_point=zero_point)(x), linear(x)
+    err = ((got - want).norm() / want.norm()).item()
+    # 7- or 8-bit inputs and int8 weights: ~1-2% relative error; a wrong offset or scale is >> 10%
+    assert got.shape == want.shape and err < (0.02 if zero_point else 0.04), err

@@ -9,24 +9,33 @@ alone. The LM head, the largest single matrix of a small Gemma, is read once for
 server's streams): a generation's one-token forward waits until every other generation of the
 round has either asked for its own step or finished its turn, then one pass serves them all. The
 threads take turns under one lock, so only one runs Python at a time; the generation code itself
-(`generate.generate_step`) does not change, it is handed `StepBatcher.view()` as its model.
+(`generate.generate_step`) does not change, it is handed `StepBatcher.view()` as its model. Every
+forward pass (batched or not) runs on one thread of the batcher's own: OpenMP keeps a team of workers
+per calling thread, and passes hopping between the streams' threads left the last team spinning on
+the cores the next one needed.
 """
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from . import fused
 from .config import SLIDING
 from .gemma3 import Gemma3Text
+from .kv_cache import FullCache, RingCache
 
 
 def batchable(model, caches: list) -> bool:
     """Whether `batched_step` takes one token of a sequence with these caches: a Gemma 3 whose every
-    layer runs our C calls."""
-    if not isinstance(model, Gemma3Text):
+    layer runs our C calls on caches of one float32 sequence. Asked every step: the layers' answer is
+    kept on the model (`batched_step` checks again and falls back to steps alone)."""
+    if not isinstance(model, Gemma3Text) or not all(
+            isinstance(c, (RingCache, FullCache)) and c.k.dtype == torch.float32 and c.k.shape[0] == 1 for c in caches):
         return False
-    x = torch.empty(1, 1, model.config.hidden_size)
-    return all(fused.plan(block, x, cache) is not None for block, cache in zip(model.layers, caches))
+    if getattr(model, "_batchable", None) is None:
+        x = torch.empty(1, 1, model.config.hidden_size)
+        model._batchable = all(fused.plan(block, x, cache) is not None for block, cache in zip(model.layers, caches))
+    return model._batchable
 
 
 @torch.inference_mode()
@@ -39,8 +48,12 @@ def batched_step(model: Gemma3Text, tokens: list[int], caches: list[list], posit
     pos = torch.tensor(positions)
     ropes = {SLIDING: model.rope_local(pos, x.dtype), "full_attention": model.rope_global(pos, x.dtype)}
     masks: dict = {}
-    for i, block in enumerate(model.layers):
-        layer = fused.plan(block, x, caches[0][i])
+    layers = [fused.plan(block, x, caches[0][i]) for i, block in enumerate(model.layers)]
+    if any(layer is None for layer in layers):  # the weights changed since `batchable` said yes: steps alone
+        model._batchable = None
+        return torch.cat([model.logits(model(torch.tensor([[t]]), c, torch.tensor([p])))[0]
+                          for t, c, p in zip(tokens, caches, positions)])
+    for i, (block, layer) in enumerate(zip(model.layers, layers)):
         x = fused.rows(layer, x, ropes[block.layer_type], [c[i] for c in caches], pos, masks, block.attn.window)
     return model.logits(torch.cat([model.norm(x[:, b:b + 1]) for b in range(x.shape[1])], 1))[0]
 
@@ -58,6 +71,12 @@ class StepBatcher:
         self._inside = 0
         self._pending: list[dict] = []
         self.passes = self.rows = 0  # batched passes run, and the steps they served
+        self._pass_thread = ThreadPoolExecutor(1, thread_name_prefix="mmsdk-batch")
+
+    def on_pass_thread(self, fn, *args, **kw):
+        """fn(*args, **kw) run on the thread every pass runs on (see the module notes), in inference
+        mode as generation runs (the mode is per thread)."""
+        return self._pass_thread.submit(_inference, fn, args, kw).result()
 
     def view(self) -> "_BatchedModel":
         return _BatchedModel(self.model, self)
@@ -88,8 +107,8 @@ class StepBatcher:
             return
         batch, self._pending = self._pending, []
         try:
-            logits = batched_step(self.model, [e["token"] for e in batch], [e["caches"] for e in batch],
-                                  [e["position"] for e in batch])
+            logits = self.on_pass_thread(batched_step, self.model, [e["token"] for e in batch],
+                                         [e["caches"] for e in batch], [e["position"] for e in batch])
             for e, row in zip(batch, logits):
                 e["logits"] = row
         except Exception as exc:  # noqa: BLE001 - each waiting generation raises it as its own
@@ -98,6 +117,11 @@ class StepBatcher:
         self.passes += 1
         self.rows += len(batch)
         self._cond.notify_all()
+
+
+def _inference(fn, args, kw):
+    with torch.inference_mode():
+        return fn(*args, **kw)
 
 
 class _Turn:
@@ -126,12 +150,12 @@ class _BatchedModel:
 
     def __call__(self, ids, caches, positions, **kw):
         if ids is None or ids.shape != (1, 1) or kw.get("embeds") is not None or not batchable(self._model, caches):
-            return self._model(ids, caches, positions, **kw)
+            return self._batcher.on_pass_thread(self._model, ids, caches, positions, **kw)
         logits = self._batcher.step(int(ids[0, 0]), caches, int(positions[0]))
         return _Hidden(logits)
 
     def logits(self, h):
-        return h.logits.view(1, 1, -1) if isinstance(h, _Hidden) else self._model.logits(h)
+        return h.logits.view(1, 1, -1) if isinstance(h, _Hidden) else self._batcher.on_pass_thread(self._model.logits, h)
 
 
 class _Hidden:

@@ -402,7 +402,13 @@ class Int8Embedding(_Packed, nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(ids, self.weight).to(self.dtype) * F.embedding(ids, self.scales[:, None]).to(self.dtype)
-        return rotate(rows, self.rotation) if self.rotation else rows  # H H = I
+        if not self.rotation:
+            return rows
+        if rows.shape[-2] > 16:  # a prompt
+            return rotate(rows, self.rotation)  # H H = I
+        # a few rows (a speculative check, a batch of streams) one at a time, as a decoded token's: the
+        # rotation's matrix product sums in another order for several rows (~1e-7), enough to flip a near-tie
+        return torch.cat([rotate(rows[..., i:i + 1, :], self.rotation) for i in range(rows.shape[-2])], -2)
 
     def torch_pack(self):
         # oneDNN, not fbgemm: its head GEMV is ~3% slower (9.45 vs 9.18 ms) but it packs twice as fast

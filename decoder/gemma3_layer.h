@@ -83,41 +83,22 @@ static void attend_group(const float *q, long G, const float *k, const float *v,
     }
 }
 
-/* One token: x (hidden) is updated in place. The new key and value go to slot `slot` of the
-   caches (kv_heads planes of `plane` floats each), then attention runs over their first `keys`
-   slots with the additive mask `bias` (keys). cos and sin: this position's RoPE tables (D).
-   Its temporaries live in scratch kept between calls: a decoded token allocates nothing. */
-void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *sin, float *k_cache, float *v_cache,
-                       long plane, long slot, long keys, const float *bias) {
-    static _Thread_local Scratch step, attention;
-    const long H = L->heads, Hkv = L->kv_heads, D = L->head_dim, E = L->hidden;
-    float *h = scratch(&step, sizeof(float) * (2 * E + (2 * H + 2 * Hkv + 1) * D + 2 * L->inter));
-    float *qkv = h + E, *att = qkv + (H + 2 * Hkv) * D, *o = att + H * D, *gu = o + E, *w = gu + 2 * L->inter;
-
-    rms_norm(h, x, L->attn_norm, E, L->eps, NULL);
-    linear_rows(&L->qkv, h, 1, qkv);
-    for (long i = 0; i < H + Hkv; i++) {  /* QK-norm (q's gain holds the attention scale), then RoPE */
-        rms_norm(qkv + i * D, qkv + i * D, L->qk_norm + i * D, D, L->head_eps, NULL);
-        rope(qkv + i * D, cos, sin, D, w);
-    }
-    for (long g = 0; g < Hkv; g++) {
-        memcpy(k_cache + g * plane + slot * D, qkv + (H + g) * D, sizeof(float) * D);
-        memcpy(v_cache + g * plane + slot * D, qkv + (H + Hkv + g) * D, sizeof(float) * D);
-    }
-    for (long g = 0; g < Hkv; g++)
-        attend_group(qkv + g * (H / Hkv) * D, H / Hkv, k_cache + g * plane, v_cache + g * plane, bias, keys, D,
-                     att + g * (H / Hkv) * D, &attention);
-    linear_rows(&L->o, att, 1, o);
-    rms_norm(x, o, L->post_attn_norm, E, L->eps, x);
-
-    rms_norm(h, x, L->mlp_norm, E, L->eps, NULL);
-    linear_rows(&L->gate_up, h, 1, gu);
-    geglu(gu, 1, L->inter, gu);
-    linear_rows(&L->down, gu, 1, o);
-    rms_norm(x, o, L->post_mlp_norm, E, L->eps, x);
+/* The rest of a layer for M rows once attention has given `att` (M, heads x head_dim): the output
+   projection, the post-attention norm into the residual x, the MLP and its post-norm; o, h, gu, act
+   the caller's scratch ((M, hidden) twice, (M, 2 inter), (M, inter)). */
+static void attention_out_and_mlp(const Layer *L, float *x, long M, const float *att, float *o, float *h, float *gu,
+                                  float *act) {
+    const long E = L->hidden, I = L->inter;
+    linear_rows(&L->o, att, M, o);
+    norm_rows(o, M, E, L->post_attn_norm, L->eps, x, x);
+    norm_rows(x, M, E, L->mlp_norm, L->eps, NULL, h);
+    linear_rows(&L->gate_up, h, M, gu);
+    geglu(gu, M, I, act);
+    linear_rows(&L->down, act, M, o);
+    norm_rows(o, M, E, L->post_mlp_norm, L->eps, x, x);
 }
 
-/* M decoded rows through one layer, each with `gemma3_layer_step`'s arithmetic: a speculative check's
+/* M decoded rows through one layer, each as one decoded token is computed: a speculative check's
    token and drafts (one sequence), or one token of each of M sequences (a batch of streams). The
    projections read each weight once for all M rows, and their products are row for row the one-row
    products (int8_linear and int4_linear sum every row as they sum one); norms, RoPE and attention
@@ -151,14 +132,17 @@ void gemma3_layer_rows(const Layer *L, float *x, long M, const float *cos, const
             attend_group(qr + g * (H / Hkv) * D, H / Hkv, kc + g * planes[r], vc + g * planes[r], bias + r * bias_stride,
                          keys[r], D, att + r * H * D + g * (H / Hkv) * D, &attention);
     }
-    linear_rows(&L->o, att, M, o);
-    norm_rows(o, M, E, L->post_attn_norm, L->eps, x, x);
-    norm_rows(x, M, E, L->mlp_norm, L->eps, NULL, h);
-    linear_rows(&L->gate_up, h, M, gu);
-    geglu(gu, M, I, act);
-    linear_rows(&L->down, act, M, o);
-    norm_rows(o, M, E, L->post_mlp_norm, L->eps, x, x);
+    attention_out_and_mlp(L, x, M, att, o, h, gu, act);
     scratch_trim(&rows);
+}
+
+/* One decoded token: x (hidden) updated in place, its key and value to slot `slot` of the caches
+   (kv_heads planes of `plane` floats each), attention over their first `keys` slots with the mask
+   `bias` (keys); cos and sin: this position's RoPE tables (D). One row of `gemma3_layer_rows`, so a
+   check's or a batch's rows are this step by construction. A decoded token allocates nothing. */
+void gemma3_layer_step(const Layer *L, float *x, const float *cos, const float *sin, float *k_cache, float *v_cache,
+                       long plane, long slot, long keys, const float *bias) {
+    gemma3_layer_rows(L, x, 1, cos, sin, &k_cache, &v_cache, &plane, &slot, &keys, bias, 0);
 }
 
 /* ---- a prompt's attention: the keys laid out for the source's tiles (attend_tile) ---------------- */
@@ -219,13 +203,7 @@ void gemma3_prompt_rest(const Layer *L, float *x, long M, const float *q, const 
     float *att = scratch(&prompt, sizeof(float) * M * (H * D + 2 * E + 3 * I)), *o = att + M * H * D, *h = o + M * E,
           *gu = h + M * E, *act = gu + M * 2 * I;
     attend_rows(q, H, M, k, v, L->kv_heads, S, D, kv_stride, qp, kp, window, 1.f, att);  /* scale: in q's gain */
-    linear_rows(&L->o, att, M, o);
-    norm_rows(o, M, E, L->post_attn_norm, L->eps, x, x);
-    norm_rows(x, M, E, L->mlp_norm, L->eps, NULL, h);
-    linear_rows(&L->gate_up, h, M, gu);
-    geglu(gu, M, I, act);
-    linear_rows(&L->down, act, M, o);
-    norm_rows(o, M, E, L->post_mlp_norm, L->eps, x, x);
+    attention_out_and_mlp(L, x, M, att, o, h, gu, act);
     scratch_trim(&prompt);
 }
 #endif

@@ -13,7 +13,10 @@ Writes, per size, into OUT_DIR (never into the repository: a 4B file is 2.5 GB):
   model's config.json (`gemma3_text`, as the 1B is released; the 4B/12B text configs of the real
   multimodal checkpoints, without the vision tower) and a tokenizer.json.
 Metadata and the tokenizer are the bundled Gemma 3 270M's; the hyper-parameters are the released
-models' (transformers' Gemma3TextConfig of each checkpoint, llama.cpp's gemma3 conversion keys).
+models' (transformers' Gemma3TextConfig of each checkpoint, llama.cpp's gemma3 conversion keys). The
+multimodal 4B/12B vocabularies hold 262,208 tokens, as the released files: the 270M's 262,144, then
+`<image_soft_token>` (262144, the image's placeholder) and llama.cpp's `[PAD…]` rows up to the
+embedding's height, so an mmproj loads beside them.
 """
 import argparse
 import json
@@ -29,11 +32,15 @@ LLAMA_BIN = Path.home() / ".cache/llama-cpp-tools/native/src/vendor/llama.cpp/bu
 
 # The released Gemma 3 text decoders (google/gemma-3-{1b-pt,4b-pt,12b-pt} config.json).
 SIZES = {
-    "1b": dict(hidden=1152, layers=26, heads=4, kv_heads=1, ffn=6912, window=512, context=32768, rope_scale=None),
-    "4b": dict(hidden=2560, layers=34, heads=8, kv_heads=4, ffn=10240, window=1024, context=131072, rope_scale=8.0),
-    "12b": dict(hidden=3840, layers=48, heads=16, kv_heads=8, ffn=15360, window=1024, context=131072, rope_scale=8.0),
+    "1b": dict(hidden=1152, layers=26, heads=4, kv_heads=1, ffn=6912, window=512, context=32768, rope_scale=None,
+               vocab=262144),
+    "4b": dict(hidden=2560, layers=34, heads=8, kv_heads=4, ffn=10240, window=1024, context=131072, rope_scale=8.0,
+               vocab=262208),
+    "12b": dict(hidden=3840, layers=48, heads=16, kv_heads=8, ffn=15360, window=1024, context=131072, rope_scale=8.0,
+                vocab=262208),
 }
-HEAD_DIM, VOCAB = 256, 262144
+HEAD_DIM = 256
+IMAGE_SOFT = "<image_soft_token>"
 WEIGHT_STD, EMBED_STD = 0.02, 0.03  # about what the released weights hold
 FTYPE_Q4_0 = 2  # llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_0
 
@@ -41,7 +48,7 @@ FTYPE_Q4_0 = 2  # llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_0
 def tensor_shapes(s: dict) -> list[tuple[str, tuple[int, int] | tuple[int]]]:
     """GGUF tensor names and PyTorch (out, in) shapes, in llama.cpp's order."""
     h, q, kv, f = s["hidden"], s["heads"] * HEAD_DIM, s["kv_heads"] * HEAD_DIM, s["ffn"]
-    out = [("token_embd.weight", (VOCAB, h))]
+    out = [("token_embd.weight", (s["vocab"], h))]
     for i in range(s["layers"]):
         b = f"blk.{i}."
         out += [(b + "attn_norm.weight", (h,)), (b + "attn_q.weight", (q, h)), (b + "attn_k.weight", (kv, h)),
@@ -51,6 +58,19 @@ def tensor_shapes(s: dict) -> list[tuple[str, tuple[int, int] | tuple[int]]]:
                 (b + "ffn_gate.weight", (f, h)), (b + "ffn_up.weight", (f, h)), (b + "ffn_down.weight", (h, f)),
                 (b + "post_ffw_norm.weight", (h,))]
     return out + [("output_norm.weight", (h,))]
+
+
+def vocabulary(src, size: str) -> tuple[list, list, list]:
+    """The bundled 270M's tokens, scores and types, grown to the size's vocabulary as llama.cpp's
+    converter writes a multimodal Gemma 3: `<image_soft_token>`, then unused `[PAD<id>]` tokens."""
+    tokens = list(src.fields["tokenizer.ggml.tokens"].contents())
+    scores = list(src.fields["tokenizer.ggml.scores"].contents())
+    types = list(src.fields["tokenizer.ggml.token_type"].contents())
+    extra = [IMAGE_SOFT] + [f"[PAD{i}]" for i in range(len(tokens) + 1, SIZES[size]["vocab"])]
+    extra = extra[:SIZES[size]["vocab"] - len(tokens)]
+    USER_DEFINED, UNUSED = 4, 5  # llama.cpp's token types
+    return (tokens + extra, scores + [0.0] * len(extra),
+            types + [USER_DEFINED if t == IMAGE_SOFT else UNUSED for t in extra])
 
 
 def random_blocks(rng, rows: int, cols: int, qtype) -> np.ndarray:
@@ -85,6 +105,8 @@ def write_q4_0(path: Path, size: str, bundled: Path, seed: int = 0) -> None:
         a + "block_count": s["layers"], a + "feed_forward_length": s["ffn"], a + "attention.head_count": s["heads"],
         a + "attention.head_count_kv": s["kv_heads"], a + "attention.sliding_window": s["window"],
     }
+    tokens, scores, types = vocabulary(src, size)
+    ours.update({"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores, "tokenizer.ggml.token_type": types})
     for key, field in src.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
@@ -128,7 +150,7 @@ def hf_config(size: str) -> dict:
     rope = {"rope_type": "linear", "factor": s["rope_scale"]} if s["rope_scale"] else None
     return {
         "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "torch_dtype": "bfloat16",
-        "vocab_size": VOCAB, "hidden_size": s["hidden"], "intermediate_size": s["ffn"],
+        "vocab_size": s["vocab"], "hidden_size": s["hidden"], "intermediate_size": s["ffn"],
         "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"], "num_key_value_heads": s["kv_heads"],
         "head_dim": HEAD_DIM, "query_pre_attn_scalar": HEAD_DIM, "sliding_window": s["window"],
         "sliding_window_pattern": 6, "max_position_embeddings": s["context"], "rms_norm_eps": 1e-6,
@@ -150,8 +172,7 @@ def write_hf(folder: Path, size: str, bundled: Path, seed: int = 0, shard_bytes:
     s = SIZES[size]
     (folder / "config.json").write_text(json.dumps(hf_config(size), indent=2))
     src = GGUFReader(bundled)
-    tokens = src.fields["tokenizer.ggml.tokens"].contents()
-    types = src.fields["tokenizer.ggml.token_type"].contents()
+    tokens, _, types = vocabulary(src, size)
     build_gemma_tokenizer(tokens, types).save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>"}))
     gen = torch.Generator().manual_seed(seed)

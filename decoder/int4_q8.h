@@ -82,25 +82,21 @@ AI __m256 offset8(const int LAY, const char *sc, const char *sup, long N, long i
     return _mm256_fnmadd_ps(_mm256_set1_ps(8.f), scale, zero);
 }
 
-/* (scale, offset) of channel n of weight group gw, as the prompt tiles take them: the same floats as
-   scale8 and offset8 (a check's rows and a decoded token must agree bit for bit). */
-AI void scale_offset(const int LAY, const void *scales, const void *super, long gw, long N, long n, float *scale,
-                     float *offset) {
-    if (LAY == SYM) {
-        *scale = _cvtsh_ss(((const uint16_t *)scales)[gw * N + n]), *offset = -8.f * *scale;
-        return;
+/* The (scale, offset) rows of a block's BN channels from n0, by weight group, as the prompt tiles take
+   them: sc and off (BN/16 sub-blocks, each (GW, 16) floats). scale8 and offset8 give them, so they are
+   the one-row kernel's floats (a check's rows and a decoded token must agree bit for bit). */
+AI void block_scales(const int BN, const int LAY, const void *scales, const void *super, long GW, long N, long n0,
+                     float *sc, float *off) {
+    const long row = N * (LAY == PAIRS ? 4 : 2);  /* bytes from one weight group's numbers to the next's */
+    for (long gw = 0; gw < GW; gw++) {
+        const char *sz = (const char *)scales + gw * row, *sup = (const char *)super + (gw / 8) * 4 * N;
+        for (int i = 0; i < BN / 8; i++) {  /* 8 channels: half i % 2 of sub-block i / 2 */
+            const __m256 scale = scale8(LAY, sz, sup, n0 + 8 * i);
+            const long at = ((i / 2) * GW + gw) * 16 + 8 * (i % 2);
+            _mm256_storeu_ps(sc + at, scale);
+            _mm256_storeu_ps(off + at, offset8(LAY, sz, sup, N, n0 + 8 * i, scale));
+        }
     }
-    if (LAY == KQ) {
-        const uint8_t *sub = (const uint8_t *)scales + gw * 2 * N;
-        const uint16_t *sup = (const uint16_t *)super + (gw / 8) * 2 * N;
-        *scale = _cvtsh_ss(sup[n]) * (float)sub[n];
-        *offset = 0.f - _cvtsh_ss(sup[N + n]) * (float)sub[N + n];
-        return;
-    }
-    const uint32_t pair = ((const uint32_t *)scales)[gw * N + n], lo = pair << 16, hi = pair & 0xFFFF0000u;
-    float zero;
-    memcpy(scale, &lo, 4), memcpy(&zero, &hi, 4);
-    *offset = zero - 8.f * *scale;
 }
 
 /* One block of BN channels: y[0..BN) = x . w for the prepared input row (xq, xs, xsum); sz (and, KQ,
@@ -283,11 +279,11 @@ AI void int4_q8_matmul(const int BN, const int LAY, const float *x, long M, long
         #pragma omp for schedule(static)
         for (long b = 0; b < N / BN; b++) {
             unpack_block(BN, w + b * K * (BN / 2), K, panel);
-            for (int s = 0; s < BN / 16; s++)  /* each sub-block's (scale, zero - 8 scale), by group */
-                for (long gw = 0; gw < GW; gw++)
-                    for (int n = 0; n < 16; n++)
-                        scale_offset(LAY, scales, super, gw, N, b * BN + 16 * s + n, sc + (s * GW + gw) * 16 + n,
-                                     off + (s * GW + gw) * 16 + n);
+            /* BN and LAY spelled out: OpenMP outlines this body before constants propagate (see int4_q8_gemv) */
+#define SCALES(bn, lay) block_scales(bn, lay, scales, super, GW, N, b * bn, sc, off)
+            if (BN == 32) LAY == SYM ? SCALES(32, SYM) : LAY == KQ ? SCALES(32, KQ) : SCALES(32, PAIRS);
+            else LAY == SYM ? SCALES(64, SYM) : LAY == KQ ? SCALES(64, KQ) : SCALES(64, PAIRS);
+#undef SCALES
             for (int s = 0; s < BN / 16; s++) {
                 const uint8_t *p = panel + s * 16 * K;
                 const float *scs = sc + s * GW * 16, *offs = off + s * GW * 16;
@@ -296,7 +292,6 @@ AI void int4_q8_matmul(const int BN, const int LAY, const float *x, long M, long
                     const float *xsm = xs + m * G, *xsumm = xsum + m * G;
                     const int32_t *x8m = x8 + m * G;
                     float *ym = y + m * N + b * BN + 16 * s;
-                    /* LAY spelled out: OpenMP outlines this body before constants propagate (see int4_q8_gemv) */
 #define Q8_TILE(mr) (LAY == SYM ? q8_tile(mr, SYM, xm, xsm, xsumm, x8m, K, p, scs, offs, group, ym, N) \
                                 : q8_tile(mr, PAIRS, xm, xsm, xsumm, x8m, K, p, scs, offs, group, ym, N))
                     switch (M - m < Q8_ROWS ? M - m : Q8_ROWS) {

@@ -258,15 +258,16 @@ AI void q8_tile(const int MR, const int LAY, const int8_t *xq, const float *xs, 
 AI void int4_q8_matmul(const int BN, const int LAY, const float *x, long M, long K, const uint8_t *w, const void *scales,
                        const void *super, long group, float *y, long N) {
     const long G = K / Q8_GROUP, GW = K / group;
-    int8_t *xq = must_malloc(M * K + 3 * sizeof(float) * M * G);
+    static _Thread_local Scratch codes, panels;  /* kept from call to call: no pages faulted in again every call */
+    int8_t *xq = scratch(&codes, M * K + 3 * sizeof(float) * M * G);
     float *xs = (float *)(xq + M * K), *xn = xs + M * G;  /* K is a multiple of 32: aligned */
     int32_t *x8 = (int32_t *)(xn + M * G);
     #pragma omp parallel for if (M > 8)
     for (long m = 0; m < M; m++) quantize_q8_groups(x + m * K, K, xq + m * K, xs + m * G, xn + m * G, x8 + m * G);
     #pragma omp parallel
     {
-        uint8_t *panel = must_malloc(BN * K);
-        float *sc = must_malloc(2 * sizeof(float) * GW * BN), *off = sc + GW * BN;
+        uint8_t *panel = scratch(&panels, BN * K + 2 * sizeof(float) * GW * BN);  /* each thread's own */
+        float *sc = (float *)(panel + BN * K), *off = sc + GW * BN;  /* K is a multiple of 32: aligned */
         #pragma omp for schedule(static)
         for (long b = 0; b < N / BN; b++) {
             unpack_block(BN, w + b * K * (BN / 2), K, panel);
@@ -295,10 +296,8 @@ AI void int4_q8_matmul(const int BN, const int LAY, const float *x, long M, long
                 }
             }
         }
-        free(panel);
-        free(sc);
     }
-    free(xq);
+    scratch_trim(&codes);
 }
 
 /* ---- the entry points ---------------------------------------------------------------------- */

@@ -15,7 +15,9 @@
    times the signed input codes and sums each pair into int16. Per channel and group of 32 inputs:
    sum q x = 16 pair sums of at most 2 x 15 x 127, under int16's 32767 in 8 of them, so each int16
    lane gathers 8 maddubs before one widening to float per group; then
-   x . w = sum over groups of scale sx (sum q xq) + offset * sum x.
+   x . w = sum over groups of sx (scale (sum q xq) + offset (sum xq)): one float sum per channel (a
+   prompt tile's 4 rows x 16 channels of them fit the registers beside the integer sums). For the
+   symmetric layout (offset -8 scale) that is sx scale (sum q xq - 8 sum xq), the offset in integers.
    Integer products need ~4x fewer instructions per weight than converting every code to float,
    so one row streams the weight at memory speed on 2 cores, and a prompt runs at integer speed
    (~1.5-2x the float32 GEMM that dequantized each block, on AMD Zen 3).
@@ -34,8 +36,9 @@
 #define Q8_ROWS 4  /* rows a prompt tile takes: 8 int16 sums + 2 weight registers (6 rows spilled, no faster) */
 enum { PAIRS = 0, SYM = 1, KQ = 2 };  /* the layouts of a weight's group numbers (see above) */
 
-/* x (K floats) -> codes xq (K), a scale per group of 32 (xs) and each group's sum of sx * xq (xsum) */
-static void quantize_q8_groups(const float *x, long K, int8_t *xq, float *xs, float *xsum) {
+/* x (K floats) -> codes xq (K), a scale per group of 32 (xs), each group's sum of codes (xn) and 8 x
+   that sum (x8: the symmetric layout's offset, -8 a weight code, taken in integers) */
+static void quantize_q8_groups(const float *x, long K, int8_t *xq, float *xs, float *xn, int32_t *x8) {
     const __m256 sign = _mm256_set1_ps(-0.f);
     for (long g = 0; g < K / Q8_GROUP; g++) {
         const float *r = x + g * Q8_GROUP;
@@ -56,7 +59,8 @@ static void quantize_q8_groups(const float *x, long K, int8_t *xq, float *xs, fl
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
         xs[g] = top / 127.f;
-        xsum[g] = xs[g] * (float)_mm_cvtsi128_si32(s);
+        xn[g] = (float)_mm_cvtsi128_si32(s);
+        x8[g] = 8 * _mm_cvtsi128_si32(s);
     }
 }
 
@@ -80,30 +84,27 @@ AI __m256 offset8(const int LAY, const char *sc, const char *sup, long N, long i
     return _mm256_fnmadd_ps(_mm256_set1_ps(8.f), scale, zero);
 }
 
-/* (scale, offset) of channel n of weight group gw, as the prompt tiles take them: the same floats as
-   scale8 and offset8 (a check's rows and a decoded token must agree bit for bit). */
-AI void scale_offset(const int LAY, const void *scales, const void *super, long gw, long N, long n, float *scale,
-                     float *offset) {
-    if (LAY == SYM) {
-        *scale = _cvtsh_ss(((const uint16_t *)scales)[gw * N + n]), *offset = -8.f * *scale;
-        return;
+/* The (scale, offset) rows of a block's BN channels from n0, by weight group, as the prompt tiles take
+   them: sc and off (BN/16 sub-blocks, each (GW, 16) floats). scale8 and offset8 give them, so they are
+   the one-row kernel's floats (a check's rows and a decoded token must agree bit for bit). */
+AI void block_scales(const int BN, const int LAY, const void *scales, const void *super, long GW, long N, long n0,
+                     float *sc, float *off) {
+    const long row = N * (LAY == PAIRS ? 4 : 2);  /* bytes from one weight group's numbers to the next's */
+    for (long gw = 0; gw < GW; gw++) {
+        const char *sz = (const char *)scales + gw * row, *sup = (const char *)super + (gw / 8) * 4 * N;
+        for (int i = 0; i < BN / 8; i++) {  /* 8 channels: half i % 2 of sub-block i / 2 */
+            const __m256 scale = scale8(LAY, sz, sup, n0 + 8 * i);
+            const long at = ((i / 2) * GW + gw) * 16 + 8 * (i % 2);
+            _mm256_storeu_ps(sc + at, scale);
+            _mm256_storeu_ps(off + at, offset8(LAY, sz, sup, N, n0 + 8 * i, scale));
+        }
     }
-    if (LAY == KQ) {
-        const uint8_t *sub = (const uint8_t *)scales + gw * 2 * N;
-        const uint16_t *sup = (const uint16_t *)super + (gw / 8) * 2 * N;
-        *scale = _cvtsh_ss(sup[n]) * (float)sub[n];
-        *offset = 0.f - _cvtsh_ss(sup[N + n]) * (float)sub[N + n];
-        return;
-    }
-    const uint32_t pair = ((const uint32_t *)scales)[gw * N + n], lo = pair << 16, hi = pair & 0xFFFF0000u;
-    float zero;
-    memcpy(scale, &lo, 4), memcpy(&zero, &hi, 4);
-    *offset = zero - 8.f * *scale;
 }
 
-/* One block of BN channels: y[0..BN) = x . w for the prepared input row (xq, xs, xsum); sz (and, KQ,
+/* One block of BN channels: y[0..BN) = x . w for the prepared input row (xq, xs, xn, x8); sz (and, KQ,
    sup): the block's first channel in the first weight group's row of numbers. */
-AI void int4_q8_block(const int BN, const int LAY, const int8_t *xq, const float *xs, const float *xsum, long K,
+AI void int4_q8_block(const int BN, const int LAY, const int8_t *xq, const float *xs, const float *xn,
+                      const int32_t *x8, long K,
                       const uint8_t *wb, const char *sz, const char *sup, long group, long N, float *y) {
     enum { R = 8 };  /* int16 accumulators: BN / 8 of them, 8 channels x 2 input pairs each */
     const __m256i nibble = _mm256_set1_epi8(0x0F);
@@ -111,9 +112,8 @@ AI void int4_q8_block(const int BN, const int LAY, const int8_t *xq, const float
     const __m256i pairs = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
                                            2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
     const long stride = BN / 2;  /* bytes per input k */
-    __m256 out[R], offset[R];
-    for (int i = 0; i < BN / 8; i++) out[i] = offset[i] = _mm256_setzero_ps();
-    float wsum = 0.f;  /* sum x over the current weight group */
+    __m256 out[R];
+    for (int i = 0; i < BN / 8; i++) out[i] = _mm256_setzero_ps();
     const char *szg = sz;  /* the current weight group's numbers */
     const long row = N * (LAY == PAIRS ? 4 : 2);  /* bytes from one weight group's numbers to the next's */
     const long per = group / Q8_GROUP;  /* input groups per weight group, counted down: no division in the loop */
@@ -141,35 +141,39 @@ AI void int4_q8_block(const int BN, const int LAY, const int8_t *xq, const float
             }
         }
         /* acc[i] holds channels 8i..8i+7 (low half: inputs k, k+1 of each 4; high half: k+2, k+3) */
-        const __m256 s = _mm256_set1_ps(xs[g]);
+        /* the group's sums into the channels' float sums, as q8_tile's Q8_FLUSH does (the same floats) */
+        const __m256 s = _mm256_set1_ps(xs[g]), n = _mm256_set1_ps(xn[g]);
         for (int i = 0; i < BN / 8; i++) {
-            const __m256i v = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[i])),
-                                               _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[i], 1)));
+            __m256i v = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[i])),
+                                         _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[i], 1)));
             const __m256 scale = scale8(LAY, szg, sup, 8 * i);
-            out[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(scale, s), out[i]);
+            if (LAY == SYM) {  /* sum (q - 8) xq, exact */
+                v = _mm256_sub_epi32(v, _mm256_set1_epi32(x8[g]));
+                out[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(scale, s), out[i]);
+            } else {
+                const __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), scale, _mm256_mul_ps(offset8(LAY, szg, sup, N, 8 * i, scale), n));
+                out[i] = _mm256_fmadd_ps(t, s, out[i]);
+            }
         }
-        wsum += xsum[g];
-        if (--left == 0) {  /* the weight group ends: its offset * sum x */
-            const __m256 sum = _mm256_set1_ps(wsum);
-            for (int i = 0; i < BN / 8; i++)
-                offset[i] = _mm256_fmadd_ps(offset8(LAY, szg, sup, N, 8 * i, scale8(LAY, szg, sup, 8 * i)), sum, offset[i]);
-            wsum = 0.f, szg += row, left = per;
+        if (--left == 0) {  /* the weight group ends: the next one's numbers */
+            szg += row, left = per;
             if (LAY == KQ && --supers == 0) sup += 4 * N, supers = 8;
         }
     }
-    for (int i = 0; i < BN / 8; i++) _mm256_storeu_ps(y + 8 * i, _mm256_add_ps(out[i], offset[i]));
+    for (int i = 0; i < BN / 8; i++) _mm256_storeu_ps(y + 8 * i, out[i]);
 }
 
 /* y (N) = x (K) W^T for a 4-bit weight in torch's layout (K a multiple of 32 and of `group`). */
 AI void int4_q8_gemv(const int BN, const int LAY, const float *x, long K, const uint8_t *w, const void *scales,
                      const void *super, long group, float *y, long N) {
     int8_t xq[K];
-    float xs[K / Q8_GROUP], xsum[K / Q8_GROUP];
-    quantize_q8_groups(x, K, xq, xs, xsum);
+    float xs[K / Q8_GROUP], xn[K / Q8_GROUP];
+    int32_t x8[K / Q8_GROUP];
+    quantize_q8_groups(x, K, xq, xs, xn, x8);
     const long width = LAY == PAIRS ? 4 : LAY == SYM ? 2 : 1;  /* bytes of one channel's numbers in a group's row */
     #pragma omp parallel for schedule(static)
     for (long b = 0; b < N / BN; b++)  /* BN, LAY spelled out here: OpenMP outlines this body before constants propagate */
-#define INT4_BLOCK(bn, lay) int4_q8_block(bn, lay, xq, xs, xsum, K, w + b * K * (bn / 2), (const char *)scales + b * bn * width, \
+#define INT4_BLOCK(bn, lay) int4_q8_block(bn, lay, xq, xs, xn, x8, K, w + b * K * (bn / 2), (const char *)scales + b * bn * width, \
                                           (const char *)super + b * bn * 2, group, N, y + b * bn)
         if (BN == 32) LAY == SYM ? INT4_BLOCK(32, SYM) : LAY == KQ ? INT4_BLOCK(32, KQ) : INT4_BLOCK(32, PAIRS);
         else LAY == SYM ? INT4_BLOCK(64, SYM) : LAY == KQ ? INT4_BLOCK(64, KQ) : INT4_BLOCK(64, PAIRS);
@@ -216,17 +220,20 @@ AI void unpack_block(const int BN, const uint8_t *wb, long K, uint8_t *panel) {
         Q8_ADD(c##m##0, _mm256_maddubs_epi16(b0, a)); \
         Q8_ADD(c##m##1, _mm256_maddubs_epi16(b1, a)); }
 #define Q8_FLUSH(m) if (MR > m) { const __m256 s = _mm256_set1_ps(xs[(m) * G + g]); \
-        out[m][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(c##m##0, ones)), _mm256_mul_ps(s0, s), out[m][0]); \
-        out[m][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(c##m##1, ones)), _mm256_mul_ps(s1, s), out[m][1]); \
-        wsum[m] += xsum[(m) * G + g]; }
+        __m256i i0 = _mm256_madd_epi16(c##m##0, ones), i1 = _mm256_madd_epi16(c##m##1, ones); \
+        if (LAY == SYM) { const __m256i e = _mm256_set1_epi32(x8[(m) * G + g]); \
+            out[m][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(i0, e)), _mm256_mul_ps(s0, s), out[m][0]); \
+            out[m][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(i1, e)), _mm256_mul_ps(s1, s), out[m][1]); \
+        } else { const __m256 n = _mm256_set1_ps(xn[(m) * G + g]); \
+            out[m][0] = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), s0, _mm256_mul_ps(o0, n)), s, out[m][0]); \
+            out[m][1] = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), s1, _mm256_mul_ps(o1, n)), s, out[m][1]); } }
 
-AI void q8_tile(const int MR, const int8_t *xq, const float *xs, const float *xsum, long K, const uint8_t *p,
-                const float *sc, const float *off, long group, float *y, long N) {
+AI void q8_tile(const int MR, const int LAY, const int8_t *xq, const float *xs, const float *xn, const int32_t *x8,
+                long K, const uint8_t *p, const float *sc, const float *off, long group, float *y, long N) {
     const long G = K / Q8_GROUP;
     const __m256i ones = _mm256_set1_epi16(1), z = _mm256_setzero_si256();
-    __m256 out[Q8_ROWS][2], offset[Q8_ROWS][2];  /* kept apart and added last, as the one-row kernel does: the same sums */
-    float wsum[Q8_ROWS] = {0};
-    for (int m = 0; m < MR; m++) out[m][0] = out[m][1] = offset[m][0] = offset[m][1] = _mm256_setzero_ps();
+    __m256 out[Q8_ROWS][2];  /* a float sum per row and channel, as the one-row kernel keeps: the same sums */
+    for (int m = 0; m < MR; m++) out[m][0] = out[m][1] = _mm256_setzero_ps();
     const long per = group / Q8_GROUP;  /* input groups per weight group, counted down: no division in the loop */
     long left = per;
     for (long g = 0; g < G; g++) {
@@ -237,21 +244,11 @@ AI void q8_tile(const int MR, const int8_t *xq, const float *xs, const float *xs
             Q8_DOT(0) Q8_DOT(1) Q8_DOT(2) Q8_DOT(3)
         }
         const __m256 s0 = _mm256_loadu_ps(sc), s1 = _mm256_loadu_ps(sc + 8);
+        const __m256 o0 = LAY == SYM ? s0 : _mm256_loadu_ps(off), o1 = LAY == SYM ? s1 : _mm256_loadu_ps(off + 8);
         Q8_FLUSH(0) Q8_FLUSH(1) Q8_FLUSH(2) Q8_FLUSH(3)
-        if (--left == 0) {  /* the weight group ends: its offset times sum x */
-            const __m256 o0 = _mm256_loadu_ps(off), o1 = _mm256_loadu_ps(off + 8);
-            sc += 16, off += 16, left = per;
-            for (int m = 0; m < MR; m++) {
-                const __m256 sum = _mm256_set1_ps(wsum[m]);
-                offset[m][0] = _mm256_fmadd_ps(o0, sum, offset[m][0]), offset[m][1] = _mm256_fmadd_ps(o1, sum, offset[m][1]);
-                wsum[m] = 0.f;
-            }
-        }
+        if (--left == 0) sc += 16, off += 16, left = per;  /* the weight group ends: the next one's numbers */
     }
-    for (int m = 0; m < MR; m++) {
-        _mm256_storeu_ps(y + m * N, _mm256_add_ps(out[m][0], offset[m][0]));
-        _mm256_storeu_ps(y + m * N + 8, _mm256_add_ps(out[m][1], offset[m][1]));
-    }
+    for (int m = 0; m < MR; m++) _mm256_storeu_ps(y + m * N, out[m][0]), _mm256_storeu_ps(y + m * N + 8, out[m][1]);
 }
 #undef Q8_DOT
 #undef Q8_ADD
@@ -261,42 +258,46 @@ AI void q8_tile(const int MR, const int8_t *xq, const float *xs, const float *xs
 AI void int4_q8_matmul(const int BN, const int LAY, const float *x, long M, long K, const uint8_t *w, const void *scales,
                        const void *super, long group, float *y, long N) {
     const long G = K / Q8_GROUP, GW = K / group;
-    int8_t *xq = must_malloc(M * K + 2 * sizeof(float) * M * G);
-    float *xs = (float *)(xq + M * K), *xsum = xs + M * G;  /* K is a multiple of 32: aligned */
+    static _Thread_local Scratch codes, panels;  /* kept from call to call: no pages faulted in again every call */
+    int8_t *xq = scratch(&codes, M * K + 3 * sizeof(float) * M * G);
+    float *xs = (float *)(xq + M * K), *xn = xs + M * G;  /* K is a multiple of 32: aligned */
+    int32_t *x8 = (int32_t *)(xn + M * G);
     #pragma omp parallel for if (M > 8)
-    for (long m = 0; m < M; m++) quantize_q8_groups(x + m * K, K, xq + m * K, xs + m * G, xsum + m * G);
+    for (long m = 0; m < M; m++) quantize_q8_groups(x + m * K, K, xq + m * K, xs + m * G, xn + m * G, x8 + m * G);
     #pragma omp parallel
     {
-        uint8_t *panel = must_malloc(BN * K);
-        float *sc = must_malloc(2 * sizeof(float) * GW * BN), *off = sc + GW * BN;
+        uint8_t *panel = scratch(&panels, BN * K + 2 * sizeof(float) * GW * BN);  /* each thread's own */
+        float *sc = (float *)(panel + BN * K), *off = sc + GW * BN;  /* K is a multiple of 32: aligned */
         #pragma omp for schedule(static)
         for (long b = 0; b < N / BN; b++) {
             unpack_block(BN, w + b * K * (BN / 2), K, panel);
-            for (int s = 0; s < BN / 16; s++)  /* each sub-block's (scale, zero - 8 scale), by group */
-                for (long gw = 0; gw < GW; gw++)
-                    for (int n = 0; n < 16; n++)
-                        scale_offset(LAY, scales, super, gw, N, b * BN + 16 * s + n, sc + (s * GW + gw) * 16 + n,
-                                     off + (s * GW + gw) * 16 + n);
+            /* BN and LAY spelled out: OpenMP outlines this body before constants propagate (see int4_q8_gemv) */
+#define SCALES(bn, lay) block_scales(bn, lay, scales, super, GW, N, b * bn, sc, off)
+            if (BN == 32) LAY == SYM ? SCALES(32, SYM) : LAY == KQ ? SCALES(32, KQ) : SCALES(32, PAIRS);
+            else LAY == SYM ? SCALES(64, SYM) : LAY == KQ ? SCALES(64, KQ) : SCALES(64, PAIRS);
+#undef SCALES
             for (int s = 0; s < BN / 16; s++) {
                 const uint8_t *p = panel + s * 16 * K;
                 const float *scs = sc + s * GW * 16, *offs = off + s * GW * 16;
                 for (long m = 0; m < M; m += Q8_ROWS) {
                     const int8_t *xm = xq + m * K;
-                    const float *xsm = xs + m * G, *xsumm = xsum + m * G;
+                    const float *xsm = xs + m * G, *xnm = xn + m * G;
+                    const int32_t *x8m = x8 + m * G;
                     float *ym = y + m * N + b * BN + 16 * s;
+#define Q8_TILE(mr) (LAY == SYM ? q8_tile(mr, SYM, xm, xsm, xnm, x8m, K, p, scs, offs, group, ym, N) \
+                                : q8_tile(mr, PAIRS, xm, xsm, xnm, x8m, K, p, scs, offs, group, ym, N))
                     switch (M - m < Q8_ROWS ? M - m : Q8_ROWS) {
-                    case 4: q8_tile(4, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
-                    case 3: q8_tile(3, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
-                    case 2: q8_tile(2, xm, xsm, xsumm, K, p, scs, offs, group, ym, N); break;
-                    default: q8_tile(1, xm, xsm, xsumm, K, p, scs, offs, group, ym, N);
+                    case 4: Q8_TILE(4); break;
+                    case 3: Q8_TILE(3); break;
+                    case 2: Q8_TILE(2); break;
+                    default: Q8_TILE(1);
                     }
+#undef Q8_TILE
                 }
             }
         }
-        free(panel);
-        free(sc);
     }
-    free(xq);
+    scratch_trim(&codes);
 }
 
 /* ---- the entry points ---------------------------------------------------------------------- */

@@ -316,13 +316,14 @@ void int4_layout(long block) { int4_block = block; }
 AI void int4_q8_rows(const int BN, const int LAY, const float *x, long M, long K, const uint8_t *w, const void *scales,
                      const void *super, long group, float *y, long N) {
     const long G = K / Q8_GROUP, width = LAY == PAIRS ? 4 : LAY == SYM ? 2 : 1;
-    int8_t *xq = must_malloc(M * K + 2 * sizeof(float) * M * G);
-    float *xs = (float *)(xq + M * K), *xsum = xs + M * G;  /* K is a multiple of 32: aligned */
-    for (long m = 0; m < M; m++) quantize_q8_groups(x + m * K, K, xq + m * K, xs + m * G, xsum + m * G);
+    int8_t *xq = must_malloc(M * K + 3 * sizeof(float) * M * G);
+    float *xs = (float *)(xq + M * K), *xn = xs + M * G;  /* K is a multiple of 32: aligned */
+    int32_t *x8 = (int32_t *)(xn + M * G);
+    for (long m = 0; m < M; m++) quantize_q8_groups(x + m * K, K, xq + m * K, xs + m * G, xn + m * G, x8 + m * G);
     #pragma omp parallel for schedule(static)
     for (long b = 0; b < N / BN; b++)  /* BN, LAY spelled out, as in int4_q8_gemv */
         for (long m = 0; m < M; m++)
-#define INT4_BLOCK(bn, lay) int4_q8_block(bn, lay, xq + m * K, xs + m * G, xsum + m * G, K, w + b * K * (bn / 2), \
+#define INT4_BLOCK(bn, lay) int4_q8_block(bn, lay, xq + m * K, xs + m * G, xn + m * G, x8 + m * G, K, w + b * K * (bn / 2), \
                                           (const char *)scales + b * bn * width, (const char *)super + b * bn * 2, group, \
                                           N, y + m * N + b * bn)
             if (BN == 32) LAY == SYM ? INT4_BLOCK(32, SYM) : LAY == KQ ? INT4_BLOCK(32, KQ) : INT4_BLOCK(32, PAIRS);

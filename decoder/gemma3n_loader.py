@@ -27,6 +27,7 @@ from .cache import atomic_path
 from .errors import InputError, ModelLoadError
 from .gemma3n import Gemma3nText
 from .gemma3n_config import Gemma3nTextConfig
+from .gemma3n_fast import accelerate_
 from .loaded import LoadedText
 from .memory import drop_resident, map_large_allocations, release_free_memory
 from .quant_plan import plan_bits
@@ -219,6 +220,7 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
             mod.dtype = dtype
     # each int8 weight's mapped pages leave RAM once its kernel holds a packed copy
     prepack(model, torch.get_num_threads(), done=drop_resident)
+    accelerate_(model)
     extra = extra if encoders else {}  # unread until a tower is built, as above
     loaded = LoadedText(model.eval(), tok, folder.name, "hf", quantize, extra, hf, parameters=meta["parameters"])
     release_free_memory()
@@ -260,9 +262,10 @@ def _split(folder: Path, hf: dict, cfg: Gemma3nTextConfig):
 
 def plan_int4(model, mode: str) -> dict[str, int | None]:
     """Bits per linear layer: `quant_plan.plan_bits`'s, but every layer at 4 bits under "int4" (see
-    `INT4_LAYOUT`)."""
+    `INT4_LAYOUT`); AltUp's 4-wide maps stay float under both (64 KB in all, and `gemma3n_fast`
+    runs them as broadcast sums)."""
     plan = plan_bits(model, "int8" if mode == "int4" else mode)
-    return {name: 4 for name in plan} if mode == "int4" else plan
+    return {name: None if ".altup." in f".{name}" else 4 if mode == "int4" else bits for name, bits in plan.items()}
 
 
 def _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_of, **quantize_options):

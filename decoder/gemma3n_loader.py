@@ -158,8 +158,8 @@ def is_gemma3n_folder(path) -> bool:
 
 def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *, offload: str | None = None,
                    group_size: int = 32, cache: bool = True, encoders: bool = True):
-    """A `LoadedText` for a Gemma 3n folder with int8 or int4 weights (int4: llama.cpp's Q4_K_M mix,
-    `quant_plan.int4_bits`, rounded to nearest with the best clip per group; GPTQ needs the float model).
+    """A `LoadedText` for a Gemma 3n folder with int8 or int4 weights (int4: every layer and the tied
+    embedding / LM head in Q4_K's layout, `INT4_LAYOUT`, rounded to nearest; GPTQ needs the float model).
 
     The first load reads one checkpoint tensor at a time into memory, rounds it into the runtime
     layout and writes it to a weight-cache file, then maps that file as every later load does: the

@@ -6,7 +6,8 @@ The bundled Q4_K_M file is dequantized to float32 (the reference), then each var
 to nearest from it (no GPTQ) and scored on the same text as `eval_perplexity.py` (the CPython
 topics), in windows of 512 advancing by 256. Prints per variant: perplexity, its rise over the
 float model's, top-1 agreement with the float model's predictions, and the bytes of the layers
-and the head. A variant is `<mix>-<layout>[-head4]`: mix "all4" (every layer 4-bit) or "mix"
+and the head. A variant is `<mix>-<layout>[-head4]`: mix "all4" (every layer 4-bit), "float" (the
+layers float: the head's cost alone) or "mix"
 (llama.cpp's Q4_K_M: q/k/v and some down_proj at 8 bits, `quant_plan.int4_bits`), layout
 "pairs" (bfloat16 scale + zero per 32, 5 bits), "symmetric" (Q4_0, 4.5 bits), "kquant"
 (Q4_K, 4.625 bits as held), "-head4": the tied head in the same 4-bit layout (else int8).
@@ -64,7 +65,7 @@ def main():
         mix, layout, *head = variant.split("-")
         model = copy.deepcopy(float_model)
         t = time.perf_counter()
-        plan = (lambda name, m: int4_bits(name, n_layers)) if mix == "mix" else 4
+        plan = {"mix": lambda name, m: int4_bits(name, n_layers), "float": lambda name, m: None}.get(mix, 4)
         quantize_(model, plan, 32, embedding_bits=4 if head else 8, layout=layout)
         made = time.perf_counter() - t
         s = score_ids(model, tok.bos_id, ids, a.window)

@@ -1,7 +1,7 @@
 """Gemma 3n through the public API at real size: load time, decode speed and whole-process memory.
 
     python tests/eval/make_real_size_gemma3n.py /work/realsize        # the E2B/E4B folders
-    python tests/eval/bench_gemma3n.py /work/realsize/gemma-3n-E2B-it [--quantize int4] [--offload ple]
+    python tests/eval/bench_gemma3n.py /work/realsize/gemma-3n-E2B-it [--quantize int4] [--offload ple] [--profile]
 
 Run it twice: the first load quantizes and writes the weight cache, the second is a cached load.
 Decode tok/s is over 16 tokens after the first (greedy, the prompt's time taken out), medians of

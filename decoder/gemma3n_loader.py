@@ -27,10 +27,12 @@ from .cache import atomic_path
 from .errors import InputError, ModelLoadError
 from .gemma3n import Gemma3nText
 from .gemma3n_config import Gemma3nTextConfig
+from .gemma3n_fast import accelerate_
 from .loaded import LoadedText
 from .memory import drop_resident, map_large_allocations, release_free_memory
 from .quant_plan import plan_bits
-from .quantize import Int4Linear, Int8Embedding, Int8Linear, prepack, quantize_, quantize_int4, quantize_int8, rotate
+from .quantize import (Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, int4_row_block, prepack, quantize_,
+                       quantize_int8, rotate)
 from .safetensors_folder import folder_tokenizer, index_safetensors, split_text_tensors, stored_dtype
 from .weights import HF_TO_NATIVE, assign_strict, expand
 
@@ -139,6 +141,16 @@ _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16
 # Elements quantized at once: the int4 clip search's temporaries stay under the 4 MB from which
 # allocations are fresh mappings (`memory.map_large_allocations`), each page faulted in anew.
 _CHUNK = 1 << 19
+# What quantize="int4" holds for Gemma 3n (the seed: E2B "runs in 2 GB", `offload="ple"`): every
+# linear layer and the tied embedding / LM head at 4 bits in GGUF's Q4_K layout (asymmetric, 4.625
+# bits a weight as held), rounded to nearest from the checkpoint (`quantize.quantize_int4_kquant`).
+# E2B's sizes: layers 1.07 GB (pairs with Q4_K_M's 8-bit q/k/v and down_proj: 1.27 GB), head 311 MB
+# (int8: 512 MB). The cost, measured on the bundled Gemma 3 270M (`tests/eval/eval_int4_layouts.py`,
+# 2048 tokens): the tied head at 4 bits (symmetric) +11.2% perplexity, top-1 agreement with the float
+# model 80.7% (int8: -0.03%, 98.2%); every layer at 4 bits (pairs, int8 head) +17.0%, 78.4%.
+# Q4_K's weight error is pairs' (relative RMS 0.0728 vs 0.0719 on Gaussian weights, symmetric 0.0810).
+INT4_LAYOUT = "kquant"
+INT4_EMBEDDING_BITS = 4  # 8: +201 MB resident on E2B, the head as good as Q8_0
 
 
 def is_gemma3n_folder(path) -> bool:
@@ -152,8 +164,8 @@ def is_gemma3n_folder(path) -> bool:
 
 def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *, offload: str | None = None,
                    group_size: int = 32, cache: bool = True, encoders: bool = True):
-    """A `LoadedText` for a Gemma 3n folder with int8 or int4 weights (int4: llama.cpp's Q4_K_M mix,
-    `quant_plan.int4_bits`, rounded to nearest with the best clip per group; GPTQ needs the float model).
+    """A `LoadedText` for a Gemma 3n folder with int8 or int4 weights (int4: every layer and the tied
+    embedding / LM head in Q4_K's layout, `INT4_LAYOUT`, rounded to nearest; GPTQ needs the float model).
 
     The first load reads one checkpoint tensor at a time into memory, rounds it into the runtime
     layout and writes it to a weight-cache file, then maps that file as every later load does: the
@@ -176,13 +188,16 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
     tok = folder_tokenizer(folder, hf)
     release_free_memory()  # parsing the tokenizer's merges leaves ~280 MB of free heap; before the weights
 
-    options = {"dtype": str(dtype), "quantize": quantize, "group_size": group_size, "layout": "gemma3n"}
+    layout, embedding_bits = (INT4_LAYOUT, INT4_EMBEDDING_BITS) if quantize == "int4" else ("pairs", 8)
+    options = {"dtype": str(dtype), "quantize": quantize, "group_size": group_size, "layout": "gemma3n",
+               "int4_layout": layout, "embedding_bits": embedding_bits}
     files = sorted({t.file for t in text.values()} | {folder / "config.json"})
     wpath = weight_cache.cache_path(folder.name, weight_cache.cache_key(files, options))
     hit = weight_cache.load(wpath) if cache else None
     if hit is None:
-        model, n_params, plan = _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_bits)
-        meta = {"name": folder.name, "parameters": n_params, "plan": plan}
+        model, n_params, plan = _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_int4,
+                                                    embedding_bits=embedding_bits, layout=layout)
+        meta = {"name": folder.name, "parameters": n_params, "plan": plan, "embedding_bits": embedding_bits}
         specs = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
         sources = {ours: text[hf_name] for hf_name, ours in _text_map(cfg).items()}
         private = Path(tempfile.gettempdir()) / f"mmsdk-{os.getpid()}-{folder.name}.safetensors"
@@ -201,16 +216,17 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
     tensors, meta = hit
     with torch.device("meta"):
         model = Gemma3nText(cfg)
-        quantize_(model, meta["plan"].get, group_size, empty=True)
+        quantize_(model, meta["plan"].get, group_size, empty=True, embedding_bits=meta.get("embedding_bits", 8))
     table = mapped_safetensor(ple.file, ple.name)
     model.ple = MappedPerLayerEmbedding(model.ple, table if offload == "ple" else table.clone())
     model.load_state_dict(tensors, strict=True, assign=True)
     model.requires_grad_(False)
     for mod in model.modules():
-        if isinstance(mod, Int8Embedding):
+        if isinstance(mod, (Int8Embedding, Int4Embedding)):
             mod.dtype = dtype
     # each int8 weight's mapped pages leave RAM once its kernel holds a packed copy
     prepack(model, torch.get_num_threads(), done=drop_resident)
+    accelerate_(model)
     extra = extra if encoders else {}  # unread until a tower is built, as above
     loaded = LoadedText(model.eval(), tok, folder.name, "hf", quantize, extra, hf, parameters=meta["parameters"])
     release_free_memory()
@@ -250,7 +266,15 @@ def _split(folder: Path, hf: dict, cfg: Gemma3nTextConfig):
     return text, extra, ple
 
 
-def _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_of):
+def plan_int4(model, mode: str) -> dict[str, int | None]:
+    """Bits per linear layer: `quant_plan.plan_bits`'s, but every layer at 4 bits under "int4" (see
+    `INT4_LAYOUT`); AltUp's 4-wide maps stay float under both (64 KB in all, and `gemma3n_fast`
+    runs them as broadcast sums)."""
+    plan = plan_bits(model, "int8" if mode == "int4" else mode)
+    return {name: None if ".altup." in f".{name}" else 4 if mode == "int4" else bits for name, bits in plan.items()}
+
+
+def _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_of, **quantize_options):
     """The quantized model on the meta device (shapes and dtypes only), its float parameter count
     and its plan, after checking the checkpoint's names and shapes against the config."""
     with torch.device("meta"):
@@ -259,7 +283,7 @@ def _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_of)
         assign_strict(model, {k: torch.empty(v.shape) for k, v in text.items()}, _text_map(cfg), folder, dtype)
         n_params = sum(p.numel() for p in model.parameters())
         plan = plan_of(model, quantize)
-        quantize_(model, plan.get, group_size, empty=True)
+        quantize_(model, plan.get, group_size, empty=True, **quantize_options)
     del model.ple  # mapped from the checkpoint, not part of the cache
     return model, n_params, plan
 
@@ -282,11 +306,17 @@ def _runtime_tensors(model, sources: dict, dtype: torch.dtype, group_size: int):
 def _made(model, sources, dtype, group_size, pool):
     for prefix, mod in model.named_modules():
         pre = f"{prefix}." if prefix else ""
-        if isinstance(mod, Int4Linear):
-            w = read_rows(sources[pre + "weight"])
-            rows = max(1, _CHUNK // w.shape[1])
-            parts = list(pool.map(lambda i: quantize_int4(w[i:i + rows], group_size), range(0, w.shape[0], rows)))
-            q = Int4Linear.from_codes(*(torch.cat(p) for p in zip(*parts)), group_size)
+        if isinstance(mod, Int4Linear):  # the 4-bit embedding too (262400 rows): a block of rows at a time
+            src, (N, K) = sources[pre + "weight"], (mod.out_features, mod.in_features)
+            q = Int4Linear(K, N, group_size)
+            q._set_layout(mod.layout, "cpu")
+            step = int4_row_block(K, _CHUNK)
+
+            def block(i, q=q, src=src, N=N):
+                w = read_rows(src, i, min(i + step, N)).float()
+                q.fill_rows(i, Int4Linear.from_float(w, group_size, q.layout))
+
+            list(pool.map(block, range(0, N, step)))
             yield from ((pre + k, v) for k, v in q.state_dict().items())
         elif isinstance(mod, Int8Linear):
             q = Int8Linear.from_float(read_rows(sources[pre + "weight"]), mod.int8_inputs, mod.rotation)

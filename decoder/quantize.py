@@ -93,6 +93,63 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     return q.to(torch.uint8).reshape(N, K), best_scale, best_lo + 8.0 * best_scale
 
 
+def quantize_int4_symmetric(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int4 over groups of `group_size` inputs, GGUF's Q4_0: w ~= (q - 8) * d, q in 0..15.
+    Returns (q uint8 (N, K), d float16 (N, K/g)): one number per group, 4.5 bits a weight (the
+    asymmetric pairs take 5).
+
+    d as llama.cpp's `make_qx_quants` finds it: codes rounded at 19 trial scales around the one
+    that maps the group's largest magnitude to -8, the least-squares d of each trial's codes, the
+    trial with the least squared error kept; then the codes re-rounded to the float16 d."""
+    N, K = w.shape
+    wg = w.float().reshape(N, K // group_size, group_size)
+    peak = wg.gather(-1, wg.abs().argmax(-1, keepdim=True))  # the signed value of largest magnitude
+    peak = torch.where(peak == 0, 1.0, peak)
+    best_gain = best_d = None
+    for step in range(-9, 10):
+        q = (wg * (-(8 + 0.1 * step) / peak)).round_().clamp_(-8, 7)
+        qx, qq = (q * wg).sum(-1), q.square_().sum(-1).clamp_(min=1e-30)
+        gain = qx.square() / qq  # the squared error is sum(w^2) - gain at the least-squares d = qx / qq
+        if best_gain is None:
+            best_gain, best_d = gain, qx / qq
+        else:
+            better = gain > best_gain
+            best_gain, best_d = torch.where(better, gain, best_gain), torch.where(better, qx / qq, best_d)
+    d = best_d.to(torch.float16)
+    inv = torch.where(d == 0, 0.0, 1.0 / d.float())
+    q = (wg * inv[..., None]).round_().clamp_(-8, 7).add_(8)
+    return q.to(torch.uint8).reshape(N, K), d
+
+
+def quantize_int4_kquant(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """GGUF's Q4_K from float: w ~= q * (d * sc) - dmin * m per group of 32 inputs, q in 0..15, sc and
+    m 6-bit per group, d and dmin float16 per 256 inputs (`Int4Linear.from_kquant`'s parts: q uint8
+    (N, K), sc and m (N, K/32), d and dmin (N, K/256)). 4.5 bits a weight in GGUF, 4.625 as we hold
+    sc and m (a byte each); asymmetric like the pairs (5 bits) and nearly as close: relative RMS
+    error on Gaussian weights 0.0728, pairs 0.0719, symmetric Q4_0 0.0810.
+
+    Each group's (scale, min) is `quantize_int4`'s clip search, the min kept <= 0 (Q4_K stores -min);
+    the scales and mins are then rounded to 6 bits of their super-block's largest and the codes
+    re-rounded to the numbers stored."""
+    N, K = w.shape
+    q, scale, zero = quantize_int4(w, 32)
+    lo = zero - 8 * scale
+    hi = lo + 15 * scale
+    lo = lo.clamp(max=0)
+    scale = ((hi - lo) / 15).clamp(min=0).reshape(N, K // 256, 8)
+    low = (-lo).reshape(N, K // 256, 8)
+    d = (scale.amax(-1) / 63).to(torch.float16)
+    dmin = (low.amax(-1) / 63).to(torch.float16)
+    sc = (scale / d.float().clamp(min=1e-30)[..., None]).round_().clamp_(0, 63)
+    m = (low / dmin.float().clamp(min=1e-30)[..., None]).round_().clamp_(0, 63)
+    step = (d.float()[..., None] * sc).reshape(N, K // 32, 1)  # what the kernels compute back
+    offset = (dmin.float()[..., None] * m).reshape(N, K // 32, 1)
+    wg = w.float().reshape(N, K // 32, 32)
+    q = torch.where(step > 0, (wg + offset) / step.clamp(min=1e-30), 0.0).round_().clamp_(0, 15)
+    return (q.to(torch.uint8).reshape(N, K), sc.to(torch.uint8).reshape(N, -1), m.to(torch.uint8).reshape(N, -1),
+            d, dmin)
+
+
 def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     N, K = q.shape
     g = K // scale.shape[1]
@@ -103,6 +160,24 @@ def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) ->
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """Codes (N, K) in 0..15 -> the (N, K/2) uint8 layout `_weight_int4pack_mm_for_cpu` reads."""
     return torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+
+
+def unpack_int4(packed: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Codes 0..15 (len(rows), K) of some output rows of a `pack_int4` weight (N, K/2). The layout
+    (found by `native.int4_block`'s probe): blocks of B output rows, each K columns of B/2 bytes
+    whose byte i holds row i's code in its low nibble and row i + B/2's in its high nibble."""
+    B = native.int4_block()
+    N, K = packed.shape[0], packed.shape[1] * 2
+    blocks = packed.view(N // B, K, B // 2)
+    i = rows % B
+    byte = blocks[rows // B, :, i % (B // 2)]  # (n, K)
+    return (byte >> (4 * (i >= B // 2)).to(torch.uint8)[:, None]) & 15
+
+
+def int4_row_block(in_features: int, elements: int = 1 << 19) -> int:
+    """Rows to round at once (`Int4Linear.fill_rows`): whole blocks of the packed layout, about
+    `elements` weights (cache-sized temporaries)."""
+    return INT4_BLOCK_N * max(1, elements // (INT4_BLOCK_N * in_features))
 
 
 def int4_supported(out_features: int, in_features: int, group_size: int) -> bool:
@@ -297,7 +372,13 @@ class Int4Linear(nn.Module):
         return getattr(self, self._BUFFERS[self.layout][0])
 
     @classmethod
-    def from_float(cls, w: torch.Tensor, group_size: int) -> "Int4Linear":
+    def from_float(cls, w: torch.Tensor, group_size: int, layout: str = "pairs") -> "Int4Linear":
+        """Rounded to nearest in `layout` (see `int4_layout` for where "kquant" cannot be held)."""
+        layout = int4_layout(layout, w.shape[1], group_size)
+        if layout == "kquant":
+            return cls.from_kquant(*quantize_int4_kquant(w))
+        if layout == "symmetric":
+            return cls.from_symmetric(*quantize_int4_symmetric(w, group_size), group_size)
         return cls.from_codes(*quantize_int4(w, group_size), group_size)
 
     @classmethod
@@ -344,6 +425,26 @@ class Int4Linear(nn.Module):
         if self.layout == "symmetric":
             return self.scales.float().T, torch.zeros(self.scales.shape[::-1])
         scale, low = self.kquant_scale_min()
+        return scale, 8 * scale - low
+
+    def fill_rows(self, start: int, part: "Int4Linear") -> None:
+        """Copy `part` (the same layer's output rows start.., a whole number of packed blocks, the
+        same layout) into this module's buffers: a large weight rounded a block of rows at a time."""
+        n = part.out_features
+        self.weight[start:start + n] = part.weight
+        for name in self._BUFFERS[self.layout]:
+            getattr(self, name)[..., start:start + n] = getattr(part, name)
+
+    def row_scale_zero(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`scale_zero` of some output rows only, (len(rows), K/g) each."""
+        if self.layout == "pairs":
+            sz = self.scales_and_zeros[:, rows].float()
+            return sz[..., 0].T, sz[..., 1].T
+        if self.layout == "symmetric":
+            scale = self.scales[:, rows].float().T
+            return scale, torch.zeros_like(scale)
+        prod = self.super_scales[:, :, rows].float().repeat_interleave(8, 0) * self.sub_scales[:, :, rows].float()
+        scale, low = prod[:, 0].T, prod[:, 1].T
         return scale, 8 * scale - low
 
     def kquant_scale_min(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -427,6 +528,43 @@ class Int8Embedding(_Packed, nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, rotation={self.rotation}"
 
 
+class Int4Embedding(Int4Linear):
+    """A tied embedding / LM head at 4 bits in Q4_0's symmetric layout (4.5 bits a weight): the head
+    is `Int4Linear`'s product, its input rounded to 8 bits per 32 (no rotation needed: each group
+    has its own input scale); a looked-up row is unpacked (`unpack_int4`) and scaled. The head is
+    read whole every token: Gemma 3n E2B's 262400 x 2048 is 302 MB here, 512 MB at int8."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.float32,
+                 group_size: int = 32):
+        super().__init__(embedding_dim, num_embeddings, group_size, symmetric=True)
+        self.num_embeddings, self.embedding_dim, self.dtype = num_embeddings, embedding_dim, dtype
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, group_size: int = 32, layout: str = "symmetric") -> "Int4Embedding":
+        """Rounded a block of rows at a time: the float temporaries of a 262144-row table at once
+        would be gigabytes."""
+        m = cls(w.shape[0], w.shape[1], w.dtype, group_size)
+        m._set_layout(int4_layout(layout, w.shape[1], group_size), "cpu")
+        step = int4_row_block(w.shape[1])
+        for i in range(0, w.shape[0], step):
+            m.fill_rows(i, Int4Linear.from_float(w[i:i + step], group_size, m.layout))
+        return m
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        n, g = len(flat), self.group_size
+        codes = unpack_int4(self.weight, flat).float().sub_(8).view(n, -1, g)
+        scale, zero = self.row_scale_zero(flat)
+        rows = codes * scale[..., None] + zero[..., None]
+        return rows.reshape(*ids.shape, self.embedding_dim).to(self.dtype)
+
+    def as_linear(self, h: torch.Tensor) -> torch.Tensor:
+        return Int4Linear.forward(self, h)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, group_size={self.group_size}, layout={self.layout}"
+
+
 # -- the swap --------------------------------------------------------------------------------------
 
 def input_kind(name: str, in_features: int) -> tuple[bool, int | None]:
@@ -444,38 +582,52 @@ def rotation_block(width: int) -> int | None:
     return block if block >= 64 else None
 
 
-def quantized_linear(w: torch.Tensor, bits: int, group_size: int, name: str = "") -> nn.Module:
+def int4_layout(layout: str, in_features: int, group_size: int) -> str:
+    """`layout` where a weight `in_features` wide can hold it: "kquant" needs groups of 32 and
+    super-blocks of 256 inputs, and falls back to "pairs" (as close, half a bit more a weight)."""
+    if layout not in Int4Linear._BUFFERS:
+        raise ValueError(f"int4 layout must be one of {sorted(Int4Linear._BUFFERS)}, got {layout!r}")
+    if layout == "kquant" and (group_size != 32 or in_features % 256):
+        return "pairs"
+    return layout
+
+
+def quantized_linear(w: torch.Tensor, bits: int, group_size: int, name: str = "", layout: str = "pairs") -> nn.Module:
     """The quantized replacement of the linear layer `name` with weight `w`; int4 falls back to
     int8 where the CPU kernel cannot take the shape."""
     if bits == 4 and int4_supported(w.shape[0], w.shape[1], group_size):
-        return Int4Linear.from_float(w, group_size)
+        return Int4Linear.from_float(w, group_size, layout)
     if bits == 4:
         log.info("int4 kernel cannot take a %s weight with group %d; using int8", tuple(w.shape), group_size)
     return Int8Linear.from_float(w, *input_kind(name, w.shape[1]))
 
 
-def _empty_linear(w: torch.Tensor, bits: int, group_size: int, name: str) -> nn.Module:
+def _empty_linear(w: torch.Tensor, bits: int, group_size: int, name: str, layout: str) -> nn.Module:
     N, K = w.shape
     if bits == 4 and int4_supported(N, K, group_size):
-        return Int4Linear(K, N, group_size)
+        m = Int4Linear(K, N, group_size)
+        m._set_layout(int4_layout(layout, K, group_size), m.weight.device)
+        return m
     return Int8Linear(K, N, *input_kind(name, K))
 
 
 def quantize_(model: nn.Module, bits: int | Callable[[str, nn.Module], int | None], group_size: int = 32,
-              *, embedding_bits: int | None = 8, empty: bool = False) -> nn.Module:
+              *, embedding_bits: int | None = 8, empty: bool = False, layout: str = "pairs") -> nn.Module:
     """Replace `model`'s `nn.Linear` layers in place with int8 (`bits=8`) or int4 (`bits=4`) ones.
 
     `bits` may be a function `(name, module) -> 8 | 4 | None` choosing per layer (None keeps it
     float), e.g. to follow a GGUF file's stored types. Embeddings with an `as_linear` LM head become
-    `Int8Embedding` unless `embedding_bits` is None (int8 keeps the tied head as good as Q8_0).
+    `Int8Embedding` (`embedding_bits=8`: int8 keeps the tied head as good as Q8_0), `Int4Embedding`
+    (`embedding_bits=4`, where the int4 kernel takes the shape) or stay float (None).
     Layers named in `ROTATED_INPUTS` quantize their (rotated) inputs to 8 bits as well
     (see the module notes).
     `empty=True` builds the quantized modules without quantizing anything, to be filled by
-    `load_state_dict(..., assign=True)` from a weight cache.
+    `load_state_dict(..., assign=True)` from a weight cache (whose buffers say their layout).
+    `layout`: the 4-bit layers' and embedding's `Int4Linear` layout ("pairs", "symmetric", "kquant").
     """
     choose = bits if callable(bits) else (lambda name, mod: bits)
-    if embedding_bits not in (None, 8):
-        raise ValueError(f"embedding_bits must be 8 or None, got {embedding_bits!r}")
+    if embedding_bits not in (None, 4, 8):
+        raise ValueError(f"embedding_bits must be 4, 8 or None, got {embedding_bits!r}")
     for name, mod in list(model.named_modules()):
         for child_name, child in list(mod.named_children()):
             full = f"{name}.{child_name}" if name else child_name
@@ -486,10 +638,18 @@ def quantize_(model: nn.Module, bits: int | Callable[[str, nn.Module], int | Non
                 if b not in (4, 8):
                     raise ValueError(f"bits must be 4 or 8, got {b!r} for {full}")
                 w = child.weight.detach()
-                setattr(mod, child_name, _empty_linear(w, b, group_size, child_name) if empty
-                        else quantized_linear(w, b, group_size, child_name))
+                setattr(mod, child_name, _empty_linear(w, b, group_size, child_name, layout) if empty
+                        else quantized_linear(w, b, group_size, child_name, layout))
             elif isinstance(child, nn.Embedding) and hasattr(child, "as_linear") and embedding_bits:
                 w = child.weight.detach()
+                if embedding_bits == 4 and int4_supported(*w.shape, group_size):
+                    if empty:
+                        head = Int4Embedding(*w.shape, w.dtype, group_size)
+                        head._set_layout(int4_layout(layout, w.shape[1], group_size), head.weight.device)
+                    else:
+                        head = Int4Embedding.from_float(w, group_size, layout)
+                    setattr(mod, child_name, head)
+                    continue
                 block = rotation_block(w.shape[1])
                 setattr(mod, child_name, Int8Embedding(*w.shape, w.dtype, block) if empty
                         else Int8Embedding.from_float(w, block))

@@ -33,10 +33,10 @@ def write_tokenizer(folder: Path, vocab_size: int) -> None:
     tok.save(str(folder / "tokenizer.json"))
 
 
-def hf_text_model(seed: int = 0):
+def hf_text_model(seed: int = 0, **changes):
     from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 
-    model = Gemma3nForCausalLM(Gemma3nTextConfig(**TEXT)).eval()
+    model = Gemma3nForCausalLM(Gemma3nTextConfig(**{**TEXT, **changes})).eval()
     randomize(model, seed)
     return model
 

@@ -6,11 +6,11 @@ import torch
 
 import mmsdk
 from gemma3n_fixtures import hf_text_model, prefill_then_steps, save
-from mmsdk.decoder.gemma3n_loader import load_quantized
+from mmsdk.decoder.gemma3n_fast import AltUpRows, accelerate_
+from mmsdk.decoder.gemma3n_loader import INT4_LAYOUT, load_quantized, plan_int4
 from mmsdk.decoder.loader import load_text
-from mmsdk.decoder.quant_plan import plan_bits
 from mmsdk.decoder.offload import MappedPerLayerEmbedding
-from mmsdk.decoder.quantize import Int4Linear, Int8Embedding, quantize_
+from mmsdk.decoder.quantize import Int4Embedding, Int4Linear, Int8Linear, quantize_
 from mmsdk.errors import InputError
 
 
@@ -19,7 +19,9 @@ pytestmark = pytest.mark.usefixtures("mmsdk_cache")  # each test its own empty c
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return save(hf_text_model(seed=5), tmp_path_factory.mktemp("g3n_stream"))
+    # 256 wide: the layers reading the residual stream take Q4_K's super-blocks of 256 inputs; the
+    # narrower ones (o_proj, down_proj) fall back to the pairs layout, so both are streamed
+    return save(hf_text_model(seed=5, hidden_size=256), tmp_path_factory.mktemp("g3n_stream"))
 
 
 def _run(model):
@@ -44,14 +46,20 @@ def loaded_shard(folder):
 def test_streamed_matches_quantizing_in_memory(checkpoint, tmp_path):
     """Rounding is per row, so reading a tensor (or the embedding a block of rows) at a time gives
     the in-memory codes; logits differ only by kernel summation order (1e-3 of ~30-wide soft-capped
-    logits), where one wrongly mapped or rounded layer moves them by O(1). int4 is Q4_K_M's mix:
-    int4, int8 (q/k/v, some down_proj) and the int8 embedding / LM head all take part."""
+    logits), where one wrongly mapped or rounded layer moves them by O(1). int4 is every layer and
+    the embedding / LM head at 4 bits (Q4_K where 256 inputs divide, pairs elsewhere), AltUp's
+    4-wide maps float (run as broadcast sums, `gemma3n_fast`)."""
     float_model = load_text(checkpoint).model
-    ref = _run(quantize_(float_model, plan_bits(float_model, "int4").get, 32))
+    # the same swap as the load's: 8-bit input rounding turns AltUp's reordered sums (1e-6) into 0.1
+    ref = _run(accelerate_(quantize_(float_model, plan_int4(float_model, "int4").get, 32, embedding_bits=4,
+                                     layout=INT4_LAYOUT)))
     loaded = load_quantized(checkpoint, "int4", offload="ple")
     model = loaded.model
     assert loaded.quantization == "int4"
-    assert any(isinstance(m, Int4Linear) for m in model.modules()) and isinstance(model.embed, Int8Embedding)
+    layouts = {m.layout for m in model.modules() if isinstance(m, Int4Linear)}
+    assert layouts == {"kquant", "pairs"} and isinstance(model.embed, Int4Embedding) and model.embed.layout == "kquant"
+    assert not any(isinstance(m, Int8Linear) for name, m in model.named_modules() if ".altup." in name)
+    assert all(type(layer.altup) is AltUpRows for layer in model.layers)
     # The table is the checkpoint file's own pages (a map of it), not a copy in memory.
     assert isinstance(model.ple, MappedPerLayerEmbedding)
     assert _mapped_file(model.ple.table.data_ptr()) == str(loaded_shard(checkpoint))
@@ -70,3 +78,25 @@ def test_streamed_matches_quantizing_in_memory(checkpoint, tmp_path):
     assert asst.info.quantization == "int4" and isinstance(asst.model.ple, MappedPerLayerEmbedding)
     assert torch.equal(_run(asst.model), out)  # the same path run twice
     assert isinstance(asst.generate("w1 w2 w3", max_tokens=3), str)
+
+
+def test_altup_rows_match_the_reference(checkpoint):
+    """`gemma3n_fast.AltUpRows` (broadcast sums for a few rows) against `AltUp`'s matmuls on the float
+    model: the same sums in another order, so within float32 rounding (1e-4 of logits ~30 wide; a
+    transposed coefficient map moves them by O(1)); a prompt of 9 rows and decoded tokens both take
+    the rows path. An int8 map (an older cache's) is dequantized into a float one."""
+    import copy
+
+    from mmsdk.decoder.quantize import Int8Linear as I8
+
+    model = load_text(checkpoint).model
+    ref = _run(model)
+    fast = accelerate_(copy.deepcopy(model))
+    assert all(type(layer.altup) is AltUpRows for layer in fast.layers)
+    assert torch.allclose(_run(fast), ref, rtol=0, atol=1e-4)
+    old = copy.deepcopy(model)
+    for layer in old.layers:
+        layer.altup.correction_coefs = I8.from_float(layer.altup.correction_coefs.weight)
+    accelerate_(old)
+    assert all(type(layer.altup) is AltUpRows for layer in old.layers)
+    assert torch.allclose(_run(old), ref, rtol=0, atol=0.05)  # int8 rounding of a 4x4 map

@@ -1,7 +1,7 @@
 """Gemma 3n through the public API at real size: load time, decode speed and whole-process memory.
 
     python tests/eval/make_real_size_gemma3n.py /work/realsize        # the E2B/E4B folders
-    python tests/eval/bench_gemma3n.py /work/realsize/gemma-3n-E2B-it [--quantize int4] [--offload ple]
+    python tests/eval/bench_gemma3n.py /work/realsize/gemma-3n-E2B-it [--quantize int4] [--offload ple] [--profile]
 
 Run it twice: the first load quantizes and writes the weight cache, the second is a cached load.
 Decode tok/s is over 16 tokens after the first (greedy, the prompt's time taken out), medians of
@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--quantize", default="int4")
     ap.add_argument("--offload", default="ple")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="also time a decoded token's parts by module kind")
     a = ap.parse_args()
     t0 = time.perf_counter()
     import mmsdk
@@ -53,6 +54,50 @@ def main():
     print(f"decode {statistics.median(rates):.2f} tok/s (min {min(rates):.2f}, max {max(rates):.2f}); "
           f"prompt + first token {first:.2f} s")
     print(f"after decoding: {memory()} MB")
+    if a.profile:
+        profile(asst.model)
+
+
+def profile(model, steps: int = 8):
+    """Seconds per decoded token in each kind of module (forward hooks, outermost call counted; the
+    hooks' own cost, ~2 us a call, lands in the parents' and 'other' times)."""
+    import collections
+
+    import torch
+
+    from mmsdk.decoder.kv_cache import make_cache
+
+    spent, depth, starts = collections.Counter(), [0], {}
+    kinds = {}
+    for name, mod in model.named_modules():
+        kind = type(mod).__name__
+        if name.endswith(("altup", "laurel", "attn", "mlp")) or kind in ("Int4Linear", "Int8Linear", "Linear",
+                                                                        "RMSNorm", "Int4Embedding", "Int8Embedding"):
+            kinds[mod] = kind if kind.startswith(("Int", "Linear", "RMS")) else name.rsplit(".", 1)[-1]
+
+    def pre(mod, args):
+        starts[mod] = time.perf_counter()
+
+    def post(mod, args, out):
+        spent[kinds[mod]] += time.perf_counter() - starts.pop(mod)
+
+    hooks = [m.register_forward_pre_hook(pre) for m in kinds] + [m.register_forward_hook(post) for m in kinds]
+    caches = make_cache(model.config)
+    with torch.inference_mode():
+        model(torch.tensor([[2, 651, 3925]]), caches, torch.arange(3))
+        spent.clear()
+        t = time.perf_counter()
+        for i in range(steps):
+            h = model(torch.tensor([[1000 + i]]), caches, torch.tensor([3 + i]))
+            t1 = time.perf_counter()
+            model.logits(h)
+            spent["LM head"] += time.perf_counter() - t1
+        total = (time.perf_counter() - t) / steps
+    for h in hooks:
+        h.remove()
+    print(f"a decoded token: {1e3 * total:.1f} ms (hooked); per kind, nested kinds inside their parents' times:")
+    for kind, s in spent.most_common():
+        print(f"  {kind:14s} {1e3 * s / steps:7.2f} ms")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ random weights: `make_real_size.py`, `make_real_size_encoders.py --only mmproj4b
         [--mmproj /work/realsize/gemma3-4b-mmproj-f16.gguf] [--repeats 2]
 
 mmsdk: `describe_image(..., max_tokens=1)` after the model is loaded (the image encoded, the prompt
-prefilled, the first token picked), median of the repeats; loaded as stored (the vision tower in
-float32), then with `quantize="stored"` (the tower's linears int8, `encoders.accelerate`). llama-mtmd-cli: from its log's time
+prefilled, the first token picked), median of the repeats. llama-mtmd-cli: from its log's time
 stamps, the time from the model loaded to the prompt (text, image encode, the image's tokens) done.
 """
 import argparse
@@ -66,22 +65,17 @@ def main() -> int:
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (896, 896, 3), dtype=np.uint8)).save(image)
         peer = llama_ttft(a.llama_bin, a.model, a.mmproj, image, a.threads)
         torch.set_num_threads(a.threads)
-        ours = {}
-        for quantize in (None, "stored"):  # the vision tower in float32, then with int8 linears (`accelerate`)
-            asst = mmsdk.load(a.model, mmproj=a.mmproj, threads=a.threads, quantize=quantize)
-            times = []
-            for _ in range(a.repeats):
-                t = time.perf_counter()
-                asst.describe_image(image, max_tokens=1, pan_and_scan=False)
-                times.append(time.perf_counter() - t)
-            ours[quantize] = times
-            del asst
+        asst = mmsdk.load(a.model, mmproj=a.mmproj, threads=a.threads)
+        times = []
+        for _ in range(a.repeats):
+            t = time.perf_counter()
+            asst.describe_image(image, max_tokens=1, pan_and_scan=False)
+            times.append(time.perf_counter() - t)
+    ours = statistics.median(times)
     print(f"model: {a.model}\nmmproj: {a.mmproj}")
+    print(f"mmsdk describe_image TTFT: {ours:.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)})")
     print(f"llama-mtmd-cli TTFT: {peer['ttft_s']:.2f} s (its prompt with the image: {peer['prompt_ms']:.0f} ms)")
-    for quantize, times in ours.items():
-        median = statistics.median(times)
-        print(f"mmsdk describe_image TTFT, load(quantize={quantize!r}): {median:.2f} s "
-              f"(runs: {', '.join(f'{t:.2f}' for t in times)}), {median / peer['ttft_s']:.2f}x llama-mtmd-cli")
+    print(f"mmsdk / llama-mtmd-cli: {ours / peer['ttft_s']:.2f}x")
     return 0
 
 

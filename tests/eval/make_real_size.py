@@ -63,14 +63,15 @@ def tensor_shapes(s: dict) -> list[tuple[str, tuple[int, int] | tuple[int]]]:
 def vocabulary(src, size: str) -> tuple[list, list, list]:
     """The bundled 270M's tokens, scores and types, grown to the size's vocabulary as llama.cpp's
     converter writes a multimodal Gemma 3: `<image_soft_token>`, then unused `[PAD<id>]` tokens."""
+    from gguf import TokenType
+
     tokens = list(src.fields["tokenizer.ggml.tokens"].contents())
     scores = list(src.fields["tokenizer.ggml.scores"].contents())
     types = list(src.fields["tokenizer.ggml.token_type"].contents())
     extra = [IMAGE_SOFT] + [f"[PAD{i}]" for i in range(len(tokens) + 1, SIZES[size]["vocab"])]
     extra = extra[:SIZES[size]["vocab"] - len(tokens)]
-    USER_DEFINED, UNUSED = 4, 5  # llama.cpp's token types
     return (tokens + extra, scores + [0.0] * len(extra),
-            types + [USER_DEFINED if t == IMAGE_SOFT else UNUSED for t in extra])
+            types + [int(TokenType.USER_DEFINED if t == IMAGE_SOFT else TokenType.UNUSED) for t in extra])
 
 
 def random_blocks(rng, rows: int, cols: int, qtype) -> np.ndarray:

@@ -105,8 +105,11 @@ class GGUFFile:
     this ~0.3 s. Tensors are views of one read-only mapping of the file; `drop` lets the kernel take
     a converted tensor's pages back, so a streamed load holds one source tensor at a time."""
 
-    def __init__(self, path):
+    def __init__(self, path, arrays: bool = True):
+        """`arrays=False` leaves array values (the vocabulary, its scores and types) out of `meta`:
+        a chat template or a config read without decoding 262k strings."""
         self.path = Path(path)
+        self._arrays = arrays
         if not self.path.is_file():
             raise ModelLoadError(self.path, "no such file")
         if not is_gguf(self.path):
@@ -142,12 +145,28 @@ class GGUFFile:
                 raise ValueError("a string runs past the end of the file")
             return s
 
+        def skip(vtype, n):
+            nonlocal pos
+            if vtype in _NUMPY:
+                pos += n * np.dtype(_NUMPY[vtype]).itemsize
+            elif vtype == 8:
+                for _ in range(n):
+                    pos += 8 + int.from_bytes(buf[pos:pos + 8], "little")
+            else:
+                for _ in range(n):
+                    value(vtype)
+            if pos > len(buf):
+                raise ValueError("an array runs past the end of the file")
+
         def value(vtype):
             nonlocal pos
             if vtype == 8:
                 return string()
             if vtype == 9:
                 sub, n = take("IQ")
+                if not self._arrays:
+                    skip(sub, n)
+                    return None
                 if sub in _NUMPY:  # numbers in bulk
                     arr = np.frombuffer(buf, _NUMPY[sub], n, pos)
                     pos += arr.nbytes
@@ -164,7 +183,9 @@ class GGUFFile:
         for _ in range(n_kv):
             key, vtype = string(), take("I")
             sub = struct.unpack_from("<I", buf, pos)[0] if vtype == 9 else None
-            meta[key], types[key] = value(vtype), (vtype, sub)
+            found = value(vtype)
+            if found is not None:
+                meta[key], types[key] = found, (vtype, sub)
         infos = []
         for _ in range(n_tensors):
             name, n_dims = string(), take("I")

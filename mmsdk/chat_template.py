@@ -58,9 +58,9 @@ def find_template(path) -> str | None:
     `tokenizer.chat_template`; None when it carries none."""
     path = Path(path)
     if not path.is_dir():
-        from .decoder.gguf_file import open_gguf, read_metadata
+        from .decoder.gguf_file import GGUFFile
 
-        return read_metadata(open_gguf(path), skip_arrays=True).get("tokenizer.chat_template") or None
+        return GGUFFile(path, arrays=False).meta.get("tokenizer.chat_template") or None
     if (path / "chat_template.jinja").exists():
         return (path / "chat_template.jinja").read_text(encoding="utf-8")
     for name in ("chat_template.json", "tokenizer_config.json"):

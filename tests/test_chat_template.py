@@ -82,9 +82,9 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def vocab(bundled_path):
-    from mmsdk.decoder.gguf_file import open_gguf, read_metadata
+    from mmsdk.decoder.gguf_file import GGUFFile
 
-    meta = read_metadata(open_gguf(bundled_path))
+    meta = GGUFFile(bundled_path).meta
     tokens, types = list(meta["tokenizer.ggml.tokens"]), list(meta["tokenizer.ggml.token_type"])
     assert tokens[46:53] == [f"<unused{i}>" for i in range(40, 47)]
     tokens[46:53], types[46:53] = FUNCTION_TOKENS, [USER_DEFINED] * 7

@@ -11,7 +11,7 @@ from _tiny import tiny_vocab
 from mmsdk.decoder.config import FULL, SLIDING, TextConfig
 from mmsdk.decoder.errors import ModelLoadError
 from mmsdk.decoder.gemma3 import Gemma3Text
-from mmsdk.decoder.gguf_file import open_gguf, read_metadata
+from mmsdk.decoder.gguf_file import GGUFFile
 
 # The text configs of google/gemma-3-{1b,4b,12b,27b}-it (config.json); the rest are transformers' defaults.
 SIZES = {
@@ -88,7 +88,7 @@ def write_gguf(path, tc, *, state_dict=None, extra=None, drop=()):
 
 
 def from_file(path) -> TextConfig:
-    return TextConfig.from_gguf(read_metadata(open_gguf(path)))
+    return TextConfig.from_gguf(GGUFFile(path).meta)
 
 
 @pytest.mark.parametrize("size", SIZES)

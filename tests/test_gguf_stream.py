@@ -268,3 +268,13 @@ def test_streamed_int8_load_matches_float(tiny_q4):
     out = _logits(model, ids)
     assert _rms(out - ref) < 0.3 * _rms(ref)  # measured 21%: int8 inputs on a tiny random model
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
+
+
+def test_header_without_arrays_reads_every_other_key(bundled_path):
+    # A chat template or config lookup skips the vocabulary's 262k strings; every scalar key and
+    # the tensor table must still come out as the full parse gives them.
+    full, light = GGUFFile(bundled_path), GGUFFile(bundled_path, arrays=False)
+    arrays = {k for k, v in full.meta.items() if isinstance(v, list)}
+    assert "tokenizer.ggml.tokens" in arrays
+    assert light.meta == {k: v for k, v in full.meta.items() if k not in arrays}
+    assert light.tensors == full.tensors

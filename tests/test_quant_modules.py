@@ -250,6 +250,14 @@ def _dequantized(m: Int4Linear) -> torch.Tensor:
     return dequantize_int4(unpack_int4(m.weight, torch.arange(m.out_features)), scale, zero)
 
 
+@pytest.mark.parametrize("shape", [(128, 64), (96, 48), (48, 32)])
+def test_pack_int4_writes_torchs_packed_layout(shape):
+    # our tensor-op packing must give the bytes torch's converter gives (its int4 kernels read them)
+    q = torch.randint(0, 16, shape, dtype=torch.uint8)
+    ref = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+    assert torch.equal(pack_int4(q), ref)  # integer bytes: exact
+
+
 def test_unpack_int4_reads_the_packed_codes():
     q = torch.randint(0, 16, (192, 64), dtype=torch.uint8)
     rows = torch.tensor([0, 17, 31, 32, 63, 64, 100, 191])

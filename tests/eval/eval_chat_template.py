@@ -29,11 +29,11 @@ def main():
     from mmsdk import chat_format
     from mmsdk.bundled import bundled_gguf
     from mmsdk.chat_template import ChatTemplate
-    from mmsdk.decoder.gguf_file import open_gguf, read_metadata
+    from mmsdk.decoder.gguf_file import GGUFFile
     from mmsdk.decoder.tokenizer import tokenizer_from_gguf
 
     path = bundled_gguf()
-    ours = tokenizer_from_gguf(read_metadata(open_gguf(path)), f"{path}:eval_chat_template")
+    ours = tokenizer_from_gguf(GGUFFile(path).meta, f"{path}:eval_chat_template")
     ref = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     ref.chat_template = TEMPLATE.read_text()
     template = ChatTemplate(ref.chat_template)

@@ -30,12 +30,10 @@ def main():
 
         cfg = TextConfig.from_hf(json.loads(Path(args.model, "config.json").read_text()))
     else:
-        from gguf import GGUFReader
-
         from mmsdk.bundled import bundled_gguf
-        from mmsdk.decoder.gguf_file import read_metadata
+        from mmsdk.decoder.gguf_file import GGUFFile
 
-        cfg = TextConfig.from_gguf(read_metadata(GGUFReader(args.model or bundled_gguf())))
+        cfg = TextConfig.from_gguf(GGUFFile(args.model or bundled_gguf()).meta)
     ring = kv_bytes(make_cache(cfg), cfg, args.context)
     full = kv_bytes([FullCache(1, cfg.num_key_value_heads, cfg.head_dim, torch.float32)
                      for _ in cfg.layer_types], cfg, args.context)

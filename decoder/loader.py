@@ -14,7 +14,7 @@ from .config import TextConfig
 from .errors import ModelLoadError
 from .safetensors_folder import folder_tokenizer, read_safetensors, split_text_tensors, stored_dtype
 from .gemma3 import Gemma3Text
-from . import weight_cache
+from . import native, weight_cache
 from .cache import atomic_path
 from .gguf_file import EXACT_4BIT, GGUFFile, is_gguf, q4_codes, q4_k_parts
 from .memory import drop_resident, map_large_allocations, release_free_memory
@@ -180,7 +180,10 @@ def _linear(gg: GGUFFile, names: list[str], mod: nn.Linear, bits: int | None, gr
     kinds = {gg.tensors[n].kind for n in names}
     if bits == 4 and group_size == 32 and kinds <= set(EXACT_4BIT) and int4_supported(*mod.weight.shape, 32):
         if kinds == {"Q4_0"}:  # w = (q - 8) d: the file's codes and float16 d as they are (4.5 bits a weight)
-            q, d, _ = q4_codes(np.concatenate([gg.raw(n) for n in names]), "Q4_0")
+            raw = np.concatenate([gg.raw(n) for n in names])
+            if native.available("q4_0_to_int4pack"):  # straight into the packed layout, one pass
+                return Int4Linear.from_packed_symmetric(*native.q4_0_to_int4pack(raw, mod.in_features), 32)
+            q, d, _ = q4_codes(raw, "Q4_0")
             return Int4Linear.from_symmetric(q, d.half(), 32)  # d came from float16: exact
         if kinds == {"Q4_K"}:  # w = q d sc - dmin m: the file's codes and numbers as they are (4.625 bits a weight)
             return Int4Linear.from_kquant(*q4_k_parts(np.concatenate([gg.raw(n) for n in names])))
@@ -204,13 +207,16 @@ def _embedding(gg: GGUFFile, name: str, mod: nn.Embedding, dtype, int8: bool, ch
     else:
         mod.weight = nn.Parameter(torch.empty(V, H, dtype=dtype), requires_grad=False)
         out = mod
+    one_pass = int8 and gg.tensors[name].kind == "Q8_0" and native.available("q8_0_to_int8_rows")
     for a in range(0, V, chunk):
         rows = slice(a, min(a + chunk, V))
-        w = gg.dequantize(name, rows)
-        if int8:
+        if one_pass:  # the same rounding without float32 temporaries (`native.q8_0_to_int8`)
+            out.weight[rows], out.scales[rows] = native.q8_0_to_int8(gg.raw(name, rows), H, block)
+        elif int8:
+            w = gg.dequantize(name, rows)
             out.weight[rows], out.scales[rows] = quantize_int8(rotate(w, block) if block else w)
         else:
-            out.weight[rows] = w
+            out.weight[rows] = gg.dequantize(name, rows)
         gg.drop(name, rows)
     return out
 

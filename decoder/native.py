@@ -26,6 +26,7 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .cache import atomic_path, cache_dir
@@ -66,6 +67,9 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "gemma3_layer_rows": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n],
     "gemma3_prompt_qkv": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _ptr, _ptr],
     "gemma3_prompt_rest": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _n, _n, _ptr, _ptr, _n],
+    "pack_int4_codes": [_ptr, _n, _n, _n, _ptr],
+    "q8_0_to_int8_rows": [_ptr, _n, _n, _n, _ptr, _ptr],
+    "q4_0_to_int4pack": [_ptr, _n, _n, _n, _ptr],
     "sizeof_linear": [],
     "sizeof_layer": [],
 }
@@ -222,6 +226,36 @@ def linear(x: torch.Tensor, w: Int8Blocks, rotation: int | None = None) -> torch
     library().int8_linear(rows.data_ptr(), M, K, rotation or 0, w.blocks.data_ptr(), w.scales.data_ptr(),
                           w.comp.data_ptr(), y.data_ptr(), N)
     return y.view(*x.shape[:-1], N)
+
+
+def pack_int4_codes(q: torch.Tensor) -> torch.Tensor:
+    """`quantize.pack_int4` in one pass: codes (N, K) uint8 in 0..15, N a multiple of `int4_block()`."""
+    N, K = q.shape
+    q = q.to(torch.uint8).contiguous()
+    out = torch.empty(N, K // 2, dtype=torch.uint8)
+    library().pack_int4_codes(q.data_ptr(), N, K, int4_block(), out.data_ptr())
+    return out
+
+
+def q4_0_to_int4pack(raw: np.ndarray, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """GGUF Q4_0 rows (uint8 (N, K / 32 * 18)) -> `pack_int4` of their codes and their float16 d
+    (N, K / 32), in one pass: `Int4Linear.from_symmetric`'s parts without a codes array."""
+    N = raw.shape[0]
+    raw = np.ascontiguousarray(raw)
+    out = torch.empty(N, K // 2, dtype=torch.uint8)
+    library().q4_0_to_int4pack(raw.ctypes.data, N, K, int4_block(), out.data_ptr())
+    d = torch.from_numpy(raw.reshape(N, K // 32, 18)[:, :, :2].copy().view(np.float16)).reshape(N, K // 32)
+    return out, d
+
+
+def q8_0_to_int8(raw: np.ndarray, K: int, block: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GGUF Q8_0 rows (uint8 (rows, K / 32 * 34), e.g. a view of the mapped file) ->
+    `quantize.quantize_int8(quantize.rotate(w, block))` in one pass: int8 codes (rows, K), float32 scales (rows,)."""
+    rows = raw.shape[0]
+    raw = np.ascontiguousarray(raw)
+    q, scale = torch.empty(rows, K, dtype=torch.int8), torch.empty(rows)
+    library().q8_0_to_int8_rows(raw.ctypes.data, rows, K, block or 0, q.data_ptr(), scale.data_ptr())
+    return q, scale
 
 
 LAYOUTS = {"pairs": 0, "symmetric": 1, "kquant": 2}  # int4_q8.h's PAIRS, SYM, KQ

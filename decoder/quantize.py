@@ -164,6 +164,8 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     B = native.int4_block()
     if N % B or K % 2:
         return torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+    if native.available("pack_int4_codes"):
+        return native.pack_int4_codes(q)
     halves = q.to(torch.uint8).view(N // B, 2, B // 2, K)  # row i and row i + B/2 of each block share a byte
     return (halves[:, 0] | (halves[:, 1] << 4)).transpose(1, 2).contiguous().view(N, K // 2)
 
@@ -401,11 +403,16 @@ class Int4Linear(nn.Module):
     @classmethod
     def from_symmetric(cls, q: torch.Tensor, d: torch.Tensor, group_size: int) -> "Int4Linear":
         """From codes (N, K) in 0..15 and a float16 d per group, (N, K/g): w = (q - 8) * d, kept exact."""
+        return cls.from_packed_symmetric(pack_int4(q), d, group_size)
+
+    @classmethod
+    def from_packed_symmetric(cls, weight: torch.Tensor, d: torch.Tensor, group_size: int) -> "Int4Linear":
+        """`from_symmetric` with the codes already packed (`pack_int4`'s layout, (N, K/2) uint8)."""
         if d.dtype != torch.float16:
             raise ValueError(f"d must be float16 (stored as it is), got {d.dtype}")
         with torch.device("meta"):
-            m = cls(q.shape[1], q.shape[0], group_size, symmetric=True)
-        m.weight = pack_int4(q)
+            m = cls(weight.shape[1] * 2, weight.shape[0], group_size, symmetric=True)
+        m.weight = weight
         m.scales = d.T.contiguous()
         return m
 

@@ -511,3 +511,38 @@ def test_the_ctypes_mirrors_match_the_kernels_structs():
     lib = native.library()
     assert (ctypes.sizeof(fused._Linear), ctypes.sizeof(fused._Layer)) == (lib.sizeof_linear(), lib.sizeof_layer())
     fused.check_mirrors()
+
+
+@needs_native
+@pytest.mark.parametrize("K, block", [(1152, 128), (640, 128), (96, None)])
+def test_q8_0_rows_round_as_the_tensor_ops_do(K, block):
+    """`native.q8_0_to_int8` (a first load's embedding in one pass) against the reference: dequantize,
+    rotate, `quantize_int8`. The rotation sums in another order, so a code may land one step away
+    where a value sits on a rounding boundary; a wrong block, scale or sign moves most codes."""
+    rows = 300
+    d = (torch.rand(rows, K // 32) * 0.01 + 1e-4).half()
+    codes = torch.randint(-127, 128, (rows, K // 32, 32), dtype=torch.int8)
+    raw = torch.cat([d.view(torch.uint8).view(rows, K // 32, 2), codes.view(torch.uint8)], -1).reshape(rows, -1)
+    w = (codes.float() * d.float()[..., None]).reshape(rows, K)
+    q_ref, s_ref = quantize_int8(rotate(w, block) if block else w)
+    q, s = native.q8_0_to_int8(raw.numpy(), K, block)
+    assert rel_err(s, s_ref) < 1e-5
+    diff = (q.int() - q_ref.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+
+
+@needs_native
+def test_q4_0_blocks_pack_as_their_codes_do():
+    # `native.q4_0_to_int4pack` (a first load's Q4_0 layers in one pass) against decoding the codes and
+    # packing them: the same bytes and float16 d (integer codes: exact)
+    from mmsdk.decoder.gguf_file import q4_codes
+    from mmsdk.decoder.quantize import pack_int4
+
+    N, K = 128, 256
+    raw = torch.randint(0, 256, (N, K // 32, 18), dtype=torch.uint8)
+    raw[..., :2] = torch.rand(N, K // 32).half().view(torch.uint8).view(N, K // 32, 2)
+    raw = raw.reshape(N, -1).numpy()
+    packed, d = native.q4_0_to_int4pack(raw, K)
+    q, scale, _ = q4_codes(raw, "Q4_0")
+    assert torch.equal(packed, pack_int4(q))
+    assert torch.equal(d.float(), scale)

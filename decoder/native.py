@@ -66,6 +66,8 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "gemma3_layer_rows": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n],
     "gemma3_prompt_qkv": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _ptr, _ptr],
     "gemma3_prompt_rest": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _n, _n, _ptr, _ptr, _n],
+    "gemma3n_layer_step": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n, _n, _n, _ptr],
+    "sizeof_gemma3n_layer": [],
     "sizeof_linear": [],
     "sizeof_layer": [],
 }

@@ -134,7 +134,8 @@ class FastBlock(Block):
             return cached[1]
         E, D, I, P = self.attn_norm.dim, attn.head_dim, mlp.down_proj.in_features, self.ple_proj.in_features
         if (any(w is None for w, m in zip(weights, mods) if m is not None) or any(t is None for t in small)
-                or (own and v_proj_missing(attn)) or altup.correction_coefs.weight.shape[0] > 8
+                or (own and attn.v_proj is None)  # Gemma 4's values-are-keys layers: not what the call computes
+                or altup.correction_coefs.weight.shape[0] > 8
                 or any(n % 16 for n in (E, D, I, P)) or not native.available("gemma3n_layer_step")):
             return None
         _check_mirror()
@@ -143,7 +144,7 @@ class FastBlock(Block):
         scale = altup.correct_output_scale.detach().float().contiguous() if self.correct_scale else None
         gains.append(scale)
         proj = [_Linear() if m is None else _linear(m, w) for m, w in zip(mods, weights)]
-        layer = _Gemma3nLayer(E, attn.n_heads, attn.n_kv, D, I, P, altup.correction_coefs.weight.shape[0], own,
+        layer = _Gemma3nLayer(E, attn.n_heads, attn.n_kv, D, I, P, altup.correction_coefs.weight.shape[0], int(own),
                               math.sqrt(E * self.attn_norm.eps), math.sqrt(D * attn.q_norm.eps), altup.router_scale,
                               mlp.std_multiplier or 0.0,
                               *[None if g is None else g.data_ptr() for g in gains],
@@ -180,11 +181,6 @@ class FastBlock(Block):
                                             sin.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(1), slot,
                                             k.shape[2], bias.data_ptr())
         return out
-
-
-def v_proj_missing(attn) -> bool:
-    """Gemma 4's k_eq_v layers (values are the keys): not what the call computes."""
-    return attn.v_proj is None
 
 
 def accelerate_(model: nn.Module) -> nn.Module:

@@ -68,12 +68,37 @@ def main():
               f"(min {min(r):.2f}, max {max(r):.2f}); prompt + first token {first:.2f} s")
     print(f"after decoding: {memory()} MB")
     if a.profile:
+        gemv_bandwidth(asst.model)
         for name, cls in variants.items():
             if cls is not None:
                 print(f"-- {name}")
                 for layer in asst.model.layers:
                     layer.__class__ = cls
             profile(asst.model)
+
+
+def gemv_bandwidth(model, calls: int = 20):
+    """The 4-bit products of one decoded row on E2B's shapes: ms a call (median) and the bytes they
+    stream (codes + group numbers) per second."""
+    import torch
+
+    layer = model.layers[0]
+    mods = {"q_proj": layer.attn.q_proj, "gate_proj": layer.mlp.gate_proj, "down_proj": layer.mlp.down_proj,
+            "LM head": model.embed}
+    with torch.inference_mode():
+        for name, mod in mods.items():
+            x = torch.randn(1, 1, mod.in_features if hasattr(mod, "in_features") else mod.embedding_dim)
+            run = mod.as_linear if name == "LM head" else mod
+            run(x)
+            times = []
+            for _ in range(calls):
+                t = time.perf_counter()
+                run(x)
+                times.append(time.perf_counter() - t)
+            nbytes = sum(b.numel() * b.element_size() for b in mod.buffers())
+            shape = tuple(mod.weight.shape)
+            ms = statistics.median(times) * 1e3
+            print(f"  4-bit GEMV {name:9s} {str(shape):16s} {ms:7.2f} ms  {nbytes / ms / 1e6:5.1f} GB/s")
 
 
 def profile(model, steps: int = 8):

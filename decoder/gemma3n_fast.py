@@ -120,23 +120,27 @@ class FastBlock(Block):
         mods = (attn.q_proj, attn.k_proj if own else None, attn.v_proj if own else None, attn.o_proj,
                 mlp.gate_proj, mlp.up_proj, mlp.down_proj, self.laurel.linear_left, self.laurel.linear_right,
                 self.ple_gate, self.ple_proj)
-        weights = [None if m is None else _weights(m) for m in mods]
-        small = [_float_rows(getattr(altup, n).weight) if type(getattr(altup, n)) is nn.Linear else None
-                 for n in ("modality_router", "prediction_coefs", "correction_coefs")]
+        smalls = [getattr(altup, n) for n in ("modality_router", "prediction_coefs", "correction_coefs")]
         norms = [altup.router_norm, self.attn_norm, attn.q_norm, getattr(attn, "k_norm", None),
                  getattr(attn, "v_norm", None), self.laurel.norm, self.post_attn_norm, self.mlp_norm,
                  self.post_mlp_norm, self.ple_norm]
-        key = (tuple(id(t) for w in weights if w is not None for t in w) + tuple(id(t) for t in small)
-               + tuple((n.weight.data_ptr(), n.weight._version) for n in norms if n is not None and n.weight is not None)
+        # cheap to check every token (the tensors' identities and versions), unlike `_weights`; a plan
+        # keeps its tensors, so their ids are not reused while it is held
+        tensors = [t for m in (*mods, *smalls) if m is not None for t in (*m._parameters.values(), *m._buffers.values())]
+        gains = [n._parameters.get("weight") for n in norms if n is not None and n._parameters.get("weight") is not None]
+        key = (tuple(map(id, tensors)) + tuple((w.data_ptr(), w._version) for w in gains)
                + (altup.correct_output_scale.data_ptr(), altup.correct_output_scale._version))
         cached = _PLANS.get(self)
         if cached is not None and cached[0] == key:
             return cached[1]
+        weights = [None if m is None else _weights(m) for m in mods]
+        small = [_float_rows(m.weight) if type(m) is nn.Linear else None for m in smalls]
         E, D, I, P = self.attn_norm.dim, attn.head_dim, mlp.down_proj.in_features, self.ple_proj.in_features
         if (any(w is None for w, m in zip(weights, mods) if m is not None) or any(t is None for t in small)
                 or (own and attn.v_proj is None)  # Gemma 4's values-are-keys layers: not what the call computes
                 or altup.correction_coefs.weight.shape[0] > 8
                 or any(n % 16 for n in (E, D, I, P)) or not native.available("gemma3n_layer_step")):
+            _PLANS[self] = (key, None)
             return None
         _check_mirror()
         gains = [n.gain() if n is not None else None for n in norms]
@@ -149,7 +153,7 @@ class FastBlock(Block):
                               mlp.std_multiplier or 0.0,
                               *[None if g is None else g.data_ptr() for g in gains],
                               *[t.data_ptr() for t in small], *proj)
-        layer.keep = (gains, weights, small)  # what the pointers point into
+        layer.keep = (gains, weights, small, tensors)  # what the pointers (and `key`'s ids) point into
         _PLANS[self] = (key, layer)
         return layer
 

@@ -70,6 +70,8 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "pack_int4_codes": [_ptr, _n, _n, _n, _ptr],
     "q8_0_to_int8_rows": [_ptr, _n, _n, _n, _ptr, _ptr],
     "q4_0_to_int4pack": [_ptr, _n, _n, _n, _ptr],
+    "gemma3n_layer_step": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n, _n, _n, _ptr],
+    "sizeof_gemma3n_layer": [],
     "sizeof_linear": [],
     "sizeof_layer": [],
 }

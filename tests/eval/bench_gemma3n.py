@@ -2,10 +2,12 @@
 
     python tests/eval/make_real_size_gemma3n.py /work/realsize        # the E2B/E4B folders
     python tests/eval/bench_gemma3n.py /work/realsize/gemma-3n-E2B-it [--quantize int4] [--offload ple] [--profile]
+        [--compare]
 
 Run it twice: the first load quantizes and writes the weight cache, the second is a cached load.
 Decode tok/s is over 16 tokens after the first (greedy, the prompt's time taken out), medians of
-3 rounds. Memory is /proc/self/status's: peak (VmHWM), anonymous and file-backed resident pages
+3 rounds. `--compare` alternates rounds of the fused layer step (`gemma3n_fast.FastBlock`, what a load
+runs) and the reference `Block` on the same loaded weights, medians of each. Memory is /proc/self/status's: peak (VmHWM), anonymous and file-backed resident pages
 (the weight cache and the per-layer table are mapped: their touched pages count as file RSS).
 Target (issue 16): E2B peak RSS <= 2 GB with offload="ple" at 4 bits.
 """
@@ -31,6 +33,7 @@ def main():
     ap.add_argument("--offload", default="ple")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="also time a decoded token's parts by module kind")
+    ap.add_argument("--compare", action="store_true", help="alternate the fused layer step and the reference Block")
     a = ap.parse_args()
     t0 = time.perf_counter()
     import mmsdk
@@ -43,19 +46,59 @@ def main():
     print(f"load {time.perf_counter() - t1:.1f} s ({time.perf_counter() - t0:.1f} s with the imports): {memory()} MB")
     prompt = "The history of the city"
     asst.generate(prompt, max_tokens=4, temperature=0)
-    rates = []
+    variants = {"fused": None}
+    if a.compare:
+        from mmsdk.decoder.gemma3n import Block
+        from mmsdk.decoder.gemma3n_fast import FastBlock
+        variants = {"fused step": FastBlock, "reference Block": Block}
+    rates = {name: [] for name in variants}
     for _ in range(3):
-        t = time.perf_counter()
-        asst.generate(prompt, max_tokens=1, temperature=0)
-        first = time.perf_counter() - t
-        t = time.perf_counter()
-        asst.generate(prompt, max_tokens=17, temperature=0)
-        rates.append(16 / (time.perf_counter() - t - first))
-    print(f"decode {statistics.median(rates):.2f} tok/s (min {min(rates):.2f}, max {max(rates):.2f}); "
-          f"prompt + first token {first:.2f} s")
+        for name, cls in variants.items():
+            if cls is not None:
+                for layer in asst.model.layers:
+                    layer.__class__ = cls
+            t = time.perf_counter()
+            asst.generate(prompt, max_tokens=1, temperature=0)
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            asst.generate(prompt, max_tokens=17, temperature=0)
+            rates[name].append(16 / (time.perf_counter() - t - first))
+    for name, r in rates.items():
+        print(f"decode{'' if len(rates) == 1 else ' (' + name + ')'} {statistics.median(r):.2f} tok/s "
+              f"(min {min(r):.2f}, max {max(r):.2f}); prompt + first token {first:.2f} s")
     print(f"after decoding: {memory()} MB")
     if a.profile:
-        profile(asst.model)
+        gemv_bandwidth(asst.model)
+        for name, cls in variants.items():
+            if cls is not None:
+                print(f"-- {name}")
+                for layer in asst.model.layers:
+                    layer.__class__ = cls
+            profile(asst.model)
+
+
+def gemv_bandwidth(model, calls: int = 20):
+    """The 4-bit products of one decoded row on E2B's shapes: ms a call (median) and the bytes they
+    stream (codes + group numbers) per second."""
+    import torch
+
+    layer = model.layers[0]
+    mods = {"q_proj": layer.attn.q_proj, "gate_proj": layer.mlp.gate_proj, "down_proj": layer.mlp.down_proj,
+            "LM head": model.embed}
+    with torch.inference_mode():
+        for name, mod in mods.items():
+            x = torch.randn(1, 1, mod.in_features if hasattr(mod, "in_features") else mod.embedding_dim)
+            run = mod.as_linear if name == "LM head" else mod
+            run(x)
+            times = []
+            for _ in range(calls):
+                t = time.perf_counter()
+                run(x)
+                times.append(time.perf_counter() - t)
+            nbytes = sum(b.numel() * b.element_size() for b in mod.buffers())
+            shape = tuple(mod.weight.shape)
+            ms = statistics.median(times) * 1e3
+            print(f"  4-bit GEMV {name:9s} {str(shape):16s} {ms:7.2f} ms  {nbytes / ms / 1e6:5.1f} GB/s")
 
 
 def profile(model, steps: int = 8):

@@ -375,6 +375,13 @@ class Int4Linear(nn.Module):
     def from_float(cls, w: torch.Tensor, group_size: int, layout: str = "pairs") -> "Int4Linear":
         """Rounded to nearest in `layout` (see `int4_layout` for where "kquant" cannot be held)."""
         layout = int4_layout(layout, w.shape[1], group_size)
+        if layout == "kquant" and native.available("quantize_q4k"):  # the same search in C, ~100x faster
+            with torch.device("meta"):
+                m = cls(w.shape[1], w.shape[0], 32)
+            m._set_layout("kquant", "cpu")
+            m.weight = torch.empty(w.shape[0], w.shape[1] // 2, dtype=torch.uint8)
+            native.quantize_q4k(w, m.weight, m.sub_scales, m.super_scales)
+            return m
         if layout == "kquant":
             return cls.from_kquant(*quantize_int4_kquant(w))
         if layout == "symmetric":

@@ -440,8 +440,9 @@ class Int4Linear(nn.Module):
         same layout) into this module's buffers: a large weight rounded a block of rows at a time."""
         n = part.out_features
         self.weight[start:start + n] = part.weight
+        channels = -2 if self.layout == "pairs" else -1  # pairs: (K/g, N, 2); the others end in N
         for name in self._BUFFERS[self.layout]:
-            getattr(self, name)[..., start:start + n] = getattr(part, name)
+            getattr(self, name).narrow(channels, start, n).copy_(getattr(part, name))
 
     def row_scale_zero(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`scale_zero` of some output rows only, (len(rows), K/g) each."""

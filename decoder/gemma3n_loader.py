@@ -145,8 +145,8 @@ _CHUNK = 1 << 19
 # What quantize="int4" holds for Gemma 3n (the seed: E2B "runs in 2 GB", `offload="ple"`): every
 # linear layer and the tied embedding / LM head at 4 bits in GGUF's Q4_K layout (asymmetric, 4.625
 # bits a weight as held), rounded to nearest from the checkpoint (`quantize.quantize_int4_kquant`'s search, run
-# in C where the kernels build: `quantize_q4.h`; E2B's whole first load took 81 s of CPU, torch's search ~1.2 us a
-# weight, ~50 min for its 2.4 billion).
+# in C where the kernels build: `quantize_q4.h`; E2B's whole first load took 81 s of CPU; torch's search, 0.5-3 us
+# a weight on one core, 20-120 min for its 2.4 billion).
 # E2B's sizes: layers 1.07 GB (pairs with Q4_K_M's 8-bit q/k/v and down_proj: 1.27 GB), head 311 MB
 # (int8: 512 MB). The cost, measured on the bundled Gemma 3 270M (`tests/eval/eval_int4_layouts.py`,
 # 2048 tokens): the tied head at 4 bits (symmetric) +11.2% perplexity, top-1 agreement with the float

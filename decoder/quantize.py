@@ -131,7 +131,7 @@ def quantize_int4_kquant(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
     Each group's (scale, min) is `quantize_int4`'s clip search, the min kept <= 0 (Q4_K stores -min);
     the scales and mins are then rounded to 6 bits of their super-block's largest and the codes
     re-rounded to the numbers stored. `Int4Linear.from_float` runs the same steps in C where the
-    kernels build (`native.quantize_q4k`, ~60x faster); this is the reference and the fallback."""
+    kernels build (`native.quantize_q4k`, 20-60x faster on one core); this is the reference and the fallback."""
     N, K = w.shape
     q, scale, zero = quantize_int4(w, 32)
     lo = zero - 8 * scale
@@ -376,7 +376,7 @@ class Int4Linear(nn.Module):
     def from_float(cls, w: torch.Tensor, group_size: int, layout: str = "pairs") -> "Int4Linear":
         """Rounded to nearest in `layout` (see `int4_layout` for where "kquant" cannot be held)."""
         layout = int4_layout(layout, w.shape[1], group_size)
-        if layout == "kquant" and native.available("quantize_q4k"):  # the same search in C, ~100x faster
+        if layout == "kquant" and native.available("quantize_q4k"):  # the same search in C, 20-60x faster
             with torch.device("meta"):
                 m = cls(w.shape[1], w.shape[0], 32)
             m._set_layout("kquant", "cpu")

@@ -13,6 +13,7 @@ then memory-maps that file, as every later load does.
 import functools
 import json
 import logging
+import math
 import os
 import struct
 import tempfile
@@ -143,7 +144,9 @@ _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16
 _CHUNK = 1 << 19
 # What quantize="int4" holds for Gemma 3n (the seed: E2B "runs in 2 GB", `offload="ple"`): every
 # linear layer and the tied embedding / LM head at 4 bits in GGUF's Q4_K layout (asymmetric, 4.625
-# bits a weight as held), rounded to nearest from the checkpoint (`quantize.quantize_int4_kquant`).
+# bits a weight as held), rounded to nearest from the checkpoint (`quantize.quantize_int4_kquant`'s search, run
+# in C where the kernels build: `quantize_q4.h`; E2B's whole first load took 81 s of CPU; torch's search, 0.5-3 us
+# a weight on one core, 20-120 min for its 2.4 billion).
 # E2B's sizes: layers 1.07 GB (pairs with Q4_K_M's 8-bit q/k/v and down_proj: 1.27 GB), head 311 MB
 # (int8: 512 MB). The cost, measured on the bundled Gemma 3 270M (`tests/eval/eval_int4_layouts.py`,
 # 2048 tokens): the tied head at 4 bits (symmetric) +11.2% perplexity, top-1 agreement with the float
@@ -294,16 +297,20 @@ def _runtime_tensors(model, sources: dict, dtype: torch.dtype, group_size: int):
     Blocks of rows are rounded on a pool of torch's thread count, one intra-op thread each: ops on
     cache-sized blocks gain less from splitting than they lose to synchronisation (a 256-row block
     of E2B's embedding on a busy 2-core host: 190 ms on one thread, 910 ms on two)."""
+    from tqdm import tqdm
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            yield from _made(model, sources, dtype, group_size, pool)
+    total = sum(math.prod(t.shape) for t in sources.values())
+    try:  # a bar on a terminal (stderr): E2B's first load rounds 2.4 billion weights
+        with ThreadPoolExecutor(threads) as pool, tqdm(total=total, desc="rounding weights (first load)", unit="w",
+                                                        unit_scale=True, leave=False, disable=None) as bar:
+            yield from _made(model, sources, dtype, group_size, pool, bar.update)
     finally:
         torch.set_num_threads(threads)
 
 
-def _made(model, sources, dtype, group_size, pool):
+def _made(model, sources, dtype, group_size, pool, done=lambda weights: None):
     for prefix, mod in model.named_modules():
         pre = f"{prefix}." if prefix else ""
         if isinstance(mod, Int4Linear):  # the 4-bit embedding too (262400 rows): a block of rows at a time
@@ -313,13 +320,16 @@ def _made(model, sources, dtype, group_size, pool):
             step = int4_row_block(K, _CHUNK)
 
             def block(i, q=q, src=src, N=N):
-                w = read_rows(src, i, min(i + step, N)).float()
+                w = read_rows(src, i, min(i + step, N))  # as stored: the C rounding reads bfloat16 itself
                 q.fill_rows(i, Int4Linear.from_float(w, group_size, q.layout))
+                return w.numel()
 
-            list(pool.map(block, range(0, N, step)))
+            for n in pool.map(block, range(0, N, step)):
+                done(n)
             yield from ((pre + k, v) for k, v in q.state_dict().items())
         elif isinstance(mod, Int8Linear):
             q = Int8Linear.from_float(read_rows(sources[pre + "weight"]), mod.int8_inputs, mod.rotation)
+            done(q.weight.numel())
             yield from ((pre + k, v) for k, v in q.state_dict().items())
         elif isinstance(mod, Int8Embedding):  # 262400 rows: a block of rows at a time
             src = sources[pre + "weight"]
@@ -331,12 +341,15 @@ def _made(model, sources, dtype, group_size, pool):
                 w = read_rows(src, i, min(i + step, mod.num_embeddings)).float()
                 w = rotate(w, mod.rotation) if mod.rotation else w
                 weight[i:i + len(w)], scales[i:i + len(w)] = quantize_int8(w)
+                return w.numel()
 
-            list(pool.map(block, range(0, mod.num_embeddings, step)))
+            for n in pool.map(block, range(0, mod.num_embeddings, step)):
+                done(n)
             yield pre + "weight", weight
             yield pre + "scales", scales
         else:
-            for name, _ in mod.named_parameters(recurse=False):
+            for name, p in mod.named_parameters(recurse=False):
+                done(p.numel())
                 yield pre + name, read_rows(sources[pre + name]).to(dtype)
 
 

@@ -343,4 +343,6 @@ void int4_linear(const float *x, long M, long K, const uint8_t *w, const void *s
     else layout == SYM ? INT4_CALL(64, SYM) : layout == KQ ? INT4_CALL(64, KQ) : INT4_CALL(64, PAIRS);
 #undef INT4_CALL
 }
+
+#include "quantize_q4.h"  /* the first load's rounding into these layouts (needs int4_block) */
 #endif

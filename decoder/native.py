@@ -72,6 +72,7 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "q4_0_to_int4pack": [_ptr, _n, _n, _n, _ptr],
     "gemma3n_layer_step": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n, _n, _n, _ptr],
     "sizeof_gemma3n_layer": [],
+    "quantize_q4k": [_ptr, _n, _n, _n, _n, _n, _ptr, _ptr, _ptr, _n],
     "sizeof_linear": [],
     "sizeof_layer": [],
 }
@@ -282,6 +283,27 @@ def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, gro
                           super_scales.data_ptr() if super_scales is not None else None, LAYOUTS[layout], group,
                           y.data_ptr(), N)
     return y.view(*x.shape[:-1], N)
+
+
+def quantize_q4k(w: torch.Tensor, weight: torch.Tensor, sub_scales: torch.Tensor, super_scales: torch.Tensor,
+                 row0: int = 0, threads: int | None = None) -> None:
+    """Rows row0.. of a 4-bit weight in the kquant layout (`quantize.Int4Linear`'s buffers: packed codes
+    (N, K/2), uint8 (sc, m) (K/32, 2, N), float16 (d, dmin) (K/256, 2, N)) rounded from float rows w
+    (float32 or bfloat16, (rows, K)) by `quantize_q4.h`: `quantize.quantize_int4_kquant`'s search in C,
+    on `threads` OpenMP threads (default torch's). row0 and len(w) are whole blocks of `int4_block()` rows."""
+    rows, K = w.shape
+    N, B = weight.shape[0], int4_block()
+    if row0 % B or rows % B or K % 256 or row0 + rows > N or weight.shape[1] * 2 != K:
+        raise ValueError(f"quantize_q4k: rows {row0}..{row0 + rows} of a ({N}, {K}) weight must be whole blocks "
+                         f"of {B} rows, K a multiple of 256")
+    if w.dtype not in (torch.float32, torch.bfloat16):
+        w = w.float()
+    w = w.contiguous()
+    for t in (weight, sub_scales, super_scales):
+        if not t.is_contiguous():
+            raise ValueError("quantize_q4k: the output buffers must be contiguous")
+    library().quantize_q4k(w.data_ptr(), int(w.dtype == torch.bfloat16), rows, K, row0, N, weight.data_ptr(),
+                           sub_scales.data_ptr(), super_scales.data_ptr(), threads or torch.get_num_threads())
 
 
 def takes_rows(x: torch.Tensor) -> bool:

@@ -319,6 +319,18 @@ def test_int4_embedding_rows_and_head(layout):
     assert rel_err(e.as_linear(h), h @ w.T) < 0.085
 
 
+@pytest.mark.parametrize("layout", ["pairs", "symmetric", "kquant"])
+def test_int4_embedding_rounded_in_blocks_of_rows_is_rounded_whole(layout):
+    """A table taller than one block of rows (`int4_row_block`: 2048 rows 256 wide) is filled block by
+    block into the right channels of every layout's buffers (pairs hold channels second to last)."""
+    torch.manual_seed(6)
+    w = torch.randn(2048 + 64, 256)
+    e = Int4Embedding.from_float(w, 32, layout)
+    whole = Int4Linear.from_float(w, 32, layout)
+    assert e.layout == whole.layout == layout
+    assert all(torch.equal(a, b) for a, b in zip(e.buffers(), whole.buffers()))  # the same rounding, by parts
+
+
 def test_quantize_swaps_in_a_4bit_head():
     """`embedding_bits=4`: the tied embedding becomes an `Int4Embedding` in the layers' layout, and
     the quantized model's logits stay near the float model's: relative error 0.17 measured (4-bit

@@ -10,7 +10,9 @@ and the head. A variant is `<mix>-<layout>[-head4]`: mix "all4" (every layer 4-b
 layers float: the head's cost alone) or "mix"
 (llama.cpp's Q4_K_M: q/k/v and some down_proj at 8 bits, `quant_plan.int4_bits`), layout
 "pairs" (bfloat16 scale + zero per 32, 5 bits), "symmetric" (Q4_0, 4.5 bits), "kquant"
-(Q4_K, 4.625 bits as held), "-head4": the tied head in the same 4-bit layout (else int8).
+(Q4_K, 4.625 bits as held), "-head4": the tied head in the same 4-bit layout (else int8), "-torch":
+the kquant layers rounded by torch's reference (`quantize_int4_kquant`) instead of the C rounding
+(`quantize_q4.h`) the loaders run where the kernels build: the two should score alike.
 """
 import argparse
 import copy
@@ -34,6 +36,17 @@ def held_bytes(model) -> tuple[int, int]:
         elif hasattr(mod, "weight") and mod.weight.dtype in (torch.uint8, torch.int8):
             layers += sum(b.numel() * b.element_size() for b in mod.buffers(recurse=False))
     return layers, head
+
+
+def round_with_torch(model, float_model) -> None:
+    """Every kquant `Int4Linear` layer of `model` (not the embedding) refilled from its float weight
+    by torch's reference rounding."""
+    from mmsdk.decoder.quantize import Int4Embedding, Int4Linear, quantize_int4_kquant
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, Int4Linear) and not isinstance(mod, Int4Embedding) and mod.layout == "kquant":
+            ref = Int4Linear.from_kquant(*quantize_int4_kquant(float_model.get_submodule(name).weight))
+            mod.load_state_dict(ref.state_dict())
 
 
 def main():
@@ -62,11 +75,14 @@ def main():
     base = math.exp(-sum(ref.logprobs) / len(ref.logprobs))
     print(f"{'float32':24s} ppl {base:8.3f}")
     for variant in a.variants.split(","):
-        mix, layout, *head = variant.split("-")
+        mix, layout, *rest = variant.split("-")
+        head = "head4" in rest
         model = copy.deepcopy(float_model)
         t = time.perf_counter()
         plan = {"mix": lambda name, m: int4_bits(name, n_layers), "float": lambda name, m: None}.get(mix, 4)
         quantize_(model, plan, 32, embedding_bits=4 if head else 8, layout=layout)
+        if "torch" in rest:
+            round_with_torch(model, float_model)
         made = time.perf_counter() - t
         s = score_ids(model, tok.bos_id, ids, a.window)
         ppl = math.exp(-sum(s.logprobs) / len(s.logprobs))

@@ -123,8 +123,13 @@ AI void int4_q8_block(const int BN, const int LAY, const int8_t *xq, const float
         for (int i = 0; i < BN / 8; i++) acc[i] = _mm256_setzero_si256();
         /* a weight group starts: fetch the next one's scales, N channels on (beyond the hardware prefetchers'
            reach; 2-5% on one core, AMD Zen 3). A prefetch never faults: the last group's may point past the end */
-        if (left == per)
+        if (left == per && LAY != KQ)
             for (int i = 0; i < BN * (LAY == PAIRS ? 4 : 2); i += 64) _mm_prefetch(szg + row + i, _MM_HINT_T0);
+        if (left == per && LAY == KQ) {  /* its sc and m rows (N apart), and at a super-block's end its d and dmin rows */
+            for (int i = 0; i < BN; i += 64) _mm_prefetch(szg + row + i, _MM_HINT_T0), _mm_prefetch(szg + row + N + i, _MM_HINT_T0);
+            if (supers == 1)
+                for (int i = 0; i < 2 * BN; i += 64) _mm_prefetch(sup + 4 * N + i, _MM_HINT_T0), _mm_prefetch(sup + 6 * N + i, _MM_HINT_T0);
+        }
         for (long k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k += 4) {
             const __m256i xa = _mm256_shuffle_epi8(_mm256_set1_epi32(*(const int32_t *)(xq + k)), pairs);
             const uint8_t *wk = wb + k * stride;

@@ -552,7 +552,8 @@ class Int8Embedding(_Packed, nn.Module):
 
 
 class Int4Embedding(Int4Linear):
-    """A tied embedding / LM head at 4 bits in Q4_0's symmetric layout (4.5 bits a weight): the head
+    """A tied embedding / LM head at 4 bits, in Q4_0's symmetric layout by default (4.5 bits a weight;
+    Gemma 3n's int4 load holds it in Q4_K's, `from_float(layout=...)`): the head
     is `Int4Linear`'s product, its input rounded to 8 bits per 32 (no rotation needed: each group
     has its own input scale); a looked-up row is unpacked (`unpack_int4`) and scaled. The head is
     read whole every token: Gemma 3n E2B's 262400 x 2048 is 302 MB here, 512 MB at int8."""

@@ -23,7 +23,7 @@ from .quantize import Int4Linear, Int8Linear
 _ptr, _long = ctypes.c_void_p, ctypes.c_long
 
 
-class _Linear(ctypes.Structure):  # mirrors `Linear` in int8_vnni.c and kernels_avx2.c
+class CLinear(ctypes.Structure):  # mirrors `Linear` in int8_vnni.c and kernels_avx2.c
     _fields_ = [("weight", _ptr), ("scales", _ptr), ("comp", _ptr), ("group_scales", _ptr), ("super_scales", _ptr),
                 ("rotation", _long), ("inputs", _long), ("outputs", _long), ("group", _long), ("layout", _long)]
 
@@ -32,7 +32,7 @@ class _Layer(ctypes.Structure):  # mirrors `Layer` in int8_vnni.c and kernels_av
     _fields_ = [("hidden", _long), ("heads", _long), ("kv_heads", _long), ("head_dim", _long), ("inter", _long),
                 ("eps", ctypes.c_float), ("head_eps", ctypes.c_float),
                 ("attn_norm", _ptr), ("qk_norm", _ptr), ("post_attn_norm", _ptr), ("mlp_norm", _ptr),
-                ("post_mlp_norm", _ptr), ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear), ("down", _Linear)]
+                ("post_mlp_norm", _ptr), ("qkv", CLinear), ("o", CLinear), ("gate_up", CLinear), ("down", CLinear)]
 
 
 @functools.cache
@@ -40,13 +40,13 @@ def check_mirrors() -> None:
     """The C structs and their ctypes mirrors above must agree byte for byte, or every call would read
     its pointers from the wrong places: a mismatch is a bug here, raised before the first call."""
     lib = native.library()
-    for mirror, size in ((_Linear, lib.sizeof_linear()), (_Layer, lib.sizeof_layer())):
+    for mirror, size in ((CLinear, lib.sizeof_linear()), (_Layer, lib.sizeof_layer())):
         if ctypes.sizeof(mirror) != size:
             raise RuntimeError(f"{mirror.__name__} is {ctypes.sizeof(mirror)} bytes here and {size} in the "
                                f"{lib.kernel.name} kernels: decoder/fused.py's mirror is out of date")
 
 
-def _weights(m) -> tuple | None:
+def kernel_weights(m) -> tuple | None:
     """What the call reads of projection `m`: our int8 blocks, or an `Int4Linear`'s own buffers."""
     if isinstance(m, Int4Linear):
         if not native.available("int4_linear"):
@@ -57,13 +57,14 @@ def _weights(m) -> tuple | None:
     return None
 
 
-def _linear(m, weights: tuple) -> _Linear:
+def c_linear(m, weights: tuple) -> CLinear:
+    """The C description of projection `m` over `kernel_weights(m)`."""
     if isinstance(m, Int4Linear):
-        return _Linear(weights[0].data_ptr(), None, None, weights[1].data_ptr(),
+        return CLinear(weights[0].data_ptr(), None, None, weights[1].data_ptr(),
                        weights[2].data_ptr() if len(weights) > 2 else None, 0, m.in_features, m.out_features,
                        m.group_size, native.LAYOUTS[m.layout])
     blocks = weights[0]
-    return _Linear(blocks.blocks.data_ptr(), blocks.scales.data_ptr(), blocks.comp.data_ptr(), None, None,
+    return CLinear(blocks.blocks.data_ptr(), blocks.scales.data_ptr(), blocks.comp.data_ptr(), None, None,
                    m.rotation or 0, m.in_features, m.out_features, 0, 0)
 
 
@@ -80,7 +81,7 @@ def plan(block, x: torch.Tensor, cache) -> _Layer | None:
             or any(n % 16 for n in (x.shape[-1], mlp.down_proj.in_features))  # whole registers
             or attn.head_dim % 32):  # the prompt's attention reads values 32 at a time
         return None
-    weights = [_weights(m) for m in linears]
+    weights = [kernel_weights(m) for m in linears]
     if any(w is None for w in weights):
         return None
     check_mirrors()
@@ -97,7 +98,7 @@ def plan(block, x: torch.Tensor, cache) -> _Layer | None:
     layer = _Layer(E, attn.n_heads, attn.n_kv, D, mlp.down_proj.in_features,
                    math.sqrt(E * block.attn_norm.eps), math.sqrt(D * attn.q_norm.eps),
                    gains[0].data_ptr(), gains[4].data_ptr(), gains[1].data_ptr(), gains[2].data_ptr(),
-                   gains[3].data_ptr(), *map(_linear, linears, weights))
+                   gains[3].data_ptr(), *map(c_linear, linears, weights))
     layer.keep = (gains, weights)  # what the pointers point into (and what `key`'s ids name)
     block._fused = (key, layer)
     return layer

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import native
-from .fused import _Linear, _linear, _weights
+from .fused import CLinear, c_linear, kernel_weights
 from .gemma3n import AltUp, Block
 from .kv_cache import FullCache, RingCache
 from .layers import step_mask
@@ -90,7 +90,7 @@ class _Gemma3nLayer(ctypes.Structure):  # mirrors `G3nLayer` in gemma3n_step.h
     _fields_ = ([(n, _long) for n in ("hidden", "heads", "kv_heads", "head_dim", "inter", "ple_dim", "streams", "own_kv")]
                 + [(n, _float) for n in ("eps", "head_eps", "router_scale", "std_multiplier")]
                 + [(n, _ptr) for n in (*_GAINS, "router", "prediction", "correction")]
-                + [(n, _Linear) for n in _PROJECTIONS])
+                + [(n, CLinear) for n in _PROJECTIONS])
 
 
 @functools.cache
@@ -124,7 +124,7 @@ class FastBlock(Block):
         norms = [altup.router_norm, self.attn_norm, attn.q_norm, getattr(attn, "k_norm", None),
                  getattr(attn, "v_norm", None), self.laurel.norm, self.post_attn_norm, self.mlp_norm,
                  self.post_mlp_norm, self.ple_norm]
-        # cheap to check every token (the tensors' identities and versions), unlike `_weights`; a plan
+        # cheap to check every token (the tensors' identities and versions), unlike `kernel_weights`; a plan
         # keeps its tensors, so their ids are not reused while it is held
         tensors = [t for m in (*mods, *smalls) if m is not None for t in (*m._parameters.values(), *m._buffers.values())]
         gains = [n._parameters.get("weight") for n in norms if n is not None and n._parameters.get("weight") is not None]
@@ -133,7 +133,7 @@ class FastBlock(Block):
         cached = _PLANS.get(self)
         if cached is not None and cached[0] == key:
             return cached[1]
-        weights = [None if m is None else _weights(m) for m in mods]
+        weights = [None if m is None else kernel_weights(m) for m in mods]
         small = [_float_rows(m.weight) if type(m) is nn.Linear else None for m in smalls]
         E, D, I, P = self.attn_norm.dim, attn.head_dim, mlp.down_proj.in_features, self.ple_proj.in_features
         if (any(w is None for w, m in zip(weights, mods) if m is not None) or any(t is None for t in small)
@@ -147,7 +147,7 @@ class FastBlock(Block):
         gains = [torch.full((D,), g) if isinstance(g, float) else g for g in gains]  # v_norm: no scale
         scale = altup.correct_output_scale.detach().float().contiguous() if self.correct_scale else None
         gains.append(scale)
-        proj = [_Linear() if m is None else _linear(m, w) for m, w in zip(mods, weights)]
+        proj = [CLinear() if m is None else c_linear(m, w) for m, w in zip(mods, weights)]
         layer = _Gemma3nLayer(E, attn.n_heads, attn.n_kv, D, I, P, altup.correction_coefs.weight.shape[0], int(own),
                               math.sqrt(E * self.attn_norm.eps), math.sqrt(D * attn.q_norm.eps), altup.router_scale,
                               mlp.std_multiplier or 0.0,

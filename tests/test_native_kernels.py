@@ -509,7 +509,7 @@ def test_the_ctypes_mirrors_match_the_kernels_structs():
     from mmsdk.decoder import fused
 
     lib = native.library()
-    assert (ctypes.sizeof(fused._Linear), ctypes.sizeof(fused._Layer)) == (lib.sizeof_linear(), lib.sizeof_layer())
+    assert (ctypes.sizeof(fused.CLinear), ctypes.sizeof(fused._Layer)) == (lib.sizeof_linear(), lib.sizeof_layer())
     fused.check_mirrors()
 
 

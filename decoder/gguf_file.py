@@ -51,13 +51,11 @@ def open_gguf(path):
     return reader
 
 
-def read_metadata(reader, skip_arrays: bool = False) -> dict:
+def read_metadata(reader) -> dict:
     """GGUF key/value metadata as plain Python values."""
     meta = {}
     for key, field in reader.fields.items():
         if key.startswith("GGUF."):
-            continue
-        if skip_arrays and len(field.types) > 1:
             continue
         meta[key] = field.contents()
     return meta

@@ -4,17 +4,11 @@
    and the fallback (`quantize.pack_int4`, `loader._embedding`). Included at the end of each kernel
    source, after its `rotate_row`. */
 
-/* Codes q (N, K) in 0..15 -> torch's packed CPU int4 layout with blocks of B rows (`quantize.unpack_int4`):
-   K columns of B/2 bytes a block, byte i holding row i's code in its low nibble, row i + B/2's in its high. */
+/* Codes q (N, K) in 0..15 -> torch's packed CPU int4 layout, block by block of B rows (`pack_int4_block`). */
 void pack_int4_codes(const uint8_t *q, long N, long K, long B, uint8_t *out) {
     #pragma omp parallel for schedule(static)
-    for (long b = 0; b < N / B; b++) {
-        const uint8_t *lo = q + b * B * K, *hi = lo + (B / 2) * K;
-        uint8_t *o = out + b * B * K / 2;
-        for (long k = 0; k < K; k++)
-            for (long i = 0; i < B / 2; i++)
-                o[k * (B / 2) + i] = (uint8_t)(lo[i * K + k] | (hi[i * K + k] << 4));
-    }
+    for (long b = 0; b < N / B; b++)
+        pack_int4_block(q + b * B * K, K, B, out + b * B * K / 2);
 }
 
 /* GGUF Q4_0 rows (K/32 blocks: float16 d, 16 bytes holding inputs j and j + 16 in their low and high

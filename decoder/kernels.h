@@ -28,6 +28,16 @@ void pack_blocks(const int8_t *w, long N, long K, int8_t *blocks, int32_t *comp)
     }
 }
 
+/* One block of B channels' 4-bit codes (B rows of K, channel i at codes + i * K) -> that block of torch's
+   packed CPU int4 layout: K columns of B/2 bytes, byte i holding channel i's code in its low nibble and
+   channel i + B/2's in its high (`quantize.unpack_int4`). */
+static inline void pack_int4_block(const uint8_t *codes, long K, long B, uint8_t *out) {
+    const uint8_t *hi = codes + (B / 2) * K;
+    for (long k = 0; k < K; k++)
+        for (long i = 0; i < B / 2; i++)
+            out[k * (B / 2) + i] = (uint8_t)(codes[i * K + k] | (hi[i * K + k] << 4));
+}
+
 /* nothing sensible to compute without the memory; a clear death beats a wrong answer */
 static inline void *must_malloc(size_t bytes) {
     void *p = malloc(bytes);

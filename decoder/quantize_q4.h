@@ -129,11 +129,7 @@ void quantize_q4k(const void *w, long dtype, long rows, long K, long row0, long 
             for (long g = 0; g < G; g++) sub[(2 * g) * N + n] = sc[g], sub[(2 * g + 1) * N + n] = m[g];
             for (long s = 0; s < S; s++) super[(2 * s) * N + n] = d[s], super[(2 * s + 1) * N + n] = dmin[s];
         }
-        /* torch's layout: per input k, BN/2 bytes; channel j in the low nibble of byte j, j + BN/2 in the high */
-        uint8_t *out = packed + (row0 / BN + b) * K * (BN / 2);
-        for (long k = 0; k < K; k++)
-            for (long j = 0; j < BN / 2; j++)
-                out[k * (BN / 2) + j] = (uint8_t)(codes[j * K + k] | codes[(j + BN / 2) * K + k] << 4);
+        pack_int4_block(codes, K, BN, packed + (row0 / BN + b) * K * (BN / 2));
         free(codes);
         free(row);
     }

@@ -19,6 +19,7 @@
 
 #include "kernels.h"
 #include "int4_q8.h"
+#include "norm2d.h"  /* exp8, gelu8, and the channel norm of NCHW images */
 
 AI float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -158,23 +159,7 @@ void int8_linear(const float *x, long M, long K, long block, const int8_t *w, co
     scratch_trim(&codes);
 }
 
-/* ---- float helpers: exp, GELU, norms --------------------------------------------------------- */
-
-AI __m256 exp8(__m256 x) {  /* e^x: 2^n (exponent bits) times a degree-6 polynomial for 2^f, |f| <= 0.5 */
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.f)), _mm256_set1_ps(-88.f));
-    const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
-    const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm256_sub_ps(t, n);
-    __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
-    /* n in -127..127: 2^n as a float's exponent field (2^-127 comes out as 0, e^-88 is ~6e-39) */
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
+/* ---- float helpers: norms (exp8 and gelu8 are norm2d.h's) -------------------------------------- */
 
 AI float dot_row(const float *a, const float *b, long D) {  /* four sums hide the adds' latency; D % 16 == 0 */
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
@@ -212,15 +197,6 @@ static void rms_norm(float *y, const float *x, const float *gain, long n, float 
 void norm_rows(const float *x, long M, long n, const float *gain, float eps_term, const float *add, float *y) {
     #pragma omp parallel for if (M > 8)
     for (long m = 0; m < M; m++) rms_norm(y + m * n, x + m * n, gain, n, eps_term, add ? add + m * n : NULL);
-}
-
-/* GELU, tanh approximation: 0.5 g (1 + tanh(u)) = g / (1 + e^-2u), u = sqrt(2/pi) (g + 0.044715 g^3) */
-AI __m256 gelu8(__m256 g) {
-    const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
-                                   _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), g), _mm256_mul_ps(g, g), g));
-    const __m256 d = _mm256_add_ps(_mm256_set1_ps(1.f), exp8(_mm256_mul_ps(_mm256_set1_ps(-2.f), u)));
-    const __m256 r = _mm256_rcp_ps(d);  /* 1/d to 12 bits, then one Newton step (~23 bits): cheaper than a divide */
-    return _mm256_mul_ps(g, _mm256_fnmadd_ps(_mm256_mul_ps(d, r), r, _mm256_add_ps(r, r)));
 }
 
 /* GeGLU rows: out (M, I) = gelu(gu[:, :I]) * gu[:, I:] for gu (M, 2I). out may be gu when M = 1. */

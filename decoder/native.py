@@ -75,6 +75,7 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "quantize_q4k": [_ptr, _n, _n, _n, _n, _n, _ptr, _ptr, _ptr, _n],
     "sizeof_linear": [],
     "sizeof_layer": [],
+    "rms_norm_act_2d": [_ptr, _n, _n, _n, _ptr, ctypes.c_float, _n, _ptr],
 }
 INT8 = ("pack_blocks", "int8_linear")  # what `available()` asks for by default
 
@@ -317,6 +318,17 @@ def norm_rows(x: torch.Tensor, gain: torch.Tensor, eps_term: float, add: torch.T
     y = torch.empty_like(x)
     library().norm_rows(x.data_ptr(), x.numel() // x.shape[-1], x.shape[-1], gain.data_ptr(), eps_term,
                         None if add is None else add.data_ptr(), y.data_ptr())
+    return y
+
+
+def rms_norm_act_2d(x: torch.Tensor, gain: torch.Tensor | None, eps: float, gelu: bool,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """timm's `RmsNormAct2d` on a contiguous float32 NCHW x: the norm over channels (times `gain`), then
+    GELU (tanh) where `gelu`, in one pass over each block of pixels (`norm2d.h`), into `out` (may be x)."""
+    N, C, H, W = x.shape
+    y = torch.empty_like(x) if out is None else out
+    library().rms_norm_act_2d(x.data_ptr(), N, C, H * W, None if gain is None else gain.data_ptr(), eps, int(gelu),
+                              y.data_ptr())
     return y
 
 

@@ -151,7 +151,7 @@ def load_gemma3n_encoders(tensors: dict, hf_config: dict, path, dtype: torch.dty
     vision = audio = features = None
     offsets, image_config = {}, GEMMA3N_IMAGE
     if any(is_vision_key(k) for k in tensors):
-        vision = lambda: load_gemma3n_vision(read_tensors(tensors, is_vision_key), hf_config, path=path, dtype=dtype)
+        vision = lambda: _load_vision(read_tensors(tensors, is_vision_key), hf_config, path, dtype)
         offsets["vision"] = Gemma3nVisionConfig.from_hf(hf_config.get("vision_config") or {}).vocab_offset
         image_config = ImageProcessorConfig.from_hf({**dataclasses.asdict(GEMMA3N_IMAGE), **image_hf})
     if any(k.startswith(AUDIO_PREFIXES) for k in tensors):
@@ -170,6 +170,17 @@ def load_gemma3n_encoders(tensors: dict, hf_config: dict, path, dtype: torch.dty
                                       f"{audio_cfg.input_feat_size} mel bins")
     return Gemma3nEncoders(cfg, vision=vision, audio=audio, vocab_offsets=offsets, image_config=image_config,
                            features=features)
+
+
+def _load_vision(tensors: dict, hf_config: dict, path, dtype: torch.dtype) -> Gemma3nVisionTower:
+    """MobileNet-V5 with its channel norms swapped for our one-pass kernel (`accelerate_mobilenet_`,
+    the same float32 math) where it runs."""
+    from .accelerate import accelerate_mobilenet_
+
+    tower = load_gemma3n_vision(tensors, hf_config, path=path, dtype=dtype)
+    if dtype == torch.float32:
+        accelerate_mobilenet_(tower.backbone)
+    return tower
 
 
 def _load_audio(tensors: dict, audio_cfg: AudioConfig, text_hidden: int, path, dtype: torch.dtype) -> Gemma3nAudio:

@@ -83,9 +83,14 @@ def test_legacy_checkpoint_names_load():
         load_gemma3_vision(bad, cfg)
 
 
+@pytest.fixture(scope="module")
+def gemma3n():
+    return small_gemma3n()
+
+
 @pytest.mark.slow
-def test_gemma3n_tower_matches_transformers():
-    ref_model = small_gemma3n()
+def test_gemma3n_tower_matches_transformers(gemma3n):
+    ref_model = gemma3n
     ours = load_gemma3n_vision(ref_model.state_dict(), ref_model.config.to_dict())
     # 128 px keeps the (channel-scaled) MobileNet-V5 fast; its fusion adapter still outputs 16 x 16.
     config = ImageProcessorConfig(**{**GEMMA3N_IMAGE.__dict__, "size": {"height": 128, "width": 128}})
@@ -120,3 +125,47 @@ def test_int8_siglip_swap_keeps_the_embeddings(gemma3):
     print(f"int8 SigLIP (tiny): per-token cosine to float32 min {cos.min():.5f}")
     assert out.shape == ref.shape and cos.min().item() >= 0.999
     assert torch.nn.functional.cosine_similarity(alone, out[1:2], dim=-1).min().item() >= 0.999
+
+
+@pytest.mark.parametrize("shape", [(2, 24, 9, 7), (1, 40, 16, 16)])  # 63 pixels: a block and a tail; 256: whole blocks
+def test_channel_norm_kernel_matches_timm(shape):
+    """`native.rms_norm_act_2d` against timm's RmsNormAct2d (GELU tanh) and RmsNorm2d, out of place and in place."""
+    from functools import partial
+
+    from timm.layers.norm import RmsNorm2d
+    from timm.layers.norm_act import RmsNormAct2d
+
+    from mmsdk.decoder import native
+
+    if not native.available("rms_norm_act_2d"):
+        pytest.fail("our kernels did not build")  # a build failure is an error, not a skip
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3
+    act, plain = RmsNormAct2d(shape[1], act_layer=partial(torch.nn.GELU, approximate="tanh")), RmsNorm2d(shape[1])
+    with torch.no_grad():
+        act.weight.uniform_(0.5, 1.5)
+        plain.weight.copy_(act.weight)
+        for timm_norm, gelu in ((act, True), (plain, False)):
+            ref = timm_norm(x.clone())
+            out = native.rms_norm_act_2d(x, timm_norm.weight, timm_norm.eps, gelu)
+            inplace = x.clone()
+            native.rms_norm_act_2d(inplace, timm_norm.weight, timm_norm.eps, gelu, out=inplace)
+            assert (out - ref).abs().max().item() <= 1e-5  # float32 rounding; a wrong channel or pixel is ~1
+            assert (inplace - out).abs().max().item() <= 1e-6
+
+
+def test_mobilenet_norm_swap_keeps_the_features(gemma3n):
+    """`accelerate_mobilenet_` swaps every channel norm of the (channel-scaled) MobileNet-V5 and the tower's
+    output stays float32's, through both ConvNormAct norms (in place) and standalone ones."""
+    from mmsdk.encoders.accelerate import ChannelNorm2d, accelerate_mobilenet_
+
+    tower = load_gemma3n_vision(gemma3n.state_dict(), gemma3n.config.to_dict())
+    config = ImageProcessorConfig(**{**GEMMA3N_IMAGE.__dict__, "size": {"height": 128, "width": 128}})
+    pixels = preprocess([noise_image(200, 300, 1)], config).pixel_values
+    with torch.inference_mode():
+        ref = tower(pixels)
+        n_norms = sum(type(m).__name__ in ("RmsNorm2d", "RmsNormAct2d") for m in tower.backbone.modules())
+        accelerate_mobilenet_(tower.backbone)
+        out = tower(pixels)
+    swapped = [m for m in tower.backbone.modules() if isinstance(m, ChannelNorm2d)]
+    assert len(swapped) == n_norms and any(m.inplace for m in swapped) and not all(m.inplace for m in swapped)
+    assert (out - ref).abs().max().item() <= 1e-4

@@ -14,9 +14,9 @@ and per-layer input 256 (the published config.json, as quoted by openerrata.com'
 12288 in the KV-shared layers, heads 256 wide on sliding layers and 512 on global ones, window 512,
 soft-cap 30, vocab 262144 (gemma.cpp PR #919, "Add Gemma 4 E2B and E4B model configs"), one KV head
 (multi-query), global RoPE base 1M rotating a quarter of the dims (proportional), sliding base 10k.
-The 20 KV-shared layers are derived: with them the parameter count is the model card's (2.28 B
-without the embeddings' 2.75 B: "2.3B effective, 5.1B with embeddings" once the towers' ~0.45 B are
-added); with 15 it would be 2.0 B. Keys are not values on E2B (`attention_k_eq_v` false: the 31B and
+The 20 KV-shared layers are derived: with them the decoder's parameter count without the per-layer
+table is the model card's "2.3B effective" (2.28 B; with 15 it would be 2.14 B), and with the table
+(2.35 B) and the towers (~0.45 B) its "5.1B with embeddings". Keys are not values on E2B (`attention_k_eq_v` false: the 31B and
 26B-A4B have it). E4B (same sources): 42 layers, hidden 2560, FFN 10240 (not doubled), 2 KV heads,
 five sliding then one global, 18 KV-shared layers.
 

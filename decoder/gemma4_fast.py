@@ -88,7 +88,7 @@ class FastBlock(Block):
         return layer
 
     def forward(self, x, rope, cache, positions, per_layer_input, shared):
-        B, T, E = x.shape
+        B, T, _ = x.shape
         if (B != 1 or T != 1 or x.dtype != torch.float32 or "groups" in shared
                 or (per_layer_input is not None and per_layer_input.dtype != torch.float32)):
             return super().forward(x, rope, cache, positions, per_layer_input, shared)

@@ -106,6 +106,24 @@ def _float_rows(t: torch.Tensor) -> torch.Tensor | None:
     return t if t.dtype == torch.float32 and t.is_contiguous() else None
 
 
+def step_kv(attn, cache, positions, shared: dict):
+    """(keys, values, their positions, the cache slot of this row) for one decoded row's fused layer call:
+    a layer with its own keys reserves its slot (and hands the cache to the layers sharing it); a KV-shared
+    layer reads its source's. None (nothing reserved) where the call does not take the cache."""
+    if attn.kv_source == attn.idx:
+        if not isinstance(cache, (RingCache, FullCache)) or cache.k.dtype != torch.float32 or cache.k.shape[0] != 1:
+            return None
+        slot, keys = cache.reserve(int(positions[0]))
+        k, v, k_pos = cache.k[:, :, :keys], cache.v[:, :, :keys], cache.key_positions()[:keys]
+        if attn.is_kv_source:  # what `cache.update` returns, for the layers that share it
+            shared[attn.idx] = k, v, k_pos
+        return k, v, k_pos, slot
+    k, v, k_pos = shared[attn.kv_source]
+    if k.dtype != torch.float32 or k.stride()[1:] != (k.stride(1), k.shape[3], 1) or v.stride() != k.stride():
+        k, v = k.float().contiguous(), v.float().contiguous()
+    return k, v, k_pos, 0
+
+
 _PLANS = weakref.WeakKeyDictionary()  # block -> (key, its C description): beside it, so a block deep-copies
 
 
@@ -163,20 +181,10 @@ class FastBlock(Block):
             return super().forward(streams, rope, cache, positions, per_layer_input, shared)
         layer = self._plan()
         attn = self.attn
-        if layer is None:
+        step = None if layer is None else step_kv(attn, cache, positions, shared)
+        if step is None:
             return super().forward(streams, rope, cache, positions, per_layer_input, shared)
-        if layer.own_kv:
-            if not isinstance(cache, (RingCache, FullCache)) or cache.k.dtype != torch.float32 or cache.k.shape[0] != 1:
-                return super().forward(streams, rope, cache, positions, per_layer_input, shared)
-            slot, keys = cache.reserve(int(positions[0]))
-            k, v, k_pos = cache.k[:, :, :keys], cache.v[:, :, :keys], cache.key_positions()[:keys]
-            if attn.is_kv_source:  # what `cache.update` returns, for the layers that share it
-                shared[attn.idx] = k, v, k_pos
-        else:
-            k, v, k_pos = shared[attn.kv_source]
-            slot = 0
-            if k.dtype != torch.float32 or k.stride()[1:] != (k.stride(1), k.shape[3], 1) or v.stride() != k.stride():
-                k, v = k.float().contiguous(), v.float().contiguous()
+        k, v, k_pos, slot = step
         bias = step_mask(shared, positions, k_pos, attn.window)
         out = streams.contiguous().clone()  # the call updates it in place
         ple = per_layer_input.contiguous()

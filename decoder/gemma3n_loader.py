@@ -8,7 +8,8 @@ and with `offload="ple"` the per-layer embedding table is never read into memory
 
 Quantized (`quantize="int8"` / `"int4"`), the decoder never exists in float: `load_quantized`
 rounds one checkpoint tensor at a time straight into the runtime layout and a weight-cache file,
-then memory-maps that file, as every later load does.
+then memory-maps that file, as every later load does. Gemma 4 (`gemma4_loader.GEMMA4`) loads the
+same way: a `Family` names what differs (config, tensor names, model class, decode-time swaps).
 """
 import functools
 import json
@@ -18,7 +19,9 @@ import os
 import struct
 import tempfile
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -165,9 +168,32 @@ def is_gemma3n_folder(path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Family:
+    """What a streamed quantized load needs to know of a model family with per-layer embeddings."""
+    name: str  # in the weight cache's key: another family's file is never mapped
+    model: type  # the decoder (its parameter names are `key_map`'s values)
+    read_config: Callable  # (folder, hf dict) -> config
+    text_tensors: Callable  # (folder, hf, cfg) -> (text tensors by HF name under the text prefix, tower tensors)
+    key_map: Callable  # cfg -> {HF name: our parameter name}
+    accelerate: Callable  # the decode-time module swaps, in place
+
+
+def family_of(hf: dict) -> Family:
+    """Gemma 3n's or Gemma 4's `Family`, by the config's model_type."""
+    if hf.get("model_type") in GEMMA3N_ARCHITECTURES:
+        return GEMMA3N
+    from .gemma4_loader import GEMMA4, GEMMA4_ARCHITECTURES
+
+    if hf.get("model_type") in GEMMA4_ARCHITECTURES:
+        return GEMMA4
+    raise ModelLoadError("config.json", f"model_type {hf.get('model_type')!r}: streamed quantized loads take "
+                         "Gemma 3n and Gemma 4 checkpoints")
+
+
 def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *, offload: str | None = None,
                    group_size: int = 32, cache: bool = True, encoders: bool = True):
-    """A `LoadedText` for a Gemma 3n folder with int8 or int4 weights (int4: every layer and the tied
+    """A `LoadedText` for a Gemma 3n or Gemma 4 folder with int8 or int4 weights (int4: every layer and the tied
     embedding / LM head in Q4_K's layout, `INT4_LAYOUT`, rounded to nearest; GPTQ needs the float model).
 
     The first load reads one checkpoint tensor at a time into memory, rounds it into the runtime
@@ -186,23 +212,24 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
     map_large_allocations()
     folder = Path(folder)
     hf = json.loads((folder / "config.json").read_text())
-    cfg = read_config(folder, hf)
-    text, extra, ple = _split(folder, hf, cfg)
+    family = family_of(hf)
+    cfg = family.read_config(folder, hf)
+    text, extra, ple = _split(folder, hf, cfg, family)
     tok = folder_tokenizer(folder, hf)
     release_free_memory()  # parsing the tokenizer's merges leaves ~280 MB of free heap; before the weights
 
     layout, embedding_bits = (INT4_LAYOUT, INT4_EMBEDDING_BITS) if quantize == "int4" else ("pairs", 8)
-    options = {"dtype": str(dtype), "quantize": quantize, "group_size": group_size, "layout": "gemma3n",
+    options = {"dtype": str(dtype), "quantize": quantize, "group_size": group_size, "layout": family.name,
                "int4_layout": layout, "embedding_bits": embedding_bits}
     files = sorted({t.file for t in text.values()} | {folder / "config.json"})
     wpath = weight_cache.cache_path(folder.name, weight_cache.cache_key(files, options))
     hit = weight_cache.load(wpath) if cache else None
     if hit is None:
-        model, n_params, plan = _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_int4,
+        model, n_params, plan = _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_int4, family,
                                                     embedding_bits=embedding_bits, layout=layout)
         meta = {"name": folder.name, "parameters": n_params, "plan": plan, "embedding_bits": embedding_bits}
         specs = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
-        sources = {ours: text[hf_name] for hf_name, ours in _text_map(cfg).items()}
+        sources = {ours: text[hf_name] for hf_name, ours in _text_map(cfg, family).items()}
         private = Path(tempfile.gettempdir()) / f"mmsdk-{os.getpid()}-{folder.name}.safetensors"
         try:
             made = _runtime_tensors(model, sources, dtype, group_size)
@@ -218,10 +245,11 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
             os.unlink(private)  # nowhere to keep it: the mapping holds the data until the process ends
     tensors, meta = hit
     with torch.device("meta"):
-        model = Gemma3nText(cfg)
+        model = family.model(cfg)
         quantize_(model, meta["plan"].get, group_size, empty=True, embedding_bits=meta.get("embedding_bits", 8))
-    table = mapped_safetensor(ple.file, ple.name)
-    model.ple = MappedPerLayerEmbedding(model.ple, table if offload == "ple" else table.clone())
+    if ple is not None:
+        table = mapped_safetensor(ple.file, ple.name)
+        model.ple = MappedPerLayerEmbedding(model.ple, table if offload == "ple" else table.clone())
     model.load_state_dict(tensors, strict=True, assign=True)
     model.requires_grad_(False)
     for mod in model.modules():
@@ -229,17 +257,17 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
             mod.dtype = dtype
     # each int8 weight's mapped pages leave RAM once its kernel holds a packed copy
     prepack(model, torch.get_num_threads(), done=drop_resident)
-    accelerate_(model)
+    family.accelerate(model)
     extra = extra if encoders else {}  # unread until a tower is built, as above
     loaded = LoadedText(model.eval(), tok, folder.name, "hf", quantize, extra, hf, parameters=meta["parameters"])
     release_free_memory()
     return loaded
 
 
-def _text_map(cfg: Gemma3nTextConfig) -> dict[str, str]:
+def _text_map(cfg, family: Family) -> dict[str, str]:
     """HF name -> ours, without the per-layer table (mapped, never part of the runtime weights)."""
-    kmap = key_map(cfg)
-    del kmap[PLE_KEY]
+    kmap = family.key_map(cfg)
+    kmap.pop(PLE_KEY, None)
     return kmap
 
 
@@ -257,9 +285,15 @@ def _text_tensors(folder: Path, hf: dict, cfg: Gemma3nTextConfig):
     return text, extra
 
 
-def _split(folder: Path, hf: dict, cfg: Gemma3nTextConfig):
-    """(text tensors but the PLE table, encoder tensors, the PLE table), all unread."""
-    text, extra = _text_tensors(folder, hf, cfg)
+GEMMA3N = Family("gemma3n", Gemma3nText, read_config, _text_tensors, key_map, accelerate_)
+
+
+def _split(folder: Path, hf: dict, cfg, family: Family):
+    """(text tensors but the PLE table, encoder tensors, the PLE table or None where the config has
+    none: Gemma 4's larger models), all unread."""
+    text, extra = family.text_tensors(folder, hf, cfg)
+    if not cfg.hidden_size_per_layer_input:
+        return text, extra, None
     if PLE_KEY not in text:
         raise ModelLoadError(folder, f"missing tensor {PLE_KEY!r}")
     ple = text.pop(PLE_KEY)
@@ -277,17 +311,19 @@ def plan_int4(model, mode: str) -> dict[str, int | None]:
     return {name: None if ".altup." in f".{name}" else 4 if mode == "int4" else bits for name, bits in plan.items()}
 
 
-def _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_of, **quantize_options):
+def _quantized_skeleton(folder, cfg, text, dtype, quantize, group_size, plan_of, family: Family,
+                        **quantize_options):
     """The quantized model on the meta device (shapes and dtypes only), its float parameter count
     and its plan, after checking the checkpoint's names and shapes against the config."""
     with torch.device("meta"):
-        model = Gemma3nText(cfg)
+        model = family.model(cfg)
         # meta stand-ins: assign_strict's checks (missing, unexpected, shapes) without reading a byte
-        assign_strict(model, {k: torch.empty(v.shape) for k, v in text.items()}, _text_map(cfg), folder, dtype)
+        assign_strict(model, {k: torch.empty(v.shape) for k, v in text.items()}, _text_map(cfg, family), folder, dtype)
         n_params = sum(p.numel() for p in model.parameters())
         plan = plan_of(model, quantize)
         quantize_(model, plan.get, group_size, empty=True, **quantize_options)
-    del model.ple  # mapped from the checkpoint, not part of the cache
+    if hasattr(model, "ple"):
+        del model.ple  # mapped from the checkpoint, not part of the cache
     return model, n_params, plan
 
 

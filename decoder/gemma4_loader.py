@@ -6,7 +6,8 @@
 which are handed back unread in `extra_tensors` for the encoders; `Gemma4ForCausalLM` stores it under `model.*`.
 A missing or unexpected decoder tensor is a `ModelLoadError` naming it; config keys the decoder
 does not read are named in a warning. With `offload="ple"` the per-layer embedding table is mapped
-from the checkpoint file and never read into memory.
+from the checkpoint file and never read into memory. Quantized (`mmsdk.load(folder, quantize="int4")`),
+the decoder is streamed into a weight cache as Gemma 3n's is (`gemma3n_loader.load_quantized`, with `GEMMA4`).
 """
 import json
 import warnings
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
-from .gemma3n_loader import HF_TO_NATIVE_3N, NON_TEXT_PREFIXES, PLE_KEY, take_ple
+from .gemma3n_loader import HF_TO_NATIVE_3N, NON_TEXT_PREFIXES, PLE_KEY, Family, take_ple
 from .gemma4 import Gemma4Text
 from .gemma4_config import Gemma4TextConfig
 from .loaded import LoadedText
@@ -108,3 +109,13 @@ def _text_tensors(folder: Path, hf: dict, cfg: Gemma4TextConfig):
             for name in _KV_NAMES:
                 text.pop(f"layers.{i}.{name}", None)
     return text, extra
+
+
+def _accelerate(model):
+    """Gemma 4's decode-time swaps (`gemma4_fast`)."""
+    from .gemma4_fast import accelerate_
+
+    return accelerate_(model)
+
+
+GEMMA4 = Family("gemma4", Gemma4Text, read_config, _text_tensors, key_map, _accelerate)

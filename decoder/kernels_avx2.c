@@ -341,3 +341,4 @@ static void attend_tile(const float *q, int rows, const long *qp, const float *k
 #include "gemma3_layer.h"  /* the layer's calls, over the helpers above */
 #include "convert.h"  /* load-time conversions, over rotate_row */
 #include "gemma3n_step.h"  /* a decoded token through a Gemma 3n layer, over the helpers above */
+#include "gemma4_step.h"  /* a decoded token through a Gemma 4 layer, over the helpers above */

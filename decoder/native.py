@@ -72,6 +72,8 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "q4_0_to_int4pack": [_ptr, _n, _n, _n, _ptr],
     "gemma3n_layer_step": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n, _n, _n, _ptr],
     "sizeof_gemma3n_layer": [],
+    "gemma4_layer_step": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n, _n, _n, _ptr],
+    "sizeof_gemma4_layer": [],
     "quantize_q4k": [_ptr, _n, _n, _n, _n, _n, _ptr, _ptr, _ptr, _n],
     "sizeof_linear": [],
     "sizeof_layer": [],

@@ -46,8 +46,9 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
         raise InputError("mmproj= goes with a .gguf model; a Hugging Face folder carries its own vision tower")
     t0 = time.perf_counter()
     from .decoder.gemma3n_loader import is_gemma3n_folder, load_quantized
+    from .decoder.gemma4_loader import is_gemma4_folder
 
-    if quantize and is_gemma3n_folder(path):
+    if quantize and (is_gemma3n_folder(path) or is_gemma4_folder(path)):
         # Streamed: rounded a tensor at a time into the weight cache, never a float model in memory
         # (Gemma 3n E2B is 9 GB of float32 decoder); the per-layer table stays mapped with offload="ple".
         if threads:

@@ -9,6 +9,7 @@ from .errors import InputError
 from .embedder import default_embedder
 from .rag.embedder import Embedder
 from .rag.errors import DocumentError
+from .rag.rerank import Reranker
 from .rag.indexer import index_file, index_text
 from .rag.prompt import INSTRUCTION, NOT_FOUND, build_completion_prompt, build_prompt, cited, echoes
 from .rag.search import MODES, Hit, search
@@ -76,12 +77,16 @@ class DocumentIndex:
     def sources(self) -> list[str]:
         return self._store.sources()
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Hit]:
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", *, reranker: Reranker | None = None,
+               rerank_top: int = 10) -> list[Hit]:
         """Best `k` passages; `mode` is "hybrid" (vector + BM25 by reciprocal rank fusion), "vector"
-        or "keyword"."""
+        or "keyword". A `reranker` (`fn(query, passages) -> scores`, e.g. `mmsdk.rerank.QueryLikelihood(asst)`)
+        reorders the best `rerank_top` first; `Hit.rerank_score` is its score."""
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        return search(self._store, query, self.embedder, k=k, mode=mode)
+        if isinstance(rerank_top, bool) or not isinstance(rerank_top, int) or rerank_top < 1:
+            raise InputError(f"rerank_top must be a positive int, got {rerank_top!r}")
+        return search(self._store, query, self.embedder, k=k, mode=mode, reranker=reranker, rerank_top=rerank_top)
 
     def close(self):
         self._store.close()

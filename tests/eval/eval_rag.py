@@ -16,6 +16,7 @@ best-sentence support of both sets calibrates `mmsdk.documents.MIN_SUPPORT`.
     HF_HUB_OFFLINE=1 python tests/eval/eval_rag.py [--answers] [--json results.json]
 """
 import argparse
+import functools
 import json
 import platform
 import re
@@ -154,7 +155,7 @@ def bench_embedders(index: DocumentIndex, rounds: int = 3) -> dict:
             "cosine_min": round(float(cos.min()), 4), "cosine_mean": round(float(cos.mean()), 4)}
 
 
-def run(workdir: Path, chunk_tokens: int, overlap: int, float32: bool = False) -> dict:
+def run(workdir: Path, chunk_tokens: int, overlap: int, float32: bool = False, rerank_top: int = 0) -> dict:
     files = rag_corpus.build(workdir / "corpus")
     index = DocumentIndex(workdir / "eval.db", SentenceTransformerEmbedder() if float32 else None,
                           chunk_tokens=chunk_tokens, overlap=overlap)
@@ -169,11 +170,18 @@ def run(workdir: Path, chunk_tokens: int, overlap: int, float32: bool = False) -
               "chunks": n_chunks, "index_seconds": round(index_s, 2), "chunks_per_s": round(n_chunks / index_s, 1),
               "embedder": "float32" if float32 else "int8", "cpu": cpu_name(),
               "questions": len(QUESTIONS), "modes": {}}
-    for mode in ("vector", "keyword", "hybrid"):
+    searches = {mode: functools.partial(index.search, mode=mode) for mode in ("vector", "keyword", "hybrid")}
+    if rerank_top:  # after reranking: the bundled model's query likelihood over hybrid's best `rerank_top`
+        import mmsdk
+        from mmsdk.rerank import QueryLikelihood
+
+        searches["hybrid+rerank"] = functools.partial(index.search, reranker=QueryLikelihood(mmsdk.load()),
+                                                      rerank_top=rerank_top)
+    for mode, search in searches.items():
         ranks, times = [], []
         for question, _, phrase in QUESTIONS:
             t = time.perf_counter()
-            hits = index.search(question, k=10, mode=mode)
+            hits = search(question, k=10)
             times.append((time.perf_counter() - t) * 1000)
             ranks.append(first_relevant_rank(hits, phrase))
         report["modes"][mode] = {
@@ -265,6 +273,8 @@ def main(argv=None):
     parser.add_argument("--workdir", help="keep the corpus and index here (default: a temporary folder)")
     parser.add_argument("--chunk-tokens", type=int, default=200)
     parser.add_argument("--overlap", type=int, default=40)
+    parser.add_argument("--rerank", type=int, default=0, metavar="N",
+                        help="also rerank hybrid's best N by the bundled model's query likelihood (N 5-10)")
     parser.add_argument("--answers", action="store_true", help="also ask the bundled model every question")
     parser.add_argument("--float32", action="store_true", help="index with rag's plain float32 embedder, not mmsdk's int8 one")
     parser.add_argument("--bench-embedders", action="store_true",
@@ -272,7 +282,7 @@ def main(argv=None):
     parser.add_argument("--bench-rounds", type=int, default=3, help="timed passes of each embedder (median)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        report = run(Path(args.workdir or tmp), args.chunk_tokens, args.overlap, args.float32)
+        report = run(Path(args.workdir or tmp), args.chunk_tokens, args.overlap, args.float32, args.rerank)
         if args.bench_embedders:
             with DocumentIndex(Path(args.workdir or tmp) / "eval.db", SentenceTransformerEmbedder()) as index:
                 report["embedders"] = bench_embedders(index, args.bench_rounds)
@@ -286,9 +296,9 @@ def main(argv=None):
         print(f"embedders on {e['cpu']} ({e['threads']} threads, int8 via {e['int8_kernel']}), {e['chunks']} chunks: "
               f"int8 {e['int8_chunks_per_s']} chunks/s, float32 {e['float32_chunks_per_s']} chunks/s; "
               f"cosine int8 vs float32 min {e['cosine_min']} mean {e['cosine_mean']}")
-    print(f"{'mode':8} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'p50 ms':>8} {'p95 ms':>8}")
+    print(f"{'mode':13} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'p50 ms':>8} {'p95 ms':>8}")
     for mode, m in report["modes"].items():
-        print(f"{mode:8} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['mrr@10']:6.3f} {m['p50_ms']:8.1f} {m['p95_ms']:8.1f}")
+        print(f"{mode:13} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['mrr@10']:6.3f} {m['p50_ms']:8.1f} {m['p95_ms']:8.1f}")
     for mode, m in report["modes"].items():
         for q in m["missed"]:
             print(f"  {mode} missed@5: {q}")

@@ -3,10 +3,10 @@ likelihood reranker on the real bundled model over a real index."""
 import math
 
 import pytest
+from mmsdk.rag.rerank import rerank
 
 from mmsdk.documents import DocumentIndex
 from mmsdk.errors import InputError
-from mmsdk.rag.rerank import rerank
 from mmsdk.rerank import QueryLikelihood
 
 PASSAGES = {
@@ -39,7 +39,7 @@ def test_fusion_moves_a_passage_the_reranker_puts_first_and_ties_go_to_the_first
     assert [i for i, _ in out] == [10, 13, 11, 12]
     assert dict(out) == {10: 0.0, 11: 1.0, 12: 2.0, 13: 3.0}  # the reranker's scores
     prefers["c"] = 9.0  # third in the first stage, first for the reranker: 1/63 + 1/61 > 1/61 + 1/64
-    assert [i for i, _ in rerank("q", ranked, texts, lambda q, ps: [prefers[p] for p in ps])][0] == 12
+    assert next(i for i, _ in rerank("q", ranked, texts, lambda q, ps: [prefers[p] for p in ps])) == 12
     with pytest.raises(ValueError, match="gave 1 scores for 4 passages"):
         rerank("q", ranked, texts, lambda q, ps: [0.0])
 

@@ -75,6 +75,8 @@ def test_the_rerank_hook_reorders_search_by_the_real_model(index, bundled_asst):
     assert all(h.rerank_score is None for h in top3[3:])
 
 
-def test_bad_rerank_top_is_an_input_error(index):
+def test_bad_rerank_counts_are_input_errors(index, bundled_asst):
     with pytest.raises(InputError, match="rerank_top must be a positive int"):
         index.search("tyres", reranker=lambda q, ps: [0.0] * len(ps), rerank_top=0)
+    with pytest.raises(InputError, match="rerank must be a number of passages"):
+        bundled_asst.ask("tyres?", index, rerank=-1)

@@ -155,6 +155,31 @@ def bench_embedders(index: DocumentIndex, rounds: int = 3) -> dict:
             "cosine_min": round(float(cos.min()), 4), "cosine_mean": round(float(cos.mean()), 4)}
 
 
+def bench_indexing(files: list[Path], workdir: Path, rounds: int = 2) -> dict:
+    """Indexing the corpus a file at a time (`add`) and several files per embedder call (`add_many`),
+    each into a fresh index, alternating, median of `rounds`; and each stored row's cosine between them."""
+    times, vectors = {"add": [], "add_many": []}, {}
+    embed = default_embedder()
+    embed(["warm up"])
+    for r in range(rounds):
+        for way in times:
+            db = workdir / f"bench-{way}-{r}.db"
+            for old in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+                old.unlink(missing_ok=True)
+            with DocumentIndex(db, embed) as index:
+                t = time.perf_counter()
+                n = sum(index.add(f) for f in files) if way == "add" else sum(index.add_many(files))
+                times[way].append(time.perf_counter() - t)
+                rows = index._store.conn.execute("SELECT s.path, c.ord, c.vector FROM chunks c JOIN sources s "
+                                                 "ON s.id = c.source_id ORDER BY 1, 2").fetchall()
+                vectors[way] = np.stack([np.frombuffer(v, np.float32) for *_, v in rows])
+    cos = (vectors["add"] * vectors["add_many"]).sum(1)
+    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "chunks": n,
+            **{f"{k}_chunks_per_s": round(n / statistics.median(v), 1) for k, v in times.items()},
+            **{f"{k}_seconds": [round(x, 1) for x in v] for k, v in times.items()},
+            "cosine_min": round(float(cos.min()), 4)}
+
+
 def run(workdir: Path, chunk_tokens: int, overlap: int, float32: bool = False, rerank_top: int = 0) -> dict:
     files = rag_corpus.build(workdir / "corpus")
     index = DocumentIndex(workdir / "eval.db", SentenceTransformerEmbedder() if float32 else None,
@@ -162,7 +187,11 @@ def run(workdir: Path, chunk_tokens: int, overlap: int, float32: bool = False, r
     index.embedder(["warm up"])  # load the model outside the timings
 
     t0 = time.perf_counter()
-    n_chunks = sum(index.add(f) for f in files)
+    results = index.add_many(files)
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        raise failed[0]
+    n_chunks = sum(results)
     index_s = time.perf_counter() - t0
 
     _check_phrases(index)
@@ -279,6 +308,8 @@ def main(argv=None):
     parser.add_argument("--float32", action="store_true", help="index with rag's plain float32 embedder, not mmsdk's int8 one")
     parser.add_argument("--bench-embedders", action="store_true",
                         help="also time the int8 and float32 embedders side by side on the indexed chunks")
+    parser.add_argument("--bench-indexing", action="store_true",
+                        help="also time indexing a file at a time (add) against add_many, alternating")
     parser.add_argument("--bench-rounds", type=int, default=3, help="timed passes of each embedder (median)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -286,6 +317,9 @@ def main(argv=None):
         if args.bench_embedders:
             with DocumentIndex(Path(args.workdir or tmp) / "eval.db", SentenceTransformerEmbedder()) as index:
                 report["embedders"] = bench_embedders(index, args.bench_rounds)
+        if args.bench_indexing:
+            report["indexing"] = bench_indexing(rag_corpus.build(Path(args.workdir or tmp) / "corpus"),
+                                                Path(args.workdir or tmp), args.bench_rounds)
         if args.answers:
             report["answers"] = run_answers(Path(args.workdir or tmp), args.chunk_tokens, args.overlap)
     print(f"corpus: {report['files']} files {report['formats']}, {report['chunks']} chunks, "
@@ -296,6 +330,11 @@ def main(argv=None):
         print(f"embedders on {e['cpu']} ({e['threads']} threads, int8 via {e['int8_kernel']}), {e['chunks']} chunks: "
               f"int8 {e['int8_chunks_per_s']} chunks/s, float32 {e['float32_chunks_per_s']} chunks/s; "
               f"cosine int8 vs float32 min {e['cosine_min']} mean {e['cosine_mean']}")
+    if "indexing" in report:
+        b = report["indexing"]
+        print(f"indexing on {b['cpu']} ({b['threads']} threads), {b['chunks']} chunks: a file at a time "
+              f"{b['add_chunks_per_s']} chunks/s {b['add_seconds']}, add_many {b['add_many_chunks_per_s']} chunks/s "
+              f"{b['add_many_seconds']}; cosine of stored rows min {b['cosine_min']}")
     print(f"{'mode':13} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'p50 ms':>8} {'p95 ms':>8}")
     for mode, m in report["modes"].items():
         print(f"{mode:13} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['mrr@10']:6.3f} {m['p50_ms']:8.1f} {m['p95_ms']:8.1f}")

@@ -239,11 +239,12 @@ class Assistant:
 
         return transcribe(audio, language=language, progress=progress)
 
-    def ask(self, question: str, index, k: int = 5, *, max_tokens: int = 256):
-        """Answer from the documents in `index`, citing the passages used (`Answer.citations`)."""
+    def ask(self, question: str, index, k: int = 5, *, max_tokens: int = 256, rerank: int = 0):
+        """Answer from the documents in `index`, citing the passages used (`Answer.citations`).
+        `rerank=N` (5-10): this model reorders the best N passages by its likelihood of the question first."""
         from .documents import answer
 
-        return answer(self, question, index, k=k, max_tokens=max_tokens)
+        return answer(self, question, index, k=k, max_tokens=max_tokens, rerank=rerank)
 
     def _check_media(self, images, audio) -> None:
         media.check_modalities(self.info.name, self.encoders, images, audio)

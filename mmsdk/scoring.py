@@ -52,7 +52,7 @@ def score_ids(model, bos: int, ids: Sequence[int], window: int) -> Score:
     while done < len(ids):
         part = [bos, *ids[start:start + window - 1]]
         # the window's positions whose next token is not scored yet: text index done.. is part index done-start+1
-        lp, top = _window_logprobs(model, part, first=done - start + 1)
+        lp, top = window_logprobs(model, part, first=done - start + 1)
         logprobs += lp
         predicted += top
         done = start + len(part) - 1
@@ -61,7 +61,7 @@ def score_ids(model, bos: int, ids: Sequence[int], window: int) -> Score:
 
 
 @torch.inference_mode()
-def _window_logprobs(model, ids: list[int], first: int) -> tuple[list[float], list[int]]:
+def window_logprobs(model, ids: list[int], first: int) -> tuple[list[float], list[int]]:
     """log p(ids[t] | ids[:t]) and the argmax prediction for t = first .. len(ids) - 1, in one pass
     through fresh caches; the LM head runs only on the positions that predict those tokens."""
     caches = make_cache(model.config)

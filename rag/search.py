@@ -1,11 +1,12 @@
 """Search as composable functions: `vector_search`, `keyword_search` (BM25 over FTS5) and
 `reciprocal_rank_fusion`; `search` ties them together and returns `Hit`s."""
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .embedder import Embedder
+from .rerank import Reranker, rerank
 from .store import Store
 
 MODES = ("hybrid", "vector", "keyword")
@@ -25,6 +26,7 @@ class Hit:
     location: str = ""        # heading path and/or page the passage came from
     similarity: float | None = None  # cosine between query and passage (None in keyword mode)
     chunk_id: int = -1
+    rerank_score: float | None = None  # the reranker's score when one reordered the candidates
 
 
 def vector_search(store: Store, query_vector: np.ndarray, *, k: int = 5) -> list[tuple[int, float]]:
@@ -77,9 +79,11 @@ def drop_near_duplicates(store: Store, ranked: list[tuple[int, float]], *, k: in
 
 
 def search(store: Store, query: str, embed: Embedder, *, k: int = 5, mode: str = "hybrid",
-           candidates: int = 40, rrf_k: int = 60, near_duplicate: float = 0.95) -> list[Hit]:
+           candidates: int = 40, rrf_k: int = 60, near_duplicate: float = 0.95,
+           reranker: Reranker | None = None, rerank_top: int = 10) -> list[Hit]:
     """Top `k` distinct passages for `query`. Hybrid fuses the top `candidates` of vector and BM25
-    search; near copies of a better hit (see `drop_near_duplicates`) are skipped in every mode."""
+    search; near copies of a better hit (see `drop_near_duplicates`) are skipped in every mode.
+    With a `reranker` (see `rerank.rerank`) the best `rerank_top` are reordered by it, the rest follow."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if k <= 0 or not query.strip():
@@ -93,7 +97,12 @@ def search(store: Store, query: str, embed: Embedder, *, k: int = 5, mode: str =
     else:
         ranked = reciprocal_rank_fusion([vector_search(store, qvec, k=n), keyword_search(store, query, k=n)],
                                         k=rrf_k)
-    return _hits(store, drop_near_duplicates(store, ranked, k=k, threshold=near_duplicate), qvec)
+    if reranker is None:
+        return _hits(store, drop_near_duplicates(store, ranked, k=k, threshold=near_duplicate), qvec)
+    hits = _hits(store, drop_near_duplicates(store, ranked, k=max(k, rerank_top), threshold=near_duplicate), qvec)
+    top = {h.chunk_id: h for h in hits[:rerank_top]}
+    reranked = rerank(query, [(i, h.score) for i, h in top.items()], {i: h.text for i, h in top.items()}, reranker)
+    return ([replace(top[i], rerank_score=score) for i, score in reranked] + hits[rerank_top:])[:k]
 
 
 def _hits(store: Store, ranked: list[tuple[int, float]], qvec) -> list[Hit]:

@@ -178,3 +178,24 @@ def test_cli_batch_with_corrupt_pdf(docs, tmp_path, capsys):
         assert idx.search("oven temperature for bread", k=1)[0].location == "Oven, page 1"
     with pytest.raises(InputError, match="broken.pdf"):
         DocumentIndex(db).add(docs / "broken.pdf")
+
+
+def test_add_many_embeds_files_together_and_keeps_each_result(docs, tmp_path):
+    """Chunks of several files embedded in one call store the vectors a file at a time gives: the
+    same chunks, rows within int8 rounding of each other (padding to another batch's longest row
+    moves the int8 embedder's rows by up to ~0.003 in cosine on the RAG eval; a wrong row is < 0.9)."""
+    (docs / "empty.md").write_text("   \n")
+    files = [docs / "kettle.md", docs / "missing.txt", docs / "garden.txt", docs / "empty.md", docs / "bike.html"]
+    with DocumentIndex(tmp_path / "one.db") as one, DocumentIndex(tmp_path / "many.db") as many:
+        for f in files[::2]:
+            one.add(f)
+        results = many.add_many(files)
+        assert [type(r) for r in results] == [int, InputError, int, InputError, int]
+        assert "missing.txt" in str(results[1]) and "empty.md" in str(results[3])
+        assert results[0] + results[2] + results[4] == len(one._store.vectors()[0]) > 0
+        assert many.add_many(files[::2]) == [0, 0, 0]  # unchanged
+        rows = "SELECT s.path, c.ord, c.text, c.vector FROM chunks c JOIN sources s ON s.id = c.source_id ORDER BY 1, 2"
+        a, b = (idx._store.conn.execute(rows).fetchall() for idx in (one, many))
+        assert [r[:3] for r in a] == [r[:3] for r in b]
+        va, vb = (np.stack([np.frombuffer(r[3], np.float32) for r in x]) for x in (a, b))
+        assert (va * vb).sum(1).min() > 0.99

@@ -16,6 +16,7 @@ best-sentence support of both sets calibrates `mmsdk.documents.MIN_SUPPORT`.
     HF_HUB_OFFLINE=1 python tests/eval/eval_rag.py [--answers] [--json results.json]
 """
 import argparse
+import functools
 import json
 import platform
 import re
@@ -154,14 +155,43 @@ def bench_embedders(index: DocumentIndex, rounds: int = 3) -> dict:
             "cosine_min": round(float(cos.min()), 4), "cosine_mean": round(float(cos.mean()), 4)}
 
 
-def run(workdir: Path, chunk_tokens: int, overlap: int, float32: bool = False) -> dict:
+def bench_indexing(files: list[Path], workdir: Path, rounds: int = 2) -> dict:
+    """Indexing the corpus a file at a time (`add`) and several files per embedder call (`add_many`),
+    each into a fresh index, alternating, median of `rounds`; and each stored row's cosine between them."""
+    times, vectors = {"add": [], "add_many": []}, {}
+    embed = default_embedder()
+    embed(["warm up"])
+    for r in range(rounds):
+        for way in times:
+            db = workdir / f"bench-{way}-{r}.db"
+            for old in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+                old.unlink(missing_ok=True)
+            with DocumentIndex(db, embed) as index:
+                t = time.perf_counter()
+                n = sum(index.add(f) for f in files) if way == "add" else sum(index.add_many(files))
+                times[way].append(time.perf_counter() - t)
+                rows = index._store.conn.execute("SELECT s.path, c.ord, c.vector FROM chunks c JOIN sources s "
+                                                 "ON s.id = c.source_id ORDER BY 1, 2").fetchall()
+                vectors[way] = np.stack([np.frombuffer(v, np.float32) for *_, v in rows])
+    cos = (vectors["add"] * vectors["add_many"]).sum(1)
+    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "chunks": n,
+            **{f"{k}_chunks_per_s": round(n / statistics.median(v), 1) for k, v in times.items()},
+            **{f"{k}_seconds": [round(x, 1) for x in v] for k, v in times.items()},
+            "cosine_min": round(float(cos.min()), 4)}
+
+
+def run(workdir: Path, chunk_tokens: int, overlap: int, float32: bool = False, rerank_top: int = 0) -> dict:
     files = rag_corpus.build(workdir / "corpus")
     index = DocumentIndex(workdir / "eval.db", SentenceTransformerEmbedder() if float32 else None,
                           chunk_tokens=chunk_tokens, overlap=overlap)
     index.embedder(["warm up"])  # load the model outside the timings
 
     t0 = time.perf_counter()
-    n_chunks = sum(index.add(f) for f in files)
+    results = index.add_many(files)
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        raise failed[0]
+    n_chunks = sum(results)
     index_s = time.perf_counter() - t0
 
     _check_phrases(index)
@@ -169,11 +199,18 @@ def run(workdir: Path, chunk_tokens: int, overlap: int, float32: bool = False) -
               "chunks": n_chunks, "index_seconds": round(index_s, 2), "chunks_per_s": round(n_chunks / index_s, 1),
               "embedder": "float32" if float32 else "int8", "cpu": cpu_name(),
               "questions": len(QUESTIONS), "modes": {}}
-    for mode in ("vector", "keyword", "hybrid"):
+    searches = {mode: functools.partial(index.search, mode=mode) for mode in ("vector", "keyword", "hybrid")}
+    if rerank_top:  # after reranking: the bundled model's query likelihood over hybrid's best `rerank_top`
+        import mmsdk
+        from mmsdk.rerank import QueryLikelihood
+
+        searches["hybrid+rerank"] = functools.partial(index.search, reranker=QueryLikelihood(mmsdk.load()),
+                                                      rerank_top=rerank_top)
+    for mode, search in searches.items():
         ranks, times = [], []
         for question, _, phrase in QUESTIONS:
             t = time.perf_counter()
-            hits = index.search(question, k=10, mode=mode)
+            hits = search(question, k=10)
             times.append((time.perf_counter() - t) * 1000)
             ranks.append(first_relevant_rank(hits, phrase))
         report["modes"][mode] = {
@@ -265,17 +302,24 @@ def main(argv=None):
     parser.add_argument("--workdir", help="keep the corpus and index here (default: a temporary folder)")
     parser.add_argument("--chunk-tokens", type=int, default=200)
     parser.add_argument("--overlap", type=int, default=40)
+    parser.add_argument("--rerank", type=int, default=0, metavar="N",
+                        help="also rerank hybrid's best N by the bundled model's query likelihood (N 5-10)")
     parser.add_argument("--answers", action="store_true", help="also ask the bundled model every question")
     parser.add_argument("--float32", action="store_true", help="index with rag's plain float32 embedder, not mmsdk's int8 one")
     parser.add_argument("--bench-embedders", action="store_true",
                         help="also time the int8 and float32 embedders side by side on the indexed chunks")
+    parser.add_argument("--bench-indexing", action="store_true",
+                        help="also time indexing a file at a time (add) against add_many, alternating")
     parser.add_argument("--bench-rounds", type=int, default=3, help="timed passes of each embedder (median)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        report = run(Path(args.workdir or tmp), args.chunk_tokens, args.overlap, args.float32)
+        report = run(Path(args.workdir or tmp), args.chunk_tokens, args.overlap, args.float32, args.rerank)
         if args.bench_embedders:
             with DocumentIndex(Path(args.workdir or tmp) / "eval.db", SentenceTransformerEmbedder()) as index:
                 report["embedders"] = bench_embedders(index, args.bench_rounds)
+        if args.bench_indexing:
+            report["indexing"] = bench_indexing(rag_corpus.build(Path(args.workdir or tmp) / "corpus"),
+                                                Path(args.workdir or tmp), args.bench_rounds)
         if args.answers:
             report["answers"] = run_answers(Path(args.workdir or tmp), args.chunk_tokens, args.overlap)
     print(f"corpus: {report['files']} files {report['formats']}, {report['chunks']} chunks, "
@@ -286,9 +330,14 @@ def main(argv=None):
         print(f"embedders on {e['cpu']} ({e['threads']} threads, int8 via {e['int8_kernel']}), {e['chunks']} chunks: "
               f"int8 {e['int8_chunks_per_s']} chunks/s, float32 {e['float32_chunks_per_s']} chunks/s; "
               f"cosine int8 vs float32 min {e['cosine_min']} mean {e['cosine_mean']}")
-    print(f"{'mode':8} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'p50 ms':>8} {'p95 ms':>8}")
+    if "indexing" in report:
+        b = report["indexing"]
+        print(f"indexing on {b['cpu']} ({b['threads']} threads), {b['chunks']} chunks: a file at a time "
+              f"{b['add_chunks_per_s']} chunks/s {b['add_seconds']}, add_many {b['add_many_chunks_per_s']} chunks/s "
+              f"{b['add_many_seconds']}; cosine of stored rows min {b['cosine_min']}")
+    print(f"{'mode':13} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'p50 ms':>8} {'p95 ms':>8}")
     for mode, m in report["modes"].items():
-        print(f"{mode:8} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['mrr@10']:6.3f} {m['p50_ms']:8.1f} {m['p95_ms']:8.1f}")
+        print(f"{mode:13} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['mrr@10']:6.3f} {m['p50_ms']:8.1f} {m['p95_ms']:8.1f}")
     for mode, m in report["modes"].items():
         for q in m["missed"]:
             print(f"  {mode} missed@5: {q}")

@@ -1,4 +1,5 @@
 """Keeping resident memory (RSS) to what the model uses: pages freed or no longer read go back."""
+import contextlib
 import ctypes
 import mmap
 
@@ -10,14 +11,34 @@ except OSError:  # not glibc: nothing to trim or advise
     _libc = None
 _MADV_DONTNEED = 4
 _M_MMAP_THRESHOLD = -3
+_threshold: int | None = None  # what map_large_allocations set, if it ran
 
 
 def map_large_allocations(threshold: int = 4 << 20) -> None:
     """Serve allocations of `threshold` bytes and more from their own mappings, returned to the
     OS when freed. glibc otherwise raises its threshold to 32 MB as large blocks are freed, and
     freed weight copies and prompt activations stay in the heap as RSS nobody uses."""
+    global _threshold
     if _libc is not None:
         _libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+        _threshold = threshold
+
+
+@contextlib.contextmanager
+def heap_allocations(threshold: int = 32 << 20):
+    """Within it, allocations under `threshold` come from the heap and are reused once freed, as
+    glibc does by default; on leaving, the free heap goes back to the OS and `map_large_allocations`'
+    threshold is back. For the encoders: with every 4 MB+ activation a fresh mapping faulted in page
+    by page, MobileNet-V5 took 15.9 s a 768 px view against 10.8 s in a process without it (Zen 3)."""
+    if _libc is None or _threshold is None:
+        yield
+        return
+    _libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+    try:
+        yield
+    finally:
+        _libc.mallopt(_M_MMAP_THRESHOLD, _threshold)
+        _libc.malloc_trim(0)
 
 
 def release_free_memory() -> None:

@@ -1,5 +1,6 @@
 """Media in prompts: which encoders a loaded checkpoint has, and turning a prompt with image
 markers into the ids, embeddings and attention groups the decoder takes."""
+import contextlib
 import json
 import logging
 import re
@@ -10,6 +11,7 @@ import torch
 
 from . import chat_format
 from .chat_format import AUDIO_MARKER, IMAGE_MARKER, Markup
+from .decoder.memory import heap_allocations
 from .encoders.lazy import LazyTowers, read_tensors
 from .encoders.media_cache import EncodeCache
 from .errors import InputError, UnsupportedModalityError
@@ -151,7 +153,15 @@ def encode_prompt(model, tokenizer, encoders: Encoders, text, images=(), audio=(
     """Token ids for the prompt `text` (a raw string, or `chat_format` parts whose content is never
     parsed); with images, also the embeddings with each image in place.
     `prefix_ids` are tokens already decided (a session's pending tokens) that go first.
-    `image_tokens`: Gemma 4's soft-token budget per image (70, 140, 280, 560 or 1120)."""
+    `image_tokens`: Gemma 4's soft-token budget per image (70, 140, 280, 560 or 1120).
+    The encoders' activations come from the heap (`decoder.memory.heap_allocations`)."""
+    with heap_allocations() if images or audio else contextlib.nullcontext():
+        return _encode_prompt(model, tokenizer, encoders, text, images, audio, add_bos=add_bos, prefix_ids=prefix_ids,
+                              pan_and_scan=pan_and_scan, image_tokens=image_tokens)
+
+
+def _encode_prompt(model, tokenizer, encoders: Encoders, text, images, audio, *, add_bos, prefix_ids, pan_and_scan,
+                   image_tokens) -> Prompt:
     if encoders.gemma4 is not None and (images or audio):  # markers: control tokens
         from .encoders.gemma4_fusion import build_prompt as build_gemma4
 

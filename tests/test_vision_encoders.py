@@ -2,11 +2,14 @@
 Gemma 3n embedder; strict loading."""
 import pytest
 import torch
-
 from mmsdk.decoder.errors import ModelLoadError
 from mmsdk.encoders.gemma3_vision import Gemma3VisionConfig, load_gemma3_vision
 from mmsdk.encoders.gemma3n_vision import load_gemma3n_vision
-from mmsdk.encoders.image_preprocess import GEMMA3N_IMAGE, ImageProcessorConfig, preprocess
+from mmsdk.encoders.image_preprocess import (
+    GEMMA3N_IMAGE,
+    ImageProcessorConfig,
+    preprocess,
+)
 from mmsdk.encoders.siglip import SiglipVisionConfig
 from vision_fixtures import noise_image, small_gemma3, small_gemma3n
 
@@ -132,10 +135,9 @@ def test_channel_norm_kernel_matches_timm(shape):
     """`native.rms_norm_act_2d` against timm's RmsNormAct2d (GELU tanh) and RmsNorm2d, out of place and in place."""
     from functools import partial
 
+    from mmsdk.decoder import native
     from timm.layers.norm import RmsNorm2d
     from timm.layers.norm_act import RmsNormAct2d
-
-    from mmsdk.decoder import native
 
     if not native.available("rms_norm_act_2d"):
         pytest.fail("our kernels did not build")  # a build failure is an error, not a skip

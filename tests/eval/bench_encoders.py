@@ -89,12 +89,12 @@ def peak_rss_mb(children: bool = False) -> float:
 
 def work_mmsdk(args, encoder: str, engine: str) -> dict:
     import torch
+    from mmsdk.decoder.memory import heap_allocations
     from mmsdk.encoders.accelerate import accelerate_gemma3n_audio_, int8_kernel
     from mmsdk.encoders.audio_features import log_mel
     from mmsdk.encoders.image_preprocess import preprocess
 
     import mmsdk
-    from mmsdk.decoder.memory import heap_allocations
 
     folder = Path(args.root) / ("gemma3" if encoder == "siglip" else "gemma3n")
     kw = {"quantize": "int8"} if engine == "mmsdk-int8" else {"dtype": "float32"}
@@ -133,7 +133,7 @@ def work_mmsdk(args, encoder: str, engine: str) -> dict:
                 return audio(torch.from_numpy(mel)[None], torch.from_numpy(mask)[None])
 
             res["audio_30s_s"] = timed(encode, args.repeats)
-            msg = lambda: [{"role": "user", "content": [  # noqa: E731
+            msg = lambda: [{"role": "user", "content": [
                 {"type": "audio", "audio": (speech_like(30.0, next(runs)), AUDIO_RATE)},
                 {"type": "text", "text": "Transcribe"}]}]
             res["ttft_audio_chat_s"] = timed(lambda: asst.chat(msg(), max_tokens=1), args.repeats)

@@ -51,6 +51,34 @@ static void sparsity_gate(float *gate, long I, float multiplier) {
     for (long i = 0; i < I; i++) gate[i] = fmaxf(gate[i] - cutoff, 0.f);
 }
 
+/* Each of `heads` rows of D (a token's query or key heads) normed by `gain`, then rotated by RoPE. */
+static void norm_rope_heads(float *x, long heads, long D, const float *gain, float eps, const float *cos,
+                            const float *sin, float *rot) {
+    for (long i = 0; i < heads; i++) {
+        rms_norm(x + i * D, x + i * D, gain, D, eps, NULL);
+        rope(x + i * D, cos, sin, D, rot);
+    }
+}
+
+/* A token's keys (already normed and rotated) and values (normed here) into slot `slot` of the caches:
+   Hkv planes of `plane` floats each. */
+static void store_kv(const float *k, float *v, long Hkv, long D, const float *v_norm, float eps, float *k_cache,
+                     float *v_cache, long plane, long slot) {
+    for (long i = 0; i < Hkv; i++) {
+        rms_norm(v + i * D, v + i * D, v_norm, D, eps, NULL);
+        memcpy(k_cache + i * plane + slot * D, k + i * D, sizeof(float) * D);
+        memcpy(v_cache + i * plane + slot * D, v + i * D, sizeof(float) * D);
+    }
+}
+
+/* att (H, D): each group of H / Hkv query heads over its key head's first `keys` cache slots. */
+static void attend_heads(const float *q, long H, long Hkv, long D, const float *k_cache, const float *v_cache,
+                         long plane, const float *bias, long keys, float *att, Scratch *s) {
+    for (long i = 0; i < Hkv; i++)
+        attend_group(q + i * (H / Hkv) * D, H / Hkv, k_cache + i * plane, v_cache + i * plane, bias, keys, D,
+                     att + i * (H / Hkv) * D, s);
+}
+
 /* streams s (K, hidden) updated in place; ple_in: this layer's per-layer input (ple_dim). With own_kv
    the key and value go to slot `slot` of the caches (kv_heads planes of `plane` floats each); attention
    reads their first `keys` slots (a KV-shared layer: its source's caches) with the mask `bias` (keys).
@@ -79,25 +107,15 @@ void gemma3n_layer_step(const G3nLayer *L, float *s, const float *ple_in, const 
     /* attention: q (and, with own_kv, k and v) per head normed, q and k rotated; scale 1 (q_norm does it) */
     rms_norm(h, pred, L->attn_norm, E, L->eps, NULL);
     linear_rows(&L->q, h, 1, q);
-    for (long i = 0; i < H; i++) {
-        rms_norm(q + i * D, q + i * D, L->q_norm, D, L->head_eps, NULL);
-        rope(q + i * D, cos, sin, D, rot);
-    }
+    norm_rope_heads(q, H, D, L->q_norm, L->head_eps, cos, sin, rot);
     if (L->own_kv) {
         float *k = kv, *v = kv + Hkv * D;
         linear_rows(&L->k, h, 1, k);
         linear_rows(&L->v, h, 1, v);
-        for (long i = 0; i < Hkv; i++) {
-            rms_norm(k + i * D, k + i * D, L->k_norm, D, L->head_eps, NULL);
-            rope(k + i * D, cos, sin, D, rot);
-            rms_norm(v + i * D, v + i * D, L->v_norm, D, L->head_eps, NULL);
-            memcpy(k_cache + i * plane + slot * D, k + i * D, sizeof(float) * D);
-            memcpy(v_cache + i * plane + slot * D, v + i * D, sizeof(float) * D);
-        }
+        norm_rope_heads(k, Hkv, D, L->k_norm, L->head_eps, cos, sin, rot);
+        store_kv(k, v, Hkv, D, L->v_norm, L->head_eps, k_cache, v_cache, plane, slot);
     }
-    for (long i = 0; i < Hkv; i++)
-        attend_group(q + i * (H / Hkv) * D, H / Hkv, k_cache + i * plane, v_cache + i * plane, bias, keys, D,
-                     att + i * (H / Hkv) * D, &attention);
+    attend_heads(q, H, Hkv, D, k_cache, v_cache, plane, bias, keys, att, &attention);
     linear_rows(&L->o, att, 1, o);
 
     /* x = (active + post_attn_norm(attention) + laurel(h)) / sqrt 2, laurel(h) = h + norm(right(left(h))) */

@@ -8,6 +8,7 @@
 #define MMSDK_GEMMA4_STEP_H
 #include "kernels.h"
 #include "gemma3_layer.h"
+#include "gemma3n_step.h"  /* the heads' norm, RoPE, cache writes and attention */
 
 /* One Gemma 4 layer (decoder/gemma4_fast.py's `_Gemma4Layer`). */
 typedef struct {
@@ -37,10 +38,7 @@ void gemma4_layer_step(const G4Layer *L, float *x, const float *ple_in, const fl
     /* attention: q (and, with own_kv, k and v) per head normed, q and k rotated; scale 1 (q_norm does it) */
     rms_norm(h, x, L->attn_norm, E, L->eps, NULL);
     linear_rows(&L->q, h, 1, q);
-    for (long i = 0; i < H; i++) {
-        rms_norm(q + i * D, q + i * D, L->q_norm, D, L->head_eps, NULL);
-        rope(q + i * D, cos, sin, D, rot);
-    }
+    norm_rope_heads(q, H, D, L->q_norm, L->head_eps, cos, sin, rot);
     if (L->own_kv) {
         float *k = kv, *v = kv + Hkv * D;
         linear_rows(&L->k, h, 1, k);
@@ -48,17 +46,10 @@ void gemma4_layer_step(const G4Layer *L, float *x, const float *ple_in, const fl
             memcpy(v, k, sizeof(float) * Hkv * D);  /* the key projection, before its norm and rotation */
         else
             linear_rows(&L->v, h, 1, v);
-        for (long i = 0; i < Hkv; i++) {
-            rms_norm(k + i * D, k + i * D, L->k_norm, D, L->head_eps, NULL);
-            rope(k + i * D, cos, sin, D, rot);
-            rms_norm(v + i * D, v + i * D, L->v_norm, D, L->head_eps, NULL);
-            memcpy(k_cache + i * plane + slot * D, k + i * D, sizeof(float) * D);
-            memcpy(v_cache + i * plane + slot * D, v + i * D, sizeof(float) * D);
-        }
+        norm_rope_heads(k, Hkv, D, L->k_norm, L->head_eps, cos, sin, rot);
+        store_kv(k, v, Hkv, D, L->v_norm, L->head_eps, k_cache, v_cache, plane, slot);
     }
-    for (long i = 0; i < Hkv; i++)
-        attend_group(q + i * (H / Hkv) * D, H / Hkv, k_cache + i * plane, v_cache + i * plane, bias, keys, D,
-                     att + i * (H / Hkv) * D, &attention);
+    attend_heads(q, H, Hkv, D, k_cache, v_cache, plane, bias, keys, att, &attention);
     linear_rows(&L->o, att, 1, o);
     rms_norm(x, o, L->post_attn_norm, E, L->eps, x);
 

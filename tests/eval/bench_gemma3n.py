@@ -26,15 +26,9 @@ def memory() -> dict:
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("folder")
-    ap.add_argument("--quantize", default="int4")
-    ap.add_argument("--offload", default="ple")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--profile", action="store_true", help="also time a decoded token's parts by module kind")
-    ap.add_argument("--compare", action="store_true", help="alternate the fused layer step and the reference Block")
-    a = ap.parse_args()
+def load_reported(a):
+    """`mmsdk.load` of a.folder as the bench asks, printing the CPU, the kernels, the load time (with and
+    without the imports) and the memory after the imports and after the load."""
     t0 = time.perf_counter()
     import mmsdk
     from mmsdk._bench_run import cpu_model, kernel_summary
@@ -44,6 +38,19 @@ def main():
     t1 = time.perf_counter()
     asst = mmsdk.load(a.folder, quantize=a.quantize, offload=a.offload, threads=a.threads)
     print(f"load {time.perf_counter() - t1:.1f} s ({time.perf_counter() - t0:.1f} s with the imports): {memory()} MB")
+    return asst
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder")
+    ap.add_argument("--quantize", default="int4")
+    ap.add_argument("--offload", default="ple")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="also time a decoded token's parts by module kind")
+    ap.add_argument("--compare", action="store_true", help="alternate the fused layer step and the reference Block")
+    a = ap.parse_args()
+    asst = load_reported(a)
     prompt = "The history of the city"
     asst.generate(prompt, max_tokens=4, temperature=0)
     variants = {"fused": None}

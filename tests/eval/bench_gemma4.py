@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gemma3n import memory, profile  # noqa: E402
+from bench_gemma3n import load_reported, memory, profile  # noqa: E402
 
 LLAMA_BENCH = Path.home() / ".cache/llama-cpp-tools/native/src/vendor/llama.cpp/build/bin/llama-bench"
 
@@ -54,15 +54,7 @@ def main():
     ap.add_argument("--prefill", type=int, default=0, metavar="N",
                     help="also rounds of an N-token prompt's prefill (random ids) beside llama-bench's ppN")
     a = ap.parse_args()
-    t0 = time.perf_counter()
-    import mmsdk
-    from mmsdk._bench_run import cpu_model, kernel_summary
-
-    print(f"CPU: {cpu_model()}, {a.threads} threads; kernels: {kernel_summary()}")
-    print(f"after the imports: {memory()} MB")
-    t1 = time.perf_counter()
-    asst = mmsdk.load(a.folder, quantize=a.quantize, offload=a.offload, threads=a.threads)
-    print(f"load {time.perf_counter() - t1:.1f} s ({time.perf_counter() - t0:.1f} s with the imports): {memory()} MB")
+    asst = load_reported(a)
     prompt = "The history of the city"
     asst.generate(prompt, max_tokens=4, temperature=0)
     variants = {"ours (fused step)": None}

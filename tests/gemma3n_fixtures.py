@@ -73,3 +73,37 @@ def prefill_then_steps(model, *, steps: int, seed: int, stride: int, n: int = 9,
     for s in range(steps):
         out.append(model.logits(model(torch.tensor([[s * stride % vocab]]), caches, torch.tensor([n + s]))))
     return torch.cat(out, 1)
+
+
+def assert_layers_match(ref, fast, run, *, decoded: int = 4, rtol: float = 1e-4) -> None:
+    """Each of `fast`'s layers against `ref`'s on the same input (the reference's, replayed) and caches,
+    for every decoded step of `run(model)` (a prompt, then `decoded` tokens): within `rtol` of the
+    output's size. Layer by layer, so that one layer's rounding is not grown by the next ones."""
+    seen = {}
+
+    def record(tag, i):
+        def hook(mod, args, out):
+            seen.setdefault((tag, i), []).append((args[0], out))
+        return hook
+
+    def replay(i):  # the reference's input for this layer and step
+        def hook(mod, args):
+            return (seen[("ref", i)][len(seen.get(("fast", i), []))][0], *args[1:])
+        return hook
+
+    hooks = []
+    for i, (a, b) in enumerate(zip(ref.layers, fast.layers)):
+        hooks += [a.register_forward_hook(record("ref", i)), b.register_forward_pre_hook(replay(i)),
+                  b.register_forward_hook(record("fast", i))]
+    try:
+        run(ref)
+        run(fast)
+    finally:
+        for h in hooks:
+            h.remove()
+    for i in range(len(ref.layers)):
+        steps = list(zip(seen[("ref", i)], seen[("fast", i)]))
+        assert len(steps) == 1 + decoded  # the prompt, then the decoded tokens
+        for (_, want), (_, got) in steps[1:]:
+            assert got.shape == want.shape
+            assert (got - want).abs().max() <= rtol * want.abs().max(), (i, (got - want).abs().max())

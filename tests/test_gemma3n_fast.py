@@ -5,8 +5,12 @@ import copy
 
 import pytest
 import torch
-
-from gemma3n_fixtures import hf_text_model, prefill_then_steps, save
+from gemma3n_fixtures import (
+    assert_layers_match,
+    hf_text_model,
+    prefill_then_steps,
+    save,
+)
 from mmsdk.decoder import native
 from mmsdk.decoder.gemma3n import Block
 from mmsdk.decoder.gemma3n_fast import FastBlock, accelerate_
@@ -45,34 +49,7 @@ def test_fused_step_matches_the_reference_layer_by_layer(models):
     (measured 3e-7), while a 10% error in AltUp's router scale moves it by 1e-2."""
     ref, fast = models
     assert all(type(layer) is FastBlock and layer._plan() is not None for layer in fast.layers)
-    seen = {}
-
-    def record(tag, i):
-        def hook(mod, args, out):
-            seen.setdefault((tag, i), []).append((args[0], out))
-        return hook
-
-    def replay(i):  # the reference's input streams for this layer and step
-        def hook(mod, args):
-            return (seen[("ref", i)][len(seen.get(("fast", i), []))][0], *args[1:])
-        return hook
-
-    hooks = []
-    for i, (a, b) in enumerate(zip(ref.layers, fast.layers)):
-        hooks += [a.register_forward_hook(record("ref", i)), b.register_forward_pre_hook(replay(i)),
-                  b.register_forward_hook(record("fast", i))]
-    try:
-        prefill_then_steps(ref, steps=4, seed=3, stride=13)
-        prefill_then_steps(fast, steps=4, seed=3, stride=13)
-    finally:
-        for h in hooks:
-            h.remove()
-    for i in range(len(ref.layers)):
-        steps = list(zip(seen[("ref", i)], seen[("fast", i)]))
-        assert len(steps) == 5  # the prompt, then 4 decoded tokens
-        for (_, want), (_, got) in steps[1:]:
-            assert got.shape == want.shape
-            assert (got - want).abs().max() <= 1e-4 * want.abs().max(), (i, (got - want).abs().max())
+    assert_layers_match(ref, fast, lambda m: prefill_then_steps(m, steps=4, seed=3, stride=13))
 
 
 def test_float_projections_keep_the_reference(folder):

@@ -8,9 +8,7 @@ import copy
 
 import pytest
 import torch
-
-import mmsdk
-from gemma3n_fixtures import prefill_then_steps
+from gemma3n_fixtures import assert_layers_match, prefill_then_steps
 from gemma4_fixtures import E2B_LIKE, hf_text_model, save
 from mmsdk.decoder import native
 from mmsdk.decoder.gemma3n_loader import INT4_LAYOUT, load_quantized, plan_int4
@@ -19,6 +17,8 @@ from mmsdk.decoder.gemma4_fast import FastBlock, accelerate_
 from mmsdk.decoder.loader import load_text
 from mmsdk.decoder.offload import MappedPerLayerEmbedding
 from mmsdk.decoder.quantize import Int4Embedding, Int4Linear, quantize_
+
+import mmsdk
 
 pytestmark = pytest.mark.usefixtures("mmsdk_cache")  # each test its own empty cache folder
 needs_kernels = pytest.mark.skipif(not native.available("gemma4_layer_step"),
@@ -97,34 +97,7 @@ def test_fused_step_matches_the_reference_layer_by_layer(in_memory):
         layer.__class__ = Block
     assert all(type(layer) is FastBlock and layer._plan() is not None for layer in fast.layers)
     assert any(layer._plan().values_are_keys for layer in fast.layers)  # the global layers with k = v
-    seen = {}
-
-    def record(tag, i):
-        def hook(mod, args, out):
-            seen.setdefault((tag, i), []).append((args[0], out))
-        return hook
-
-    def replay(i):  # the reference's input for this layer and step
-        def hook(mod, args):
-            return (seen[("ref", i)][len(seen.get(("fast", i), []))][0], *args[1:])
-        return hook
-
-    hooks = []
-    for i, (a, b) in enumerate(zip(ref.layers, fast.layers)):
-        hooks += [a.register_forward_hook(record("ref", i)), b.register_forward_pre_hook(replay(i)),
-                  b.register_forward_hook(record("fast", i))]
-    try:
-        _run(ref)
-        _run(fast)
-    finally:
-        for h in hooks:
-            h.remove()
-    for i in range(len(ref.layers)):
-        steps = list(zip(seen[("ref", i)], seen[("fast", i)]))
-        assert len(steps) == 5  # the prompt, then 4 decoded tokens
-        for (_, want), (_, got) in steps[1:]:
-            assert got.shape == want.shape
-            assert (got - want).abs().max() <= 1e-4 * want.abs().max(), (i, (got - want).abs().max())
+    assert_layers_match(ref, fast, _run)
 
 
 @needs_kernels

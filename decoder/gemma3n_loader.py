@@ -33,7 +33,7 @@ from .gemma3n import Gemma3nText
 from .gemma3n_config import Gemma3nTextConfig
 from .gemma3n_fast import accelerate_
 from .loaded import LoadedText
-from .memory import drop_resident, map_large_allocations, release_free_memory
+from .memory import drop_resident, map_large_allocations, release_free_memory, release_gpu_libraries
 from .quant_plan import plan_bits
 from .quantize import (Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, int4_row_block, prepack, quantize_,
                        quantize_int8, rotate)
@@ -210,6 +210,7 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
         raise InputError(f"offload={offload!r} with quantize={quantize!r}: offload='layers' streams float weights "
                          "only; use offload='ple' (the per-layer table stays on disk) or quantize=None")
     map_large_allocations()
+    release_gpu_libraries()
     folder = Path(folder)
     hf = json.loads((folder / "config.json").read_text())
     family = family_of(hf)

@@ -17,7 +17,7 @@ from .gemma3 import Gemma3Text
 from . import native, weight_cache
 from .cache import atomic_path
 from .gguf_file import EXACT_4BIT, GGUFFile, is_gguf, q4_codes, q4_k_parts
-from .memory import drop_resident, map_large_allocations, release_free_memory
+from .memory import drop_resident, map_large_allocations, release_free_memory, release_gpu_libraries
 from .gptq import gptq_quantize_
 from .loaded import LoadedText
 from .quant_plan import GGUF_4BIT, plan_bits
@@ -44,13 +44,15 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
     `dtype="float32", quantize=None` computes what transformers' float32 reference computes.
     A GGUF's runtime layout is written to the weight cache once (`cache=False` skips it) and
     memory-mapped on later loads. `threads` sets torch's intra-op threads. Allocations of 4 MB and
-    more are served from their own mappings from here on (`memory.map_large_allocations`).
+    more are served from their own mappings from here on (`memory.map_large_allocations`), and the
+    GPU libraries of torch's CUDA build leave resident memory (`memory.release_gpu_libraries`).
     `offload="ple"`: a Gemma 3n / Gemma 4 folder's per-layer table is mapped from the checkpoint,
     never read into memory (other modes: `offload.apply_offload` on the loaded model).
     """
     if threads:
         torch.set_num_threads(int(threads))
     map_large_allocations()
+    release_gpu_libraries()
     if quantize not in (None, "int8", "int4", "stored"):
         raise ValueError(f"quantize must be None, 'int8', 'int4' or 'stored', got {quantize!r}")
     auto = dtype is None

@@ -2,6 +2,7 @@
 import contextlib
 import ctypes
 import mmap
+import re
 
 import torch
 
@@ -12,6 +13,32 @@ except OSError:  # not glibc: nothing to trim or advise
 _MADV_DONTNEED = 4
 _M_MMAP_THRESHOLD = -3
 _threshold: int | None = None  # what map_large_allocations set, if it ran
+
+
+# the GPU libraries torch's CUDA build maps at import (pip's nvidia-* wheels, torch's own CUDA parts)
+_GPU_LIBRARY = re.compile(r"/nvidia/|/libtorch_cuda|/libc10_cuda|/cuda/bindings/|/triton/")
+
+
+def release_gpu_libraries() -> int:
+    """Hand back the pages torch's CUDA build touched in its GPU libraries at import (~140 MB of
+    cuBLASLt, nvJitLink, NVRTC, ... resident, Zen 3) while this process has not started CUDA: a CPU
+    run never executes them. Only read-only file mappings with no private (copied) page: dropped,
+    their pages are read back from the file if a later call needs them. Returns the bytes released."""
+    if _libc is None or torch.cuda.is_initialized():
+        return 0
+    released, current = 0, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = re.match(r"([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$", line)
+            if head:
+                start, end, perm, path = int(head[1], 16), int(head[2], 16), head[3], head[4]
+                current = (start, end) if "w" not in perm and _GPU_LIBRARY.search(path) else None
+            elif current and line.startswith("Rss:"):
+                rss = int(line.split()[1]) << 10
+            elif current and line.startswith("Anonymous:") and int(line.split()[1]) == 0 and rss:
+                if _libc.madvise(ctypes.c_void_p(current[0]), ctypes.c_size_t(current[1] - current[0]), _MADV_DONTNEED) == 0:
+                    released += rss
+    return released
 
 
 def map_large_allocations(threshold: int = 4 << 20) -> None:

@@ -34,3 +34,35 @@ def test_dropped_pages_of_a_mapped_tensor_leave_and_read_back_the_same(tmp_path)
     assert resident_kb(mapped) <= 16  # at most the pages the tensor shares with the file's header
     assert torch.equal(mapped, big)  # read back from the file
     assert resident_kb(mapped) >= 12 * 1024 - 8
+
+
+def test_gpu_library_pages_go_back_and_torch_still_runs():
+    # In a fresh process: the pinned torch is a CUDA build, whose import leaves ~140 MB of its GPU
+    # libraries resident; a CPU run hands them back and computes the same afterwards.
+    import subprocess
+    import sys
+
+    code = r"""
+import re, torch
+from mmsdk.decoder.memory import release_gpu_libraries
+def gpu_rss_kb():
+    total, gpu = 0, False
+    for line in open('/proc/self/smaps'):
+        head = re.match(r'[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$', line)
+        if head:
+            gpu = bool(re.search('/nvidia/|libtorch_cuda', head[1]))
+        elif gpu and line.startswith('Rss:'):
+            total += int(line.split()[1])
+    return total
+a, b = torch.randn(64, 64, generator=torch.Generator().manual_seed(0)), torch.randn(64, 64)
+before, expected = gpu_rss_kb(), (a @ b).double()
+released = release_gpu_libraries()
+after = gpu_rss_kb()
+got = (a @ b).double()
+print(before, after, released, float((got - expected).abs().max()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    before, after, released, diff = int(out[0]), int(out[1]), int(out[2]), float(out[3])
+    assert before > 50 * 1024, f"the CUDA build's GPU libraries held only {before} kB after import"
+    assert after < before / 4 and released >= (before - after) * 1024 * 0.9
+    assert diff < 1e-5  # the same product after the release (same path, run again)

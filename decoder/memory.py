@@ -36,8 +36,8 @@ def release_gpu_libraries() -> int:
             elif current and line.startswith("Rss:"):
                 rss = int(line.split()[1]) << 10
             elif current and line.startswith("Anonymous:") and int(line.split()[1]) == 0 and rss:
-                if _libc.madvise(ctypes.c_void_p(current[0]), ctypes.c_size_t(current[1] - current[0]), _MADV_DONTNEED) == 0:
-                    released += rss
+                size = ctypes.c_size_t(current[1] - current[0])
+                released += rss if _libc.madvise(ctypes.c_void_p(current[0]), size, _MADV_DONTNEED) == 0 else 0
     return released
 
 

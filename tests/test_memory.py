@@ -1,5 +1,8 @@
 """Pages handed back to the OS come back intact: a dropped mapped tensor leaves the process's resident
 memory, and reads its file again when touched."""
+import subprocess
+import sys
+
 import torch
 
 from mmsdk.decoder import weight_cache
@@ -39,9 +42,6 @@ def test_dropped_pages_of_a_mapped_tensor_leave_and_read_back_the_same(tmp_path)
 def test_gpu_library_pages_go_back_and_torch_still_runs():
     # In a fresh process: the pinned torch is a CUDA build, whose import leaves ~140 MB of its GPU
     # libraries resident; a CPU run hands them back and computes the same afterwards.
-    import subprocess
-    import sys
-
     code = r"""
 import re, torch
 from mmsdk.decoder.memory import release_gpu_libraries

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import torch
-
 from mmsdk.decoder import weight_cache
 from mmsdk.decoder.memory import drop_resident, release_free_memory
 

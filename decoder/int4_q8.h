@@ -136,13 +136,17 @@ AI void int4_q8_block(const int BN, const int LAY, const int8_t *xq, const float
             for (int c = 0; c < BN / 32; c++) {  /* 16 bytes: channels 16c.. (low nibbles) and BN/2 + 16c.. (high) */
                 const __m256i a = _mm256_loadu2_m128i((const __m128i *)(wk + 2 * stride + 16 * c), (const __m128i *)(wk + 16 * c));
                 const __m256i b = _mm256_loadu2_m128i((const __m128i *)(wk + 3 * stride + 16 * c), (const __m128i *)(wk + stride + 16 * c));
-                const __m256i alo = _mm256_and_si256(a, nibble), blo = _mm256_and_si256(b, nibble);
-                const __m256i ahi = _mm256_and_si256(_mm256_srli_epi16(a, 4), nibble), bhi = _mm256_and_si256(_mm256_srli_epi16(b, 4), nibble);
-                /* interleaved (k, k+1) codes of 8 channels: a pair sum per channel per maddubs lane */
-                acc[2 * c] = _mm256_add_epi16(acc[2 * c], _mm256_maddubs_epi16(_mm256_unpacklo_epi8(alo, blo), xa));
-                acc[2 * c + 1] = _mm256_add_epi16(acc[2 * c + 1], _mm256_maddubs_epi16(_mm256_unpackhi_epi8(alo, blo), xa));
-                acc[BN / 16 + 2 * c] = _mm256_add_epi16(acc[BN / 16 + 2 * c], _mm256_maddubs_epi16(_mm256_unpacklo_epi8(ahi, bhi), xa));
-                acc[BN / 16 + 2 * c + 1] = _mm256_add_epi16(acc[BN / 16 + 2 * c + 1], _mm256_maddubs_epi16(_mm256_unpackhi_epi8(ahi, bhi), xa));
+                /* bytes of (k, k+1) interleaved first, then split into nibbles: 2 shuffles instead of 4
+                   (the shuffle ports bound this loop); a 16-bit shift moves each byte's high nibble down
+                   and the mask drops what it shifted in from the next byte */
+                const __m256i lo = _mm256_unpacklo_epi8(a, b), hi = _mm256_unpackhi_epi8(a, b);
+                /* (k, k+1) codes of 8 channels: a pair sum per channel per maddubs lane */
+                acc[2 * c] = _mm256_add_epi16(acc[2 * c], _mm256_maddubs_epi16(_mm256_and_si256(lo, nibble), xa));
+                acc[2 * c + 1] = _mm256_add_epi16(acc[2 * c + 1], _mm256_maddubs_epi16(_mm256_and_si256(hi, nibble), xa));
+                acc[BN / 16 + 2 * c] = _mm256_add_epi16(acc[BN / 16 + 2 * c],
+                                                        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibble), xa));
+                acc[BN / 16 + 2 * c + 1] = _mm256_add_epi16(acc[BN / 16 + 2 * c + 1],
+                                                            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibble), xa));
             }
         }
         /* acc[i] holds channels 8i..8i+7 (low half: inputs k, k+1 of each 4; high half: k+2, k+3) */

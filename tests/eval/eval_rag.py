@@ -267,7 +267,7 @@ def run_answers(workdir: Path, chunk_tokens: int, overlap: int, k: int = 5) -> d
         result = asst.ask(r["question"], index, k=k, max_tokens=48)
         r.update(answerable=r["phrase"] is not None, mode=result.mode, answer=result.text,
                  correct=r["phrase"] is not None and _norm(r["phrase"]) in _norm(result.text),
-                 echo=echoes(result.text, INSTRUCTION))
+                 echo=result.mode != "declined" and echoes(result.text, INSTRUCTION))  # a decline says NOT_FOUND as told
         print(f"  {i + 1}/{len(rows)} {r['mode']} {r['correct']}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - t0
     index.close()

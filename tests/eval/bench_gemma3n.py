@@ -112,7 +112,8 @@ def decode_side_by_side(asst, variants: dict, rounds: int, gguf: str | None, thr
             extra(rates, line)
         print(f"round {r + 1}: " + ", ".join(line) + " tok/s", flush=True)
     for name, v in rates.items():
-        print(f"decode {name}: {statistics.median(v):.2f} tok/s (min {min(v):.2f}, max {max(v):.2f})")
+        kind = "decode " if name in variants or name == "llama-bench" else ""  # `extra` names its own
+        print(f"{kind}{name}: {statistics.median(v):.2f} tok/s (min {min(v):.2f}, max {max(v):.2f})")
     if gguf:
         ratio = statistics.median(rates[next(iter(variants))]) / statistics.median(rates["llama-bench"])
         print(f"ours / llama-bench: {ratio:.2f}x; llama-bench peak RSS {max(peer_rss):.0f} MB")

@@ -2,14 +2,20 @@
 
     python tests/eval/make_real_size_gemma3n.py /work/realsize        # the E2B/E4B folders
     python tests/eval/bench_gemma3n.py /work/realsize/gemma-3n-E2B-it [--quantize int4] [--offload ple] [--profile]
-        [--compare]
+        [--compare] [--rounds 3] [--gguf FILE]
+    # llama.cpp's converter (bounded memory, see the script) and quantizer on the same folder, for --gguf
+    python tests/eval/convert_gemma3n_gguf.py /work/realsize/gemma-3n-E2B-it /work/realsize/gguf3n/gemma-3n-E2B-q8_0.gguf
+    $LLAMA/build/bin/llama-quantize --allow-requantize gemma-3n-E2B-q8_0.gguf gemma-3n-E2B-Q4_K_M.gguf Q4_K_M
 
 Run it twice: the first load quantizes and writes the weight cache, the second is a cached load.
 Decode tok/s is over 16 tokens after the first (greedy, the prompt's time taken out), medians of
 3 rounds. `--compare` alternates rounds of the fused layer step (`gemma3n_fast.FastBlock`, what a load
-runs) and the reference `Block` on the same loaded weights, medians of each. Memory is /proc/self/status's: peak (VmHWM), anonymous and file-backed resident pages
+runs) and the reference `Block` on the same loaded weights, medians of each. `--gguf` alternates
+`llama-bench -p 0 -n 16 -r 1` on that file with our rounds and prints the ratio (`decode_side_by_side`,
+which bench_gemma4.py runs too). Memory is /proc/self/status's: peak (VmHWM), anonymous and file-backed resident pages
 (the weight cache and the per-layer table are mapped: their touched pages count as file RSS).
-Target (issue 16): E2B peak RSS <= 2 GB with offload="ple" at 4 bits.
+Target (issue 16): E2B decode >= 1.0x llama.cpp's on the same weights; peak RSS <= 2 GB with
+offload="ple" at 4 bits.
 """
 import argparse
 import statistics
@@ -44,22 +50,46 @@ def load_reported(a):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("folder")
+    ap.add_argument("--gguf", help="the same weights as llama.cpp's GGUF (llama-bench alternates with ours)")
     ap.add_argument("--quantize", default="int4")
     ap.add_argument("--offload", default="ple")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="also time a decoded token's parts by module kind")
     ap.add_argument("--compare", action="store_true", help="alternate the fused layer step and the reference Block")
     a = ap.parse_args()
     asst = load_reported(a)
-    prompt = "The history of the city"
-    asst.generate(prompt, max_tokens=4, temperature=0)
     variants = {"fused": None}
     if a.compare:
         from mmsdk.decoder.gemma3n import Block
         from mmsdk.decoder.gemma3n_fast import FastBlock
         variants = {"fused step": FastBlock, "reference Block": Block}
-    rates = {name: [] for name in variants}
-    for _ in range(3):
+    decode_side_by_side(asst, variants, a.rounds, a.gguf, a.threads)
+    print(f"after decoding: {memory()} MB")
+    if a.profile:
+        gemv_bandwidth(asst.model)
+        for name, cls in variants.items():
+            if cls is not None:
+                print(f"-- {name}")
+                for layer in asst.model.layers:
+                    layer.__class__ = cls
+            profile(asst.model)
+
+
+def decode_side_by_side(asst, variants: dict, rounds: int, gguf: str | None, threads: int, extra=None) -> dict:
+    """`rounds` rounds, each: 16 tokens decoded after the first (greedy, through `Assistant.generate`, the
+    prompt's time taken out) with each of `variants` (name: the layer class swapped in, None: as loaded),
+    then llama-bench's tg16 (`-p 0 -n 16 -r 1`) on `gguf`: alternating, so both see the same host load.
+    `extra(rates, line)` adds other measures to a round. Prints each round, the medians, ours (the first
+    variant) / llama-bench and llama-bench's peak RSS (its process's, as `/usr/bin/time -v` reports it)."""
+    from mmsdk._bench_llama import llama_bench
+
+    prompt = "The history of the city"
+    asst.generate(prompt, max_tokens=4, temperature=0)
+    rates = {name: [] for name in (*variants, *(["llama-bench"] if gguf else []))}
+    peer_rss = []
+    for r in range(rounds):
+        line = []
         for name, cls in variants.items():
             if cls is not None:
                 for layer in asst.model.layers:
@@ -70,18 +100,24 @@ def main():
             t = time.perf_counter()
             asst.generate(prompt, max_tokens=17, temperature=0)
             rates[name].append(16 / (time.perf_counter() - t - first))
-    for name, r in rates.items():
-        print(f"decode{'' if len(rates) == 1 else ' (' + name + ')'} {statistics.median(r):.2f} tok/s "
-              f"(min {min(r):.2f}, max {max(r):.2f}); prompt + first token {first:.2f} s")
-    print(f"after decoding: {memory()} MB")
-    if a.profile:
-        gemv_bandwidth(asst.model)
-        for name, cls in variants.items():
-            if cls is not None:
-                print(f"-- {name}")
-                for layer in asst.model.layers:
-                    layer.__class__ = cls
-            profile(asst.model)
+            line.append(f"{name} {rates[name][-1]:.2f}")
+        if gguf:
+            peer = llama_bench(gguf, threads, 0, 16, 1)
+            if "error" in peer:
+                raise SystemExit(f"llama-bench on {gguf}: {peer['error']}")
+            rates["llama-bench"].append(peer["decode_tps"])
+            peer_rss.append(peer["peak_rss_mb"])
+            line.append(f"llama-bench tg16 {peer['decode_tps']:.2f}")
+        if extra:
+            extra(rates, line)
+        print(f"round {r + 1}: " + ", ".join(line) + " tok/s", flush=True)
+    for name, v in rates.items():
+        kind = "decode " if name in variants or name == "llama-bench" else ""  # `extra` names its own
+        print(f"{kind}{name}: {statistics.median(v):.2f} tok/s (min {min(v):.2f}, max {max(v):.2f})")
+    if gguf:
+        ratio = statistics.median(rates[next(iter(variants))]) / statistics.median(rates["llama-bench"])
+        print(f"ours / llama-bench: {ratio:.2f}x; llama-bench peak RSS {max(peer_rss):.0f} MB")
+    return rates
 
 
 def gemv_bandwidth(model, calls: int = 20):

@@ -25,8 +25,8 @@ Weights: N(0, 0.02) matrices, norm gains 1 + N(0, 0.02) (Gemma 3n norms scale by
 statistics mean 0 / variance 1. Each tensor is generated in chunks and written straight to its shard:
 the script's RSS stays near `import torch`'s, whatever the model size.
 
-Tokenizer: the bundled Gemma 3 270M's vocabulary (the same 262144 Gemma 3 pieces), plus the 256
-vision/audio ids Gemma 3n adds (262144 `<end_of_image>`, 262145 `<image_soft_token>`, 262272
+Tokenizer: the bundled Gemma 3 270M's vocabulary (the same 262144 Gemma 3 pieces, 256000 renamed
+`<start_of_audio>` as in Gemma 3n), plus the 256 vision/audio ids Gemma 3n adds (262144 `<end_of_image>`, 262145 `<image_soft_token>`, 262272
 `<end_of_audio>`, 262273 `<audio_soft_token>`; the rest named `<unused_vision_i>` / `<unused_audio_i>`).
 """
 import argparse
@@ -152,6 +152,9 @@ def write_tokenizer(folder: Path, vocab_size: int) -> None:
 
     meta = read_metadata(open_gguf(bundled_gguf()))
     tokens, types = list(meta["tokenizer.ggml.tokens"]), list(meta["tokenizer.ggml.token_type"])
+    # Gemma 3n reuses Gemma 3's 256000 (`<end_of_image>` there) as `<start_of_audio>` (boa_token_id) and moves
+    # `<end_of_image>` to 262144; a piece named twice makes sentencepiece (llama.cpp's converter) refuse the file
+    tokens[256000] = "<start_of_audio>"
     named = {262144: "<end_of_image>", 262145: "<image_soft_token>", 262272: "<end_of_audio>",
              262273: "<audio_soft_token>"}
     for i in range(len(tokens), vocab_size):

@@ -71,7 +71,10 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
             loaded.quantization = quantize
     elif path.suffix == ".gguf" or is_gguf(path):
         mode = quantize or ("stored" if auto else None)
-        loaded = _load_gguf(path, dtype, mode, group_size, cache)
+        if GGUFFile(path, arrays=False).meta.get("general.architecture") == "gemma4":
+            loaded = _load_gemma4_gguf(path, dtype, mode, group_size, offload)
+        else:
+            loaded = _load_gguf(path, dtype, mode, group_size, cache)
     else:
         raise ModelLoadError(path, "expected a Hugging Face checkpoint folder (config.json + *.safetensors) or a .gguf file")
     release_free_memory()  # what parsing and conversion freed (a tokenizer.json's merges alone: ~280 MB)
@@ -112,22 +115,59 @@ def _load_gguf(path: Path, dtype, mode: str | None, group_size: int, use_cache: 
     return loaded
 
 
-def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
+def _load_gemma4_gguf(path: Path, dtype, mode: str | None, group_size: int, offload: str | None) -> LoadedText:
+    """A Gemma 4 GGUF's text decoder, streamed as a Gemma 3 one is (`_stream_gguf`); its per-layer
+    table stays in the file's blocks, mapped with `offload="ple"` (`GGUFPerLayerEmbedding`).
+    No weight cache yet: every load converts (E2B Q4_K_M: its 4-bit layers are taken as they are)."""
+    from .gemma4_fast import accelerate_
+
+    loaded, _, _ = _load_gguf_source(path, dtype, mode, group_size, offload)
+    if mode:
+        prepack(loaded.model, torch.get_num_threads())
+        accelerate_(loaded.model)
+    return loaded
+
+
+def _gemma4_skeleton(gg: GGUFFile, offload: str | None):
+    """(Gemma4Text on the meta device but its per-layer table, float parameter count, GGUF name -> ours)."""
+    from .gemma4 import Gemma4Text
+    from .gemma4_loader import PLE_GGUF, GGUFPerLayerEmbedding, gguf_config, gguf_key_map, gguf_unused
+
+    cfg = gguf_config(gg)
+    with torch.device("meta"):
+        model = Gemma4Text(cfg)
+    model.soft_token_ids = torch.empty(0, dtype=torch.long)
+    n_params = sum(p.numel() for p in model.parameters())
+    key_map = gguf_key_map(cfg)
+    check_names(set(gg.tensors) - gguf_unused(cfg, gg.tensors), key_map, gg.path)
+    if cfg.hidden_size_per_layer_input:
+        check_shape(gg.path, repr(PLE_GGUF), gg.tensors[PLE_GGUF].shape, model.ple.weight.shape)
+        model.ple = GGUFPerLayerEmbedding(model.ple, gg, PLE_GGUF, mapped=offload == "ple")
+        del key_map[PLE_GGUF]
+    return model, n_params, key_map
+
+
+def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int, offload: str | None = None):
     gg = GGUFFile(path)
     meta = gg.meta
     arch = meta.get("general.architecture")
-    if arch != "gemma3":
-        raise ModelLoadError(path, f"unsupported architecture {arch!r} (supported: gemma3)")
-    try:
-        cfg = TextConfig.from_gguf(meta)
-    except (KeyError, ValueError) as e:
-        raise ModelLoadError(path, f"incomplete gemma3 metadata: {e}") from e
-    with torch.device("meta"):
-        model = Gemma3Text(cfg)
-    n_params = sum(p.numel() for p in model.parameters())
-    key_map, fused = expand(GGUF_TO_NATIVE, cfg.num_hidden_layers), expand(FUSED, cfg.num_hidden_layers)
-    check_names(gg.tensors, key_map, path)
-    stored = {key_map[name]: t.kind for name, t in gg.tensors.items()}
+    if arch not in ("gemma3", "gemma4"):
+        raise ModelLoadError(path, f"unsupported architecture {arch!r} (supported: gemma3, gemma4)")
+    if arch == "gemma4":
+        model, n_params, key_map = _gemma4_skeleton(gg, offload)
+        fused, hf_config = {}, {"model_type": "gemma4_text"}  # the family `Assistant` reports
+    else:
+        try:
+            cfg = TextConfig.from_gguf(meta)
+        except (KeyError, ValueError) as e:
+            raise ModelLoadError(path, f"incomplete gemma3 metadata: {e}") from e
+        with torch.device("meta"):
+            model = Gemma3Text(cfg)
+        n_params = sum(p.numel() for p in model.parameters())
+        key_map, fused = expand(GGUF_TO_NATIVE, cfg.num_hidden_layers), expand(FUSED, cfg.num_hidden_layers)
+        check_names(gg.tensors, key_map, path)
+        hf_config = {}
+    stored = {dst: gg.tensors[name].kind for name, dst in key_map.items()}
     for dst, parts in fused.items():  # a stacked matrix keeps the widest type of its parts
         kinds = [stored.pop(p) for p in parts]
         stored[dst] = next((k for k in kinds if k not in GGUF_4BIT), kinds[0])
@@ -141,12 +181,13 @@ def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
         _stream_gguf(gg, model, key_map, fused, plan, dtype, group_size, int8_embedding=mode is not None)
     ftype = _GGUF_FTYPES.get(meta.get("general.file_type"), "gguf")
     label = ftype if mode in (None, "stored") else mode
-    loaded = LoadedText(model.eval(), tok, meta.get("general.name", path.stem), "gguf", label, parameters=n_params)
+    loaded = LoadedText(model.eval(), tok, meta.get("general.name", path.stem), "gguf", label, hf_config=hf_config,
+                        parameters=n_params)
     return loaded, plan, {"bos": tok.bos_id, "eos": list(tok.eos_ids), "special": sorted(tok.special_ids)}
 
 
 @torch.no_grad()
-def _stream_gguf(gg: GGUFFile, model: Gemma3Text, key_map: dict, fused: dict, plan: dict, dtype,
+def _stream_gguf(gg: GGUFFile, model: nn.Module, key_map: dict, fused: dict, plan: dict, dtype,
                  group_size: int, int8_embedding: bool) -> None:
     """Fill `model`, built on the meta device, tensor by tensor from `gg`: each linear layer becomes
     its runtime module by `plan` straight from its source blocks (4-bit codes taken as they are where

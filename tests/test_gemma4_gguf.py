@@ -25,6 +25,7 @@ from mmsdk.decoder.kv_cache import make_cache
 from mmsdk.decoder.loader import load_text
 from mmsdk.decoder.quantize import Int4Linear
 
+pytestmark = pytest.mark.usefixtures("mmsdk_cache")  # each test its own empty cache folder
 TOL = 1e-4
 LISTING = Path(__file__).parent / "fixtures" / "gemma4_gguf_f32.json"
 
@@ -95,7 +96,7 @@ def _dequantized_reference(ref, path):
     return out
 
 
-def test_q4_0_gguf(ref, files):
+def test_q4_0_gguf(ref, files, mmsdk_cache):
     """Q4_0 (llama-quantize's layout, written with `gguf.quants`): dequantized to float32 it computes
     what transformers computes on the file's values (1e-4, as above); as stored, its 4-bit projections
     take the file's codes (`Int4Linear`) and, with int8 activations and embedding, stay near: relative
@@ -109,10 +110,18 @@ def test_q4_0_gguf(ref, files):
     assert stored.quantization == "Q4_0"
     assert sum(isinstance(m, Int4Linear) for m in stored.model.modules()) >= 30
     ids = _ids(16, 5)
-    want = floats.logits(floats(ids, make_cache(floats.config), torch.arange(16)))
-    got = stored.model.logits(stored.model(ids, make_cache(stored.model.config), torch.arange(16)))
+
+    def run(model):
+        return model.logits(model(ids, make_cache(model.config), torch.arange(16)))
+
+    want, got = run(floats), run(stored.model)
     err = ((got - want).norm() / want.norm()).item()
     assert err < 0.25, err
+    # a later load maps the weight cache the first one wrote (and ran from): the same path run twice
+    assert len(list((Path(mmsdk_cache) / "weights").glob("*.safetensors"))) == 2  # the float32 load's, this one's
+    again = load_text(files["Q4_0"], None)
+    assert isinstance(again.model.ple, GGUFPerLayerEmbedding)
+    assert torch.equal(run(again.model), got)
 
 
 def test_missing_unexpected_and_unknown(ref, tmp_path):

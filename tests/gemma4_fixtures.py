@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-
 S, F = "sliding_attention", "full_attention"
 E2B_LIKE = dict(vocab_size=512, vocab_size_per_layer_input=512, hidden_size=64, hidden_size_per_layer_input=8,
                 intermediate_size=96, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -127,8 +126,9 @@ _VISIBLE = {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_
 def bpe_vocab(vocab_size: int = 512):
     """A Gemma-4-like BPE vocabulary with byte fallback: (tokens, types as the converter gives them,
     merges). Gemma's specials and Gemma 4's control tokens at their real ids, bytes at 256-511."""
-    from mmsdk.decoder.tokenizer import build_gemma_tokenizer
     import json
+
+    from mmsdk.decoder.tokenizer import build_gemma_tokenizer
 
     names = {0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", **CONTROLS}
     names.update({4 + i: w for i, w in enumerate(FORMAT_WORDS)})

@@ -12,11 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from gemma4_fixtures import GGUF_NAMES, hf_text_model, save, write_gguf
-from test_gemma4_parity import _compare, _ids
-
-import mmsdk
 from mmsdk.decoder.errors import ModelLoadError
 from mmsdk.decoder.gemma4 import Gemma4Text
 from mmsdk.decoder.gemma4_loader import GGUFPerLayerEmbedding
@@ -24,6 +20,9 @@ from mmsdk.decoder.gguf_file import GGUFFile
 from mmsdk.decoder.kv_cache import make_cache
 from mmsdk.decoder.loader import load_text
 from mmsdk.decoder.quantize import Int4Linear
+from test_gemma4_parity import _compare, _ids
+
+import mmsdk
 
 pytestmark = pytest.mark.usefixtures("mmsdk_cache")  # each test its own empty cache folder
 TOL = 1e-4

@@ -7,9 +7,6 @@ decode speed and whole-process memory.
         --outfile /work/realsize/gguf4/gemma-4-E2B-q8_0.gguf
     $LLAMA/build/bin/llama-quantize --allow-requantize gemma-4-E2B-q8_0.gguf gemma-4-E2B-Q4_K_M.gguf Q4_K_M
     python tests/eval/bench_gemma4.py /work/realsize/gemma-4-E2B-it --gguf /work/realsize/gguf4/gemma-4-E2B-Q4_K_M.gguf
-    # ours from that GGUF itself (its Q4_K codes as stored, the per-layer table mapped from it)
-    python tests/eval/bench_gemma4.py /work/realsize/gguf4/gemma-4-E2B-Q4_K_M.gguf --quantize none \
-        --gguf /work/realsize/gguf4/gemma-4-E2B-Q4_K_M.gguf
 
 Run it twice: the first load quantizes and writes the weight cache, the second is a cached load.
 Each round decodes 16 tokens after the first through `Assistant.generate` (greedy; the prompt's
@@ -57,7 +54,6 @@ def main():
     ap.add_argument("--prefill", type=int, default=0, metavar="N",
                     help="also rounds of an N-token prompt's prefill (random ids) beside llama-bench's ppN")
     a = ap.parse_args()
-    a.quantize = None if a.quantize == "none" else a.quantize  # a GGUF as stored: Q4_K codes taken as they are
     asst = load_reported(a)
     prompt = "The history of the city"
     asst.generate(prompt, max_tokens=4, temperature=0)

@@ -20,9 +20,8 @@ import numpy as np
 
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
-from gemma4_fixtures import hf_text_model, write_bpe_tokenizer, write_gguf  # noqa: E402
-
-from mmsdk.decoder.gguf_file import GGUFFile  # noqa: E402
+from gemma4_fixtures import hf_text_model, write_bpe_tokenizer, write_gguf
+from mmsdk.decoder.gguf_file import GGUFFile
 
 LISTING = TESTS / "fixtures" / "gemma4_gguf_f32.json"
 

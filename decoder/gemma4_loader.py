@@ -8,6 +8,9 @@ A missing or unexpected decoder tensor is a `ModelLoadError` naming it; config k
 does not read are named in a warning. With `offload="ple"` the per-layer embedding table is mapped
 from the checkpoint file and never read into memory. Quantized (`mmsdk.load(folder, quantize="int4")`),
 the decoder is streamed into a weight cache as Gemma 3n's is (`gemma3n_loader.load_quantized`, with `GEMMA4`).
+A GGUF as llama.cpp writes it is read by `loader.load_text` with what is defined at the end of this file:
+its config from the metadata (`gguf_config`), llama.cpp's tensor names (`gguf_key_map`), and its
+per-layer table left in the file's blocks (`GGUFPerLayerEmbedding`).
 """
 import json
 import warnings

@@ -1,4 +1,5 @@
-"""Loading a Gemma 3 text decoder and its tokenizer from a HF folder or a GGUF file."""
+"""Loading a Gemma 3 text decoder and its tokenizer from a HF folder or a GGUF file (Gemma 3n and
+Gemma 4 folders: `gemma3n_loader`, `gemma4_loader`; Gemma 4 GGUFs here, with `gemma4_loader`'s names)."""
 import dataclasses
 import json
 import logging
@@ -49,7 +50,8 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
     more are served from their own mappings from here on (`memory.map_large_allocations`), and the
     GPU libraries of torch's CUDA build leave resident memory (`memory.release_gpu_libraries`).
     `offload="ple"`: a Gemma 3n / Gemma 4 folder's per-layer table is mapped from the checkpoint,
-    never read into memory (other modes: `offload.apply_offload` on the loaded model).
+    never read into memory, a Gemma 4 GGUF's from the file in its own blocks (other modes:
+    `offload.apply_offload` on the loaded model).
     """
     if threads:
         torch.set_num_threads(int(threads))

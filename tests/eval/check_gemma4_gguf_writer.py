@@ -5,6 +5,9 @@ type and value must be equal. Needs a llama.cpp checkout (not on CI machines, he
     LLAMA=~/.cache/llama-cpp-tools/native/src/vendor/llama.cpp
     python tests/eval/check_gemma4_gguf_writer.py $LLAMA [--write-listing]
 
+It also tokenizes llama.cpp's Gemma 4 vocabulary test (models/ggml-vocab-gemma-4.gguf with its .inp
+texts) through `tokenizer_from_gguf` and compares with llama.cpp's ids (.out).
+
 `--write-listing` rewrites tests/fixtures/gemma4_gguf_f32.json (the converter's names, shapes,
 types and metadata keys for F32), which test_gemma4_gguf checks the writer against on every run.
 """
@@ -48,13 +51,30 @@ def compare(theirs: Path, ours: Path) -> list[str]:
     return diffs
 
 
+def check_vocab(llama: Path) -> int:
+    """Mismatches of our GGUF tokenizer against llama.cpp's expected ids on its Gemma 4 vocabulary test."""
+    from mmsdk.decoder.tokenizer import tokenizer_from_gguf
+
+    vocab = llama / "models" / "ggml-vocab-gemma-4.gguf"
+    g = GGUFFile(vocab)
+    st = vocab.stat()
+    tok = tokenizer_from_gguf(g.meta, f"{vocab.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    texts = vocab.with_name(vocab.name + ".inp").read_text().split("\n__ggml_vocab_test__\n")
+    wants = vocab.with_name(vocab.name + ".out").read_text().split("\n")
+    bad = [t for t, w in zip(texts, wants) if tok.encode(t, add_bos=False) != [int(x) for x in w.split()]]
+    print(f"vocabulary test: {len(texts) - len(bad)} of {len(texts)} texts tokenized as llama.cpp does")
+    for t in bad:
+        print("  ", repr(t[:60]))
+    return len(bad)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("llama", type=Path, help="a llama.cpp checkout (convert_hf_to_gguf.py, gguf-py)")
     p.add_argument("--write-listing", action="store_true")
     args = p.parse_args()
     model = hf_text_model()
-    bad = 0
+    bad = check_vocab(args.llama)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "tiny"
         model.save_pretrained(folder)

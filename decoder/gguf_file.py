@@ -18,8 +18,10 @@ from .memory import drop_resident
 
 GGUF_MAGIC = b"GGUF"
 
-# llama.cpp's Gemma converter stores RMSNorm weights as (1 + w); our norms hold w.
+# llama.cpp's Gemma converter stores RMSNorm weights as (1 + w); our norms hold w. Gemma 4's norms
+# scale by w itself, and its converter stores w as it is (`Gemma4Model.norm_shift`: 0).
 _NORM_SUFFIX = "norm.weight"
+_UNSHIFTED_NORMS = {"gemma4"}
 
 
 def is_gguf(path) -> bool:
@@ -122,6 +124,7 @@ class GGUFFile:
         for t in self.tensors.values():
             if t.offset + t.nbytes > len(self._map):
                 raise ModelLoadError(self.path, f"truncated GGUF: tensor {t.name!r} runs past the end of the file")
+        self.norm_shift = 0.0 if self.meta.get("general.architecture") in _UNSHIFTED_NORMS else 1.0
 
     def _parse(self, buf):
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -206,27 +209,42 @@ class GGUFFile:
 
     def dequantize(self, name: str, rows: slice = slice(None)) -> torch.Tensor:
         """float32 rows of a tensor in PyTorch's order (a norm as the w of RMSNorm(1 + w))."""
-        from gguf import GGMLQuantizationType
-        from gguf.quants import dequantize
-
         t = self.tensors[name]
-        if t.kind == "Q8_0":  # w = d q per 32: in torch, on every thread (the package's numpy: ~3x slower)
-            with warnings.catch_warnings():  # read-only: the tensor is only read
-                warnings.simplefilter("ignore")
-                b = torch.from_numpy(self.raw(name, rows)).view(-1, 34)
-            w = b[:, 2:].view(torch.int8).float().mul_(b[:, :2].view(torch.float16).float())
-            return w.view(-1, *t.shape[1:])
-        arr = dequantize(self.raw(name, rows), GGMLQuantizationType[t.kind]).astype(np.float32, copy=False)
-        arr = arr.reshape(-1, *t.shape[1:]) if len(t.shape) > 1 else arr.reshape(t.shape)
-        if name.endswith(_NORM_SUFFIX):
-            arr = arr - 1.0
-        if not arr.flags.writeable:  # F32 tensors come back as views of the read-only file mapping
-            arr = arr.copy()
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        w = dequantize_rows(self.raw(name, rows), t.kind, t.shape)
+        if name.endswith(_NORM_SUFFIX) and self.norm_shift:
+            w -= self.norm_shift
+        return w
+
+    def advise_random(self, name: str) -> None:
+        """Mark a tensor's pages random-access: a row read faults in its own pages, not the kernel's
+        readahead window around them (row after random row, that would fill RSS with unasked rows)."""
+        t = self.tensors[name]
+        start = t.offset - t.offset % mmap.PAGESIZE
+        if hasattr(mmap, "MADV_RANDOM"):  # not on every platform
+            self._mmap.madvise(mmap.MADV_RANDOM, start, t.offset + t.nbytes - start)
 
     def drop(self, name: str, rows: slice = slice(None)) -> None:
         """Let the kernel take back the pages of a tensor (rows) already converted."""
         drop_resident(self.raw(name, rows))
+
+
+def dequantize_rows(raw: np.ndarray, kind: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """float32 values of (rows, bytes per row) blocks of GGML type `kind`, shaped (rows, *shape[1:])
+    (a 1-D tensor: `shape`). Never a view of the file: safe to modify."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    if kind == "Q8_0":  # w = d q per 32: in torch, on every thread (the package's numpy: ~3x slower)
+        with warnings.catch_warnings():  # read-only: the tensor is only read
+            warnings.simplefilter("ignore")
+            b = torch.from_numpy(np.ascontiguousarray(raw)).view(-1, 34)
+        w = b[:, 2:].view(torch.int8).float().mul_(b[:, :2].view(torch.float16).float())
+        return w.view(-1, *shape[1:]) if len(shape) > 1 else w.view(shape)
+    arr = dequantize(raw, GGMLQuantizationType[kind]).astype(np.float32, copy=False)
+    arr = arr.reshape(-1, *shape[1:]) if len(shape) > 1 else arr.reshape(shape)
+    if not arr.flags.writeable:  # F32 tensors come back as views of the read-only file mapping
+        arr = arr.copy()
+    return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def q4_k_parts(raw: np.ndarray) -> tuple[torch.Tensor, ...]:

@@ -1,4 +1,5 @@
-"""Loading a Gemma 3 text decoder and its tokenizer from a HF folder or a GGUF file."""
+"""Loading a Gemma 3 text decoder and its tokenizer from a HF folder or a GGUF file (Gemma 3n and
+Gemma 4 folders: `gemma3n_loader`, `gemma4_loader`; Gemma 4 GGUFs here, with `gemma4_loader`'s names)."""
 import dataclasses
 import json
 import logging
@@ -14,6 +15,8 @@ from .config import TextConfig
 from .errors import ModelLoadError
 from .safetensors_folder import folder_tokenizer, read_safetensors, split_text_tensors, stored_dtype
 from .gemma3 import Gemma3Text
+from .gemma4 import Gemma4Text
+from .gemma4_config import Gemma4TextConfig
 from . import native, weight_cache
 from .cache import atomic_path
 from .gguf_file import EXACT_4BIT, GGUFFile, is_gguf, q4_codes, q4_k_parts
@@ -47,7 +50,8 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
     more are served from their own mappings from here on (`memory.map_large_allocations`), and the
     GPU libraries of torch's CUDA build leave resident memory (`memory.release_gpu_libraries`).
     `offload="ple"`: a Gemma 3n / Gemma 4 folder's per-layer table is mapped from the checkpoint,
-    never read into memory (other modes: `offload.apply_offload` on the loaded model).
+    never read into memory, a Gemma 4 GGUF's from the file in its own blocks (other modes:
+    `offload.apply_offload` on the loaded model).
     """
     if threads:
         torch.set_num_threads(int(threads))
@@ -71,7 +75,7 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
             loaded.quantization = quantize
     elif path.suffix == ".gguf" or is_gguf(path):
         mode = quantize or ("stored" if auto else None)
-        loaded = _load_gguf(path, dtype, mode, group_size, cache)
+        loaded = _load_gguf(path, dtype, mode, group_size, cache, offload)
     else:
         raise ModelLoadError(path, "expected a Hugging Face checkpoint folder (config.json + *.safetensors) or a .gguf file")
     release_free_memory()  # what parsing and conversion freed (a tokenizer.json's merges alone: ~280 MB)
@@ -82,7 +86,10 @@ _DTYPES = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bflo
 _GGUF_FTYPES = {15: "Q4_K_M", 14: "Q4_K_S", 2: "Q4_0", 7: "Q8_0", 1: "F16", 0: "F32", 32: "BF16"}
 
 
-def _load_gguf(path: Path, dtype, mode: str | None, group_size: int, use_cache: bool) -> LoadedText:
+def _load_gguf(path: Path, dtype, mode: str | None, group_size: int, use_cache: bool,
+               offload: str | None = None) -> LoadedText:
+    """A GGUF's decoder (Gemma 3 or Gemma 4) converted once into the weight cache, then mapped from
+    it. Gemma 4's per-layer table is not cached: it stays in the GGUF's blocks (`GGUFPerLayerEmbedding`)."""
     options = {"dtype": str(dtype), "quantize": mode, "group_size": group_size if mode else None}
     key = weight_cache.cache_key([path], options)
     wpath = weight_cache.cache_path(path.stem, key)
@@ -90,15 +97,17 @@ def _load_gguf(path: Path, dtype, mode: str | None, group_size: int, use_cache: 
     tok_path = wpath.with_suffix(".tokenizer.model")
     if hit is not None:
         if tok_path.is_file():
-            return _from_cache(hit, tok_path, dtype, group_size)
-    loaded, plan, tok_meta = _load_gguf_source(path, dtype, mode, group_size)
+            return _from_cache(hit, tok_path, dtype, group_size, path, offload)
+    loaded, plan, tok_meta = _load_gguf_source(path, dtype, mode, group_size, offload)
     if use_cache:
         try:
             with atomic_path(tok_path) as tmp:  # before the weights: a weights file implies a tokenizer
                 tmp.write_bytes(loaded.tokenizer.sp.serialized_model_proto())
             cfg = loaded.model.config
-            meta = {"config": dataclasses.asdict(cfg), "name": loaded.name, "quantization": loaded.quantization,
-                    "plan": plan, "tokenizer": tok_meta, "parameters": loaded.parameters}
+            config = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
+            meta = {"config": config, "name": loaded.name, "quantization": loaded.quantization, "plan": plan,
+                    "tokenizer": tok_meta, "parameters": loaded.parameters,
+                    "arch": loaded.hf_config.get("model_type", "gemma3")}
             weight_cache.save(wpath, loaded.model.state_dict(), meta)
             hit = weight_cache.load(wpath)
         except OSError as e:  # a read-only or full cache folder costs speed, not correctness
@@ -106,28 +115,68 @@ def _load_gguf(path: Path, dtype, mode: str | None, group_size: int, use_cache: 
     if hit is not None:  # run from the mapped cache, as every later load does: the converted copy goes
         loaded = None
         release_free_memory()
-        return _from_cache(hit, tok_path, dtype, group_size)
+        return _from_cache(hit, tok_path, dtype, group_size, path, offload)
     if mode:
         prepack(loaded.model, torch.get_num_threads())
+        _accelerate(loaded.model)
     return loaded
 
 
-def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
+def _accelerate(model) -> None:
+    """Gemma 4's decode step as one C call per layer (`gemma4_fast`), for quantized weights."""
+    if isinstance(model.config, Gemma4TextConfig):
+        from .gemma4_fast import accelerate_
+
+        accelerate_(model)
+
+
+def _gemma4_skeleton(gg: GGUFFile, offload: str | None):
+    """(Gemma4Text on the meta device but its per-layer table, float parameter count, GGUF name -> ours)."""
+    from .gemma4_loader import gguf_config, gguf_key_map, gguf_unused
+
+    cfg = gguf_config(gg)
+    with torch.device("meta"):
+        model = Gemma4Text(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    key_map = gguf_key_map(cfg)
+    check_names(set(gg.tensors) - gguf_unused(cfg, gg.tensors), key_map, gg.path)
+    _gemma4_mapped_parts(model, gg, offload)
+    key_map = {name: ours for name, ours in key_map.items() if not ours.startswith("ple.")}
+    return model, n_params, key_map
+
+
+def _gemma4_mapped_parts(model, gg: GGUFFile, offload: str | None) -> None:
+    """What a Gemma 4 model built on the meta device reads from the GGUF itself: the per-layer table in
+    the file's blocks (`GGUFPerLayerEmbedding`, mapped with `offload="ple"`); no media placeholders."""
+    from .gemma4_loader import PLE_GGUF, GGUFPerLayerEmbedding
+
+    model.soft_token_ids = torch.empty(0, dtype=torch.long)
+    if model.config.hidden_size_per_layer_input:
+        check_shape(gg.path, repr(PLE_GGUF), gg.tensors[PLE_GGUF].shape, model.ple.weight.shape)
+        model.ple = GGUFPerLayerEmbedding(model.ple, gg, PLE_GGUF, mapped=offload == "ple")
+
+
+def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int, offload: str | None = None):
     gg = GGUFFile(path)
     meta = gg.meta
     arch = meta.get("general.architecture")
-    if arch != "gemma3":
-        raise ModelLoadError(path, f"unsupported architecture {arch!r} (supported: gemma3)")
-    try:
-        cfg = TextConfig.from_gguf(meta)
-    except (KeyError, ValueError) as e:
-        raise ModelLoadError(path, f"incomplete gemma3 metadata: {e}") from e
-    with torch.device("meta"):
-        model = Gemma3Text(cfg)
-    n_params = sum(p.numel() for p in model.parameters())
-    key_map, fused = expand(GGUF_TO_NATIVE, cfg.num_hidden_layers), expand(FUSED, cfg.num_hidden_layers)
-    check_names(gg.tensors, key_map, path)
-    stored = {key_map[name]: t.kind for name, t in gg.tensors.items()}
+    if arch not in ("gemma3", "gemma4"):
+        raise ModelLoadError(path, f"unsupported architecture {arch!r} (supported: gemma3, gemma4)")
+    if arch == "gemma4":
+        model, n_params, key_map = _gemma4_skeleton(gg, offload)
+        fused, hf_config = {}, {"model_type": "gemma4_text"}  # the family `Assistant` reports
+    else:
+        try:
+            cfg = TextConfig.from_gguf(meta)
+        except (KeyError, ValueError) as e:
+            raise ModelLoadError(path, f"incomplete gemma3 metadata: {e}") from e
+        with torch.device("meta"):
+            model = Gemma3Text(cfg)
+        n_params = sum(p.numel() for p in model.parameters())
+        key_map, fused = expand(GGUF_TO_NATIVE, cfg.num_hidden_layers), expand(FUSED, cfg.num_hidden_layers)
+        check_names(gg.tensors, key_map, path)
+        hf_config = {}
+    stored = {dst: gg.tensors[name].kind for name, dst in key_map.items()}
     for dst, parts in fused.items():  # a stacked matrix keeps the widest type of its parts
         kinds = [stored.pop(p) for p in parts]
         stored[dst] = next((k for k in kinds if k not in GGUF_4BIT), kinds[0])
@@ -141,12 +190,13 @@ def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int):
         _stream_gguf(gg, model, key_map, fused, plan, dtype, group_size, int8_embedding=mode is not None)
     ftype = _GGUF_FTYPES.get(meta.get("general.file_type"), "gguf")
     label = ftype if mode in (None, "stored") else mode
-    loaded = LoadedText(model.eval(), tok, meta.get("general.name", path.stem), "gguf", label, parameters=n_params)
+    loaded = LoadedText(model.eval(), tok, meta.get("general.name", path.stem), "gguf", label, hf_config=hf_config,
+                        parameters=n_params)
     return loaded, plan, {"bos": tok.bos_id, "eos": list(tok.eos_ids), "special": sorted(tok.special_ids)}
 
 
 @torch.no_grad()
-def _stream_gguf(gg: GGUFFile, model: Gemma3Text, key_map: dict, fused: dict, plan: dict, dtype,
+def _stream_gguf(gg: GGUFFile, model: nn.Module, key_map: dict, fused: dict, plan: dict, dtype,
                  group_size: int, int8_embedding: bool) -> None:
     """Fill `model`, built on the meta device, tensor by tensor from `gg`: each linear layer becomes
     its runtime module by `plan` straight from its source blocks (4-bit codes taken as they are where
@@ -236,11 +286,16 @@ def _quantize(model, plan: dict, group_size: int, dtype, empty: bool = False, to
             mod.dtype = dtype
 
 
-def _from_cache(hit, tok_path: Path, dtype, group_size: int) -> LoadedText:
+def _from_cache(hit, tok_path: Path, dtype, group_size: int, path: Path, offload: str | None = None) -> LoadedText:
     tensors, meta = hit
-    cfg = TextConfig(**{**meta["config"], "eos_token_ids": tuple(meta["config"]["eos_token_ids"])})
+    gemma4 = meta.get("arch") == "gemma4_text"
+    config, model_class = (Gemma4TextConfig, Gemma4Text) if gemma4 else (TextConfig, Gemma3Text)
+    cfg = config(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
     with torch.device("meta"):
-        model = Gemma3Text(cfg)
+        model = model_class(cfg)
+    if gemma4:
+        _gemma4_mapped_parts(model, GGUFFile(path, arrays=False), offload)
+    with torch.device("meta"):
         if meta["plan"]:
             _quantize(model, meta["plan"], group_size, dtype, empty=True)
     model.load_state_dict(tensors, strict=True, assign=True)
@@ -251,7 +306,10 @@ def _from_cache(hit, tok_path: Path, dtype, group_size: int) -> LoadedText:
     tok = load_sentencepiece(tok_path, meta["tokenizer"])
     # each weight's mapped pages leave RAM once its kernel holds a packed copy, so the two never add up
     prepack(model, torch.get_num_threads(), done=drop_resident)
-    return LoadedText(model.eval(), tok, meta["name"], "gguf", meta["quantization"], parameters=meta["parameters"])
+    if meta["plan"]:
+        _accelerate(model)
+    return LoadedText(model.eval(), tok, meta["name"], "gguf", meta["quantization"], parameters=meta["parameters"],
+                      hf_config={"model_type": meta["arch"]} if gemma4 else {})
 
 
 def _load_hf(folder: Path, dtype, offload: str | None = None) -> LoadedText:

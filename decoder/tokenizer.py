@@ -197,11 +197,12 @@ class StreamDecoder:
 
 
 def _gguf_tokenizer_meta(meta: dict) -> dict:
-    """BOS, EOS (with `<end_of_turn>`) and control ids of a Gemma GGUF, as `tokenizer_from_gguf` takes them."""
+    """BOS, EOS (with `<end_of_turn>` / `<turn|>`) and control ids of a Gemma GGUF, as `tokenizer_from_gguf` takes them."""
     tokens, types = meta["tokenizer.ggml.tokens"], meta.get("tokenizer.ggml.token_type") or []
     eos = [int(meta.get("tokenizer.ggml.eos_token_id", 1))]
-    if "<end_of_turn>" in tokens:
-        eos.append(tokens.index("<end_of_turn>"))
+    for end_of_turn in ("<end_of_turn>", "<turn|>"):  # Gemma 3 / 3n, Gemma 4
+        if end_of_turn in tokens:
+            eos.append(tokens.index(end_of_turn))
     return {"bos": int(meta.get("tokenizer.ggml.bos_token_id", 2)), "eos": eos,
             "special": [i for i, t in enumerate(types) if t == _CONTROL]}
 

@@ -280,7 +280,8 @@ def accelerate_text_embedder_(encoder: nn.Module) -> nn.Module:
     9.9 chunks/s before these swaps (q, k, v apart, batches of 32), 15.6 after, float32 9.8. Where a
     chunk's ~64 ms go: the int8 products ~53%, SDPA ~22%, rounding, offsets and GELU the rest.
     `tests/eval/eval_rag.py --bench-embedders` times int8 against float32 at the process's threads."""
-    from transformers.activations import GELUActivation  # BERT's "gelu": torch's exact (erf) one
+    # BERT's "gelu": torch's exact (erf) one
+    from transformers.activations import GELUActivation
 
     rotate = int8_kernel() != "oneDNN int8"
     for layer in encoder.layer:

@@ -52,8 +52,9 @@ class Int8LinearBias(nn.Module):
     row over its own [min, max] rather than [-max |x|, max |x|]: twice the resolution for inputs that
     are nearly all positive, as after a GELU, for one more pass over the output."""
 
-    def __init__(self, linear: nn.Linear, *, rotate: bool = True, zero_point: bool = False):
+    def __init__(self, linear: nn.Linear, *, rotate: bool = True, zero_point: bool = False, gelu: bool = False):
         super().__init__()
+        self.gelu = gelu  # exact (erf) GELU on the output, in place
         w = linear.weight.detach().float()
         self.rotation = rotation_block(w.shape[1]) if rotate else None
         self.linear = self.packed = self.weight_sums = None
@@ -65,11 +66,15 @@ class Int8LinearBias(nn.Module):
         else:
             self.linear = Int8Linear.from_float(w, int8_inputs=True, rotation=self.rotation)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+        if self.weight_sums is not None:  # bias + low (x) weight_sums as one rank-2 product: [1, low] @ offsets
+            bias = self.bias if self.bias is not None else torch.zeros_like(self.weight_sums)
+            self.offsets = torch.stack([bias.detach(), self.weight_sums])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.linear is not None:
             y = self.linear(x)
-            return y if self.bias is None else y.add_(self.bias)
+            y = y if self.bias is None else y.add_(self.bias)
+            return torch.ops.aten.gelu_(y) if self.gelu else y
         rows = x.reshape(-1, x.shape[-1]).float()
         if self.rotation:
             rows = _rotate(rows, self.rotation)
@@ -79,10 +84,15 @@ class Int8LinearBias(nn.Module):
             qx, step, low = _asymmetric_codes(rows)
             zero = 0
         y = _qlinear(qx, 1.0, zero, self.packed, self.scales, self.zeros, None, 1.0, 0, torch.float32, "none", [], "")
-        y = y.mul_(step) if self.bias is None else torch.addcmul(self.bias, y, step)
+        # scale, offsets and bias in place: a new output as large costs more in page faults than the adds
+        y.mul_(step)
         if self.weight_sums is not None:
-            y.addr_(low.view(-1), self.weight_sums)
-        return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+            y.addmm_(torch.cat([torch.ones_like(low), low], 1), self.offsets)
+        elif self.bias is not None:
+            y.add_(self.bias)
+        if self.gelu:
+            torch.ops.aten.gelu_(y)
+        return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
 
 def _code_max() -> int:
@@ -109,8 +119,8 @@ def _symmetric_codes(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, in
 def _asymmetric_codes(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row rounded over its own [min, max] to codes 0.._code_max(). Returns (codes, each row's
     step and minimum (rows, 1)): x ~= low + step * code."""
-    low, high = rows.amin(-1, keepdim=True), rows.amax(-1, keepdim=True)
-    step = ((high - low) / _code_max()).clamp_(min=1e-30)
+    low, high = rows.amin(-1, keepdim=True), rows.amax(-1, keepdim=True)  # torch.aminmax: 5x slower than both
+    step = (high - low).div_(_code_max()).clamp_(min=1e-30)
     inv = 1.0 / step
     return _to_codes(torch.addcmul(0.5 - low * inv, rows, inv)), step, low
 
@@ -227,25 +237,61 @@ def accelerate_mobilenet_(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
+class FusedQKVSelfAttention(nn.Module):
+    """A BERT self-attention (`BertSelfAttention`: no cache, no cross-attention) with q, k and v as one
+    int8 product: its input rounded once, not three times. The mask BertModel built (boolean for SDPA,
+    additive for eager) goes to torch's SDPA as it is, which reads either."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.head_dim, self.scaling = attn.attention_head_size, attn.scaling
+        qkv = nn.Linear(attn.query.in_features, 3 * attn.query.out_features)
+        with torch.no_grad():
+            qkv.weight.copy_(torch.cat([attn.query.weight, attn.key.weight, attn.value.weight]))
+            qkv.bias.copy_(torch.cat([attn.query.bias, attn.key.bias, attn.value.bias]))
+        self.qkv = Int8LinearBias(qkv, rotate=int8_kernel() != "oneDNN int8", zero_point=True)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        B, T, _ = hidden_states.shape
+        q, k, v = self.qkv(hidden_states).view(B, T, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            # torch's CPU flash attention runs ~25% faster with an additive mask than a boolean one
+            attention_mask = torch.zeros(attention_mask.shape, dtype=q.dtype).masked_fill_(
+                ~attention_mask, torch.finfo(q.dtype).min)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling)
+        return y.transpose(1, 2).reshape(B, T, -1), None
+
+
 @torch.inference_mode()
 def accelerate_text_embedder_(encoder: nn.Module) -> nn.Module:
-    """Swap every linear of a BERT-style sentence encoder's layer stack (`BertModel.encoder`: q, k, v,
-    the attention output, both FFN linears) for an int8 one, in place. Returns `encoder`.
+    """Swap the linears of a BERT sentence encoder's layer stack (`BertModel.encoder`) for int8 ones, in
+    place: q, k, v as one (`FusedQKVSelfAttention`), the attention output, both FFN linears, the first
+    with its GELU applied in place. Returns `encoder`.
 
     They are ~75% of all-MiniLM-L6-v2's time on 200-word-piece chunks; attention stays torch's SDPA
     (flash, float32). Inputs are rotated only where our VNNI kernel does it in its own adds; through
     oneDNN a rotation costs ~40% of the int8 product at 384 inputs. Rows take a zero point
     (`Int8LinearBias(zero_point=True)`): the FFN's second linear sees GELU outputs, nearly all
     positive; symmetric 7-bit rows gave a per-chunk cosine to float32 of min 0.9898 on the RAG eval's
-    822 chunks, with the zero point min 0.9939, mean 0.9978 (AVX2, 7-bit inputs).
+    822 chunks, with the zero point min 0.9939, mean 0.9978 (AVX2, 7-bit inputs). One range for the
+    whole input (oneDNN then applies scale, bias and GELU inside the product) gave min 0.938.
 
-    Speed on a shared AMD EPYC Zen 3 (AVX2, no AVX-512), 1 thread, CPU time per chunk: float32 78-102 ms,
-    int8 58-81 ms in the same runs (~1.3x); the int8 products run 2x float32's (175 vs 88 GFLOP/s), the
-    rest is SDPA (~20%), the rows' rounding and GELU. `tests/eval/eval_rag.py --bench-embedders`."""
+    Speed on a shared AMD EPYC Zen 3 (AVX2, no AVX-512), 1 thread, 103 of the eval's chunks, one run:
+    9.9 chunks/s before these swaps (q, k, v apart, batches of 32), 15.6 after, float32 9.8. Where a
+    chunk's ~64 ms go: the int8 products ~53%, SDPA ~22%, rounding, offsets and GELU the rest.
+    `tests/eval/eval_rag.py --bench-embedders` times int8 against float32 at the process's threads."""
+    # BERT's "gelu": torch's exact (erf) one
+    from transformers.activations import GELUActivation
+
     rotate = int8_kernel() != "oneDNN int8"
-    linears = [(name, m) for name, m in encoder.named_modules() if isinstance(m, nn.Linear)]
-    for name, linear in linears:
-        parent, _, attr = name.rpartition(".")
-        setattr(encoder.get_submodule(parent), attr, Int8LinearBias(linear, rotate=rotate, zero_point=True))
-    log.info("text embedder: %d int8 linears (%s)", len(linears), int8_kernel())
+    for layer in encoder.layer:
+        layer.attention.self = FusedQKVSelfAttention(layer.attention.self)
+        layer.attention.output.dense = Int8LinearBias(layer.attention.output.dense, rotate=rotate, zero_point=True)
+        inter = layer.intermediate
+        fuse_gelu = isinstance(inter.intermediate_act_fn, GELUActivation)
+        inter.dense = Int8LinearBias(inter.dense, rotate=rotate, zero_point=True, gelu=fuse_gelu)
+        if fuse_gelu:
+            inter.intermediate_act_fn = nn.Identity()
+        layer.output.dense = Int8LinearBias(layer.output.dense, rotate=rotate, zero_point=True)
+    log.info("text embedder: int8 linears in %d layers (%s)", len(encoder.layer), int8_kernel())
     return encoder

@@ -17,4 +17,6 @@ def _accelerate(model) -> None:
 @functools.lru_cache(maxsize=1)
 def default_embedder() -> SentenceTransformerEmbedder:
     """The bundled embedder through our int8 kernels, one per process."""
-    return SentenceTransformerEmbedder(prepare=_accelerate)
+    # 16 chunks a batch, not 32: at 32 x 256 word pieces the FFN's 1536-wide activations (25-50 MB) exceed
+    # glibc's largest mmap threshold, so each is fresh pages again; 16 faults ~15x fewer pages and is ~20% faster.
+    return SentenceTransformerEmbedder(prepare=_accelerate, batch_size=16)

@@ -9,7 +9,7 @@ from torch import nn
 
 from mmsdk.documents import DocumentIndex
 from mmsdk.embedder import default_embedder
-from mmsdk.encoders.accelerate import Int8LinearBias
+from mmsdk.encoders.accelerate import FusedQKVSelfAttention, Int8LinearBias
 from mmsdk.rag.embedder import SentenceTransformerEmbedder
 
 # Real passages of the RAG eval's corpus (CPython's own docs): ~200 word pieces each, as indexed.
@@ -27,8 +27,13 @@ def both():
 def test_int8_embedder_matches_float32(both):
     fast, plain = both
     got, want = fast(TEXTS), plain(TEXTS)
-    # every linear of the six layers is int8 (q, k, v, attention out, two FFN): the swap really ran
-    assert sum(isinstance(m, Int8LinearBias) for m in fast._model.modules()) == 36
+    # every linear of the six layers is int8 (q, k, v as one, attention out, two FFN, the first with
+    # its GELU): the swap really ran, and nothing float32 is left in the layer stack
+    layers = fast._model[0].auto_model.encoder
+    assert sum(isinstance(m, Int8LinearBias) for m in layers.modules()) == 24
+    assert sum(isinstance(m, FusedQKVSelfAttention) for m in layers.modules()) == 6
+    assert sum(getattr(m, "gelu", False) for m in layers.modules()) == 6
+    assert not any(type(m) is nn.Linear for m in layers.modules())
     assert not any(isinstance(m, Int8LinearBias) for m in plain._model.modules())
     cos = (got * want).sum(1)
     # 0.99 per text is the issue's gate; measured min 0.994 over the eval's 822 chunks on AVX2 (7-bit
@@ -56,12 +61,15 @@ def test_index_embeds_with_the_int8_embedder(tmp_path, both):
 
 
 @pytest.mark.parametrize("zero_point", [False, True])
-def test_int8_linear_rows(zero_point):
-    """One swapped linear on GELU outputs (nearly all positive, the FFN's second linear's inputs)."""
+@pytest.mark.parametrize("gelu", [False, True])
+def test_int8_linear_rows(zero_point, gelu):
+    """One swapped linear on GELU outputs (nearly all positive, the FFN's second linear's inputs),
+    with and without the GELU applied to its own output."""
     torch.manual_seed(0)
     linear = nn.Linear(1536, 384)
     x = nn.functional.gelu(torch.randn(2, 50, 1536) * 2)
-    got, want = Int8LinearBias(linear, rotate=False, zero_point=zero_point)(x), linear(x)
+    got = Int8LinearBias(linear, rotate=False, zero_point=zero_point, gelu=gelu)(x)
+    want = nn.functional.gelu(linear(x)) if gelu else linear(x)
     err = ((got - want).norm() / want.norm()).item()
-    # 7- or 8-bit inputs and int8 weights: ~1-2% relative error; a wrong offset or scale is >> 10%
+    # 7- or 8-bit inputs and int8 weights: ~1-2% relative error; a wrong offset, scale or a lost GELU is >> 10%
     assert got.shape == want.shape and err < (0.02 if zero_point else 0.04), err

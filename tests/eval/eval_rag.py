@@ -311,7 +311,10 @@ def main(argv=None):
     parser.add_argument("--bench-indexing", action="store_true",
                         help="also time indexing a file at a time (add) against add_many, alternating")
     parser.add_argument("--bench-rounds", type=int, default=3, help="timed passes of each embedder (median)")
+    parser.add_argument("--threads", type=int, help="torch threads (default torch's); 1 compares fairly on a shared machine")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         report = run(Path(args.workdir or tmp), args.chunk_tokens, args.overlap, args.float32, args.rerank)
         if args.bench_embedders:

@@ -1,13 +1,15 @@
-"""A prompt's prefill beside llama-bench's pp on the same GGUF, alternating round by round, medians.
+"""A prompt's prefill (and with --decode N, N decoded tokens) beside llama-bench's pp (tgN) on the same
+GGUF, alternating round by round, medians.
 
-    python tests/eval/prefill_side_by_side.py /work/realsize/gemma-3-1b-q4_0.gguf [--rounds 5] [--threads 2]
+    python tests/eval/prefill_side_by_side.py /work/realsize/gemma-3-1b-q4_0.gguf [--rounds 5] [--threads 2] [--decode 128]
 
 On a shared host one run of each is mostly noise; alternating the two and taking medians compares
 them under the same load. Ours: the model loaded once (weight cache: `MMSDK_CACHE`), a warm prompt of
 `--tokens` ids (BOS + the bench corpus, as `mmsdk bench`) prefilled into fresh caches and its last
 position's logits taken, wall time (and this process's CPU seconds beside it: two threads busy
 throughout give CPU ~ 2 x wall). Peer: llama-bench -p TOKENS -n 0 -r 1 -t THREADS per round.
-Issue 16's target: ours >= 2 x llama-bench's pp512 (1B and 4B Q4_0).
+Decode: greedy tokens after a 16-token prompt, each step's logits and argmax included, as llama-bench's
+tg times its tokens. Issue 16's targets: ours >= 2 x llama-bench's pp512, >= 1.0 x its tg128 (1B and 4B Q4_0).
 """
 import argparse
 import statistics
@@ -21,6 +23,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--decode", type=int, default=0, metavar="N", help="also N decoded tokens beside llama-bench's tgN")
     ap.add_argument("--llama-bin", default=None, help="llama.cpp's build/bin (default: $MMSDK_LLAMA_BIN, the native build)")
     a = ap.parse_args()
 
@@ -43,9 +46,26 @@ def main() -> int:
             model.logits(prefill(model, ids, make_cache(model.config), 0))
             return len(ids) / (time.perf_counter() - t), time.process_time() - c
 
+    def decode() -> float:
+        with torch.inference_mode():
+            caches = make_cache(model.config)
+            token = int(model.logits(prefill(model, ids[:16], caches, 0))[0, -1].argmax())
+            t = time.perf_counter()
+            for pos in range(16, 16 + a.decode):
+                token = int(model.logits(model(torch.tensor([[token]]), caches, torch.tensor([pos])))[0, -1].argmax())
+            return a.decode / (time.perf_counter() - t)
+
     ours()  # the first prompt maps its pages and fills the scratch buffers
-    rows = []
+    rows, decoded = [], []
     for r in range(a.rounds):
+        if a.decode:
+            peer = llama_bench(a.model, a.threads, 0, a.decode, 1, a.llama_bin)
+            if "error" in peer:
+                print(peer["error"], file=sys.stderr)
+                return 1
+            decoded.append((decode(), peer["decode_tps"]))
+            print(f"round {r + 1}: ours {decoded[-1][0]:6.2f} tok/s  llama-bench tg{a.decode} {decoded[-1][1]:6.2f} tok/s  "
+                  f"ratio {decoded[-1][0] / decoded[-1][1]:.2f}", flush=True)
         peer = llama_bench(a.model, a.threads, len(ids), 0, 1, a.llama_bin)
         if "error" in peer:
             print(peer["error"], file=sys.stderr)
@@ -57,6 +77,10 @@ def main() -> int:
     med = [statistics.median(v) for v in zip(*rows)]
     print(f"median: ours {med[0]:.1f} tok/s (CPU {med[2]:.2f} s)  llama-bench {med[1]:.1f} tok/s  "
           f"ratio of medians {med[0] / med[1]:.2f}  median of ratios {statistics.median(o / p for o, p, _ in rows):.2f}")
+    if decoded:
+        o, p = (statistics.median(v) for v in zip(*decoded))
+        print(f"decode median: ours {o:.2f} tok/s  llama-bench tg{a.decode} {p:.2f} tok/s  ratio of medians {o / p:.2f}  "
+              f"median of ratios {statistics.median(x / y for x, y in decoded):.2f}")
     return 0
 
 

@@ -15,8 +15,9 @@ _M_MMAP_THRESHOLD = -3
 _threshold: int | None = None  # what map_large_allocations set, if it ran
 
 
-# the GPU libraries torch's CUDA build maps at import (pip's nvidia-* wheels, torch's own CUDA parts)
-_GPU_LIBRARY = re.compile(r"/nvidia/|/libtorch_cuda|/libc10_cuda|/cuda/bindings/|/triton/")
+# the GPU libraries torch's CUDA build maps at import (pip's nvidia-* wheels, torch's own CUDA parts):
+# shared objects only, so a model file under such a folder is never touched
+_GPU_LIBRARY = re.compile(r"(/nvidia/|/libtorch_cuda|/libc10_cuda|/cuda/bindings/|/triton/).*\.so(\.[0-9]+)*$")
 
 
 def release_gpu_libraries() -> int:
@@ -27,17 +28,21 @@ def release_gpu_libraries() -> int:
     if _libc is None or torch.cuda.is_initialized():
         return 0
     released, current = 0, None
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = re.match(r"([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$", line)
-            if head:
-                start, end, perm, path = int(head[1], 16), int(head[2], 16), head[3], head[4]
-                current = (start, end) if "w" not in perm and _GPU_LIBRARY.search(path) else None
-            elif current and line.startswith("Rss:"):
-                rss = int(line.split()[1]) << 10
-            elif current and line.startswith("Anonymous:") and int(line.split()[1]) == 0 and rss:
-                size = ctypes.c_size_t(current[1] - current[0])
-                released += rss if _libc.madvise(ctypes.c_void_p(current[0]), size, _MADV_DONTNEED) == 0 else 0
+    try:
+        with open("/proc/self/smaps") as f:
+            lines = f.read().splitlines()
+    except OSError:  # no /proc (a sandbox): nothing known to release
+        return 0
+    for line in lines:
+        head = re.match(r"([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$", line)
+        if head:
+            start, end, perm, path = int(head[1], 16), int(head[2], 16), head[3], head[4]
+            current = (start, end) if "w" not in perm and _GPU_LIBRARY.search(path) else None
+        elif current and line.startswith("Rss:"):
+            rss = int(line.split()[1]) << 10
+        elif current and line.startswith("Anonymous:") and int(line.split()[1]) == 0 and rss:
+            size = ctypes.c_size_t(current[1] - current[0])
+            released += rss if _libc.madvise(ctypes.c_void_p(current[0]), size, _MADV_DONTNEED) == 0 else 0
     return released
 
 

@@ -17,6 +17,8 @@ conversation before the task shows it the steps; without it the base model repea
 """
 import argparse
 import logging
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -99,31 +101,41 @@ def make_folder(root: Path) -> int:
 
 def main(folder: str | None = None, threads: int = 1, assume_yes: bool = False) -> int:
     logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp:
-        expected = None
-        if folder is None:
-            folder, expected = tmp, make_folder(Path(tmp))
-        asst = mmsdk.load(threads=threads)
-        task = f"How many lines do the .txt files in {folder} have in total?"
-        print(f"task: {task}")
+    if folder is not None:
+        return run(folder, None, threads, assume_yes)
+    # an example folder named in digits: the small model copies the name into its calls, and it dropped
+    # the last character of a random name ending in "_" (as mkdtemp's can)
+    root = Path(tempfile.gettempdir()) / f"mmsdk-agent-{os.getpid()}"
+    root.mkdir(exist_ok=True)
+    try:
+        return run(str(root), make_folder(root), threads, assume_yes)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
-        def shown(call: mmsdk.ToolCall) -> bool:
-            print(f"  -> {call.name}({call.arguments})")
-            return True
 
-        # Each turn must call a tool and each tool runs once: the model writes the arguments (the
-        # folder and pattern, then the paths it was given), then answers once both have run.
-        result = asst.run_agent(task, file_tools(folder), max_steps=3, tool_choice="required", call_once=True,
-                                approve=shown if assume_yes else ask_user, messages=EXAMPLE)
-        for step in result.steps:
-            print(f"  <- {step.call.name}: {step.error or step.result}")
-        print(f"answer ({result.finish_reason}): {result.text}")
-        if expected is not None:
-            got = [s.result for s in result.steps if s.call.name == "count_lines" and s.error is None]
-            done = bool(got) and got[-1] == expected
-            print(f"two-step task {'completed' if done else 'NOT completed'}: expected {expected} lines")
-            return 0 if done else 1
-    return 0
+def run(folder: str, expected: int | None, threads: int, assume_yes: bool) -> int:
+    """The agent on `folder`; with `expected` (the example folder's line count), 0 if it found it."""
+    asst = mmsdk.load(threads=threads)
+    task = f"How many lines do the .txt files in {folder} have in total?"
+    print(f"task: {task}")
+
+    def shown(call: mmsdk.ToolCall) -> bool:
+        print(f"  -> {call.name}({call.arguments})")
+        return True
+
+    # Each turn must call a tool and each tool runs once: the model writes the arguments (the
+    # folder and pattern, then the paths it was given), then answers once both have run.
+    result = asst.run_agent(task, file_tools(folder), max_steps=3, tool_choice="required", call_once=True,
+                            approve=shown if assume_yes else ask_user, messages=EXAMPLE)
+    for step in result.steps:
+        print(f"  <- {step.call.name}: {step.error or step.result}")
+    print(f"answer ({result.finish_reason}): {result.text}")
+    if expected is None:
+        return 0
+    got = [s.result for s in result.steps if s.call.name == "count_lines" and s.error is None]
+    done = bool(got) and got[-1] == expected
+    print(f"two-step task {'completed' if done else 'NOT completed'}: expected {expected} lines")
+    return 0 if done else 1
 
 
 if __name__ == "__main__":

@@ -125,17 +125,22 @@ def _asymmetric_codes(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     return _to_codes(torch.addcmul(0.5 - low * inv, rows, inv)), step, low
 
 
+def fused_linear(*linears: nn.Linear) -> nn.Linear:
+    """One linear computing `linears` side by side (q, k and v), their outputs concatenated."""
+    fused = nn.Linear(linears[0].in_features, sum(m.out_features for m in linears))
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([m.weight for m in linears]))
+        fused.bias.copy_(torch.cat([m.bias for m in linears]))
+    return fused
+
+
 class FusedQKVAttention(nn.Module):
     """SigLIP's attention with q, k, v as one int8 product (`Attention`'s math, the same SDPA call)."""
 
     def __init__(self, attn: siglip.Attention):
         super().__init__()
         self.n_heads, self.head_dim = attn.n_heads, attn.head_dim
-        qkv = nn.Linear(attn.q_proj.in_features, 3 * attn.q_proj.out_features)
-        with torch.no_grad():
-            qkv.weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
-            qkv.bias.copy_(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
-        self.qkv_proj = Int8LinearBias(qkv)
+        self.qkv_proj = Int8LinearBias(fused_linear(attn.q_proj, attn.k_proj, attn.v_proj))
         self.o_proj = Int8LinearBias(attn.o_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -245,11 +250,8 @@ class FusedQKVSelfAttention(nn.Module):
     def __init__(self, attn: nn.Module):
         super().__init__()
         self.head_dim, self.scaling = attn.attention_head_size, attn.scaling
-        qkv = nn.Linear(attn.query.in_features, 3 * attn.query.out_features)
-        with torch.no_grad():
-            qkv.weight.copy_(torch.cat([attn.query.weight, attn.key.weight, attn.value.weight]))
-            qkv.bias.copy_(torch.cat([attn.query.bias, attn.key.bias, attn.value.bias]))
-        self.qkv = Int8LinearBias(qkv, rotate=int8_kernel() != "oneDNN int8", zero_point=True)
+        self.qkv = Int8LinearBias(fused_linear(attn.query, attn.key, attn.value), rotate=int8_kernel() != "oneDNN int8",
+                                  zero_point=True)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         B, T, _ = hidden_states.shape

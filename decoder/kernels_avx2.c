@@ -344,3 +344,5 @@ static void attend_tile(const float *q, int rows, const long *qp, const float *k
 #include "convert.h"  /* load-time conversions, over rotate_row */
 #include "gemma3n_step.h"  /* a decoded token through a Gemma 3n layer, over the helpers above */
 #include "gemma4_step.h"  /* a decoded token through a Gemma 4 layer, over the helpers above */
+#include "int8_rows.h"  /* the rounding and output passes around oneDNN's int8 product (the encoders) */
+#include "encoder_attention.h"  /* a BERT encoder's self-attention from its q/k/v rows */

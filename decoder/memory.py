@@ -12,6 +12,7 @@ except OSError:  # not glibc: nothing to trim or advise
     _libc = None
 _MADV_DONTNEED = 4
 _M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD = -1, 128 << 10  # glibc's default, fixed once a threshold is set
 _threshold: int | None = None  # what map_large_allocations set, if it ran
 
 
@@ -66,10 +67,14 @@ def heap_allocations(threshold: int = 32 << 20):
         yield
         return
     _libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+    # and kept there: with the default 128 KB trim threshold each large block freed at the heap's top went
+    # back to the OS at once (the text embedder still faulted 540k pages a call); 2x is glibc's own rule
+    _libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold)
     try:
         yield
     finally:
         _libc.mallopt(_M_MMAP_THRESHOLD, _threshold)
+        _libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
         _libc.malloc_trim(0)
 
 

@@ -78,6 +78,9 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "sizeof_linear": [],
     "sizeof_layer": [],
     "rms_norm_act_2d": [_ptr, _n, _n, _n, _ptr, ctypes.c_float, _n, _ptr],
+    "quantize_rows_u8": [_ptr, _n, _n, _n, _n, _ptr, _ptr, _ptr],
+    "int8_rows_out": [_ptr, _n, _n, _ptr, _ptr, _ptr, _ptr, _n],
+    "encoder_attention": [_ptr, _n, _n, _n, _n, _ptr, ctypes.c_float, _ptr],
 }
 INT8 = ("pack_blocks", "int8_linear")  # what `available()` asks for by default
 
@@ -374,4 +377,42 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.
     out = q.new_empty(1, T, H * D)
     library().attend_rows(q.data_ptr(), H, T, k.data_ptr(), v.data_ptr(), Hkv, S, D, k.stride(1),
                           q_pos.data_ptr(), k_pos.data_ptr(), window or 0, scale, out.data_ptr())
+    return out
+
+
+def quantize_rows_u8(rows: torch.Tensor, code_max: int, asymmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Contiguous float32 rows (M, K), K a multiple of 16, as 8-bit codes 0..code_max (`int8_rows.h`):
+    (codes (M, K) uint8, each row's step (M, 1), its minimum (M, 1), zeros where not asymmetric)."""
+    M, K = rows.shape
+    codes = torch.empty(M, K, dtype=torch.uint8)
+    step, low = torch.empty(M, 1), torch.zeros(M, 1)
+    library().quantize_rows_u8(rows.data_ptr(), M, K, code_max, int(asymmetric), codes.data_ptr(), step.data_ptr(),
+                               low.data_ptr())
+    return codes, step, low
+
+
+def int8_rows_out(y: torch.Tensor, step: torch.Tensor, low: torch.Tensor | None, weight_sums: torch.Tensor | None,
+                  bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:
+    """An int8 product's contiguous float32 output y (M, N), N a multiple of 8, in place: times each row's
+    step, plus low x weight_sums where given, plus bias, then exact GELU where `gelu` (`int8_rows.h`)."""
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    library().int8_rows_out(y.data_ptr(), y.shape[0], y.shape[1], step.data_ptr(), ptr(low), ptr(weight_sums),
+                            ptr(bias), int(gelu))
+    return y
+
+
+def takes_encoder_attention(qkv: torch.Tensor) -> bool:
+    """Whether `encoder_attention` takes these q/k/v rows (B, T, 3, H, D): float32, contiguous, D a multiple
+    of 16, T up to 1024 (a head's keys and values are copied onto the thread's stack)."""
+    return (qkv.dtype == torch.float32 and qkv.is_contiguous() and qkv.shape[-1] % 16 == 0 and qkv.shape[1] <= 1024
+            and available("encoder_attention"))
+
+
+def encoder_attention(qkv: torch.Tensor, lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Bidirectional attention from contiguous float32 q/k/v rows (B, T, 3, H, D), D a multiple of 16,
+    sample b over its first lens[b] tokens (`encoder_attention.h`): (B, T, H * D), zeros past lens[b]."""
+    B, T, _, H, D = qkv.shape
+    lens = lens.to(torch.long).contiguous()
+    out = qkv.new_empty(B, T, H * D)
+    library().encoder_attention(qkv.data_ptr(), B, T, H, D, lens.data_ptr(), scale, out.data_ptr())
     return out

@@ -78,6 +78,8 @@ class Int8LinearBias(nn.Module):
         rows = x.reshape(-1, x.shape[-1]).float()
         if self.rotation:
             rows = _rotate(rows, self.rotation)
+        if _fused_rows(rows, self.scales.numel()):
+            return self._fused(rows).view(*x.shape[:-1], -1).to(x.dtype)
         if self.weight_sums is None:
             qx, step, zero = _symmetric_codes(rows)
         else:
@@ -93,6 +95,21 @@ class Int8LinearBias(nn.Module):
         if self.gelu:
             torch.ops.aten.gelu_(y)
         return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+
+    def _fused(self, rows: torch.Tensor) -> torch.Tensor:
+        """`forward`'s oneDNN path with the rounding and the output passes as our kernels' one pass each."""
+        asymmetric = self.weight_sums is not None
+        codes, step, low = native.quantize_rows_u8(rows.contiguous(), _code_max(), asymmetric)
+        zero = 0 if asymmetric else (_code_max() - 1) // 2 + 1
+        y = _qlinear(codes, 1.0, zero, self.packed, self.scales, self.zeros, None, 1.0, 0, torch.float32, "none", [], "")
+        return native.int8_rows_out(y, step, low if asymmetric else None, self.weight_sums, self.bias, self.gelu)
+
+
+def _fused_rows(rows: torch.Tensor, out_features: int) -> bool:
+    """Whether our kernels (`native.quantize_rows_u8`, `int8_rows_out`) take these rows and the product's
+    output: float32, whole registers of inputs (16) and outputs (8)."""
+    return (rows.dtype == torch.float32 and rows.shape[-1] % 16 == 0 and out_features % 8 == 0
+            and native.available("quantize_rows_u8", "int8_rows_out"))
 
 
 def _code_max() -> int:
@@ -244,8 +261,10 @@ def accelerate_mobilenet_(backbone: nn.Module) -> nn.Module:
 
 class FusedQKVSelfAttention(nn.Module):
     """A BERT self-attention (`BertSelfAttention`: no cache, no cross-attention) with q, k and v as one
-    int8 product: its input rounded once, not three times. The mask BertModel built (boolean for SDPA,
-    additive for eager) goes to torch's SDPA as it is, which reads either."""
+    int8 product: its input rounded once, not three times. Attention: our kernel straight from the q/k/v
+    rows (`native.encoder_attention`, AVX2: ~20% faster than torch's flash attention at 12 heads of 32)
+    where the batch is right-padded; else the mask BertModel built (boolean for SDPA, additive for
+    eager) goes to torch's SDPA as it is, which reads either."""
 
     def __init__(self, attn: nn.Module):
         super().__init__()
@@ -255,7 +274,11 @@ class FusedQKVSelfAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         B, T, _ = hidden_states.shape
-        q, k, v = self.qkv(hidden_states).view(B, T, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
+        qkv = self.qkv(hidden_states).view(B, T, 3, -1, self.head_dim)
+        lens = _prefix_lengths(attention_mask, B, T)
+        if lens is not None and native.takes_encoder_attention(qkv):
+            return native.encoder_attention(qkv, lens, self.scaling), None
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
         if attention_mask is not None and attention_mask.dtype == torch.bool:
             # torch's CPU flash attention runs ~25% faster with an additive mask than a boolean one
             attention_mask = torch.zeros(attention_mask.shape, dtype=q.dtype).masked_fill_(
@@ -264,14 +287,26 @@ class FusedQKVSelfAttention(nn.Module):
         return y.transpose(1, 2).reshape(B, T, -1), None
 
 
+def _prefix_lengths(mask: torch.Tensor | None, B: int, T: int) -> torch.Tensor | None:
+    """Each sample's length where BertModel's mask (None, or (B, 1, T or 1, T) boolean or additive) lets
+    every query see the same first keys, as right-padded batches do; else None."""
+    if mask is None:
+        return torch.full((B,), T)
+    if mask.dim() != 4 or mask.shape[0] != B or mask.shape[-1] != T:
+        return None
+    seen = mask if mask.dtype == torch.bool else mask == 0
+    lens = seen[:, 0, 0].sum(-1)
+    return lens if bool((seen == (torch.arange(T) < lens[:, None])[:, None, None]).all()) else None
+
+
 @torch.inference_mode()
 def accelerate_text_embedder_(encoder: nn.Module) -> nn.Module:
     """Swap the linears of a BERT sentence encoder's layer stack (`BertModel.encoder`) for int8 ones, in
     place: q, k, v as one (`FusedQKVSelfAttention`), the attention output, both FFN linears, the first
     with its GELU applied in place. Returns `encoder`.
 
-    They are ~75% of all-MiniLM-L6-v2's time on 200-word-piece chunks; attention stays torch's SDPA
-    (flash, float32). Inputs are rotated only where our VNNI kernel does it in its own adds; through
+    They are ~75% of all-MiniLM-L6-v2's time on 200-word-piece chunks; attention stays float32 (our
+    kernel or torch's SDPA, see `FusedQKVSelfAttention`). Inputs are rotated only where our VNNI kernel does it in its own adds; through
     oneDNN a rotation costs ~40% of the int8 product at 384 inputs. Rows take a zero point
     (`Int8LinearBias(zero_point=True)`): the FFN's second linear sees GELU outputs, nearly all
     positive; symmetric 7-bit rows gave a per-chunk cosine to float32 of min 0.9898 on the RAG eval's
@@ -280,7 +315,10 @@ def accelerate_text_embedder_(encoder: nn.Module) -> nn.Module:
 
     Speed on a shared AMD EPYC Zen 3 (AVX2, no AVX-512), 1 thread, 103 of the eval's chunks, one run:
     9.9 chunks/s before these swaps (q, k, v apart, batches of 32), 15.6 after, float32 9.8. Where a
-    chunk's ~64 ms go: the int8 products ~53%, SDPA ~22%, rounding, offsets and GELU the rest.
+    chunk's ~64 ms go: the int8 products ~53%, SDPA ~22%, rounding, offsets and GELU the rest. With
+    those passes in C (`decoder/int8_rows.h`) and the attention too, 200 chunks, alternating, CPU time:
+    13.2 chunks/s before, 16.2 with the C passes, 17.4 with both; oneDNN's int8 products (~75 GMAC/s
+    here, the AVX2 peak of 32 multiply-adds a cycle) are then ~65% of the time.
     `tests/eval/eval_rag.py --bench-embedders` times int8 against float32 at the process's threads."""
     # BERT's "gelu": torch's exact (erf) one
     from transformers.activations import GELUActivation

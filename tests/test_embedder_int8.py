@@ -7,8 +7,10 @@ import torch
 from pydoc_data.topics import topics
 from torch import nn
 
+from mmsdk.decoder import native
 from mmsdk.documents import DocumentIndex
 from mmsdk.embedder import default_embedder
+from mmsdk.encoders import accelerate
 from mmsdk.encoders.accelerate import FusedQKVSelfAttention, Int8LinearBias
 from mmsdk.rag.embedder import SentenceTransformerEmbedder
 
@@ -73,3 +75,42 @@ def test_int8_linear_rows(zero_point, gelu):
     err = ((got - want).norm() / want.norm()).item()
     # 7- or 8-bit inputs and int8 weights: ~1-2% relative error; a wrong offset, scale or a lost GELU is >> 10%
     assert got.shape == want.shape and err < (0.02 if zero_point else 0.04), err
+
+
+@pytest.mark.skipif(not native.available("quantize_rows_u8", "int8_rows_out"),
+                    reason="our kernels for oneDNN's int8 products need AVX2 without AVX-512 VNNI")
+@pytest.mark.parametrize("zero_point", [False, True])
+def test_int8_rows_kernels_match_torch(monkeypatch, zero_point):
+    """The rounding and output passes in C (`decoder/int8_rows.h`) against the same math in torch: the
+    codes may differ where float rounding lands on a half step, so within a tenth of the int8 error."""
+    torch.manual_seed(0)
+    linear = nn.Linear(1536, 384)
+    x = nn.functional.gelu(torch.randn(3, 40, 1536) * 2)
+    layer = Int8LinearBias(linear, rotate=False, zero_point=zero_point, gelu=True)
+    got = layer(x)
+    monkeypatch.setattr(accelerate, "_fused_rows", lambda *_: False)
+    want = layer(x)
+    assert ((got - want).norm() / want.norm()).item() < 1e-3
+    # GELU's exact form through the kernel's normal CDF, far into both tails
+    z = torch.linspace(-12, 12, 4096).reshape(-1, 64)
+    out = native.int8_rows_out(z.clone(), torch.ones(z.shape[0], 1), None, None, None, True)
+    assert (out - nn.functional.gelu(z)).abs().max().item() < 2e-6
+
+
+@pytest.mark.skipif(not native.available("encoder_attention"), reason="our encoder attention needs AVX2 without AVX-512 VNNI")
+def test_encoder_attention_matches_sdpa():
+    """The C attention from q/k/v rows (`decoder/encoder_attention.h`) against torch's SDPA with the
+    padding mask BertModel builds, on lengths around a 16-key block's edges; padded rows are zeros."""
+    torch.manual_seed(0)
+    B, T, H, D = 4, 37, 3, 32
+    qkv = torch.randn(B, T, 3, H, D) * 2
+    lens = torch.tensor([37, 33, 16, 1])
+    mask = (torch.arange(T) < lens[:, None])[:, None, None, :].expand(B, 1, T, T)
+    assert accelerate._prefix_lengths(mask, B, T).tolist() == lens.tolist()
+    assert accelerate._prefix_lengths(mask.flip(-1), B, T) is None  # left padding: SDPA's
+    got = native.encoder_attention(qkv, lens, 0.2)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    want = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.2).transpose(1, 2).reshape(B, T, -1)
+    valid = mask[:, 0, 0]
+    assert (got[valid] - want[valid]).abs().max().item() < 1e-5
+    assert not got[~valid].any()

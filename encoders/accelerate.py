@@ -306,10 +306,10 @@ def accelerate_text_embedder_(encoder: nn.Module) -> nn.Module:
     with its GELU applied in place. Returns `encoder`.
 
     They are ~75% of all-MiniLM-L6-v2's time on 200-word-piece chunks; attention stays float32 (our
-    kernel or torch's SDPA, see `FusedQKVSelfAttention`). Inputs are rotated only where our VNNI kernel does it in its own adds; through
-    oneDNN a rotation costs ~40% of the int8 product at 384 inputs. Rows take a zero point
-    (`Int8LinearBias(zero_point=True)`): the FFN's second linear sees GELU outputs, nearly all
-    positive; symmetric 7-bit rows gave a per-chunk cosine to float32 of min 0.9898 on the RAG eval's
+    kernel or torch's SDPA, see `FusedQKVSelfAttention`). Inputs are rotated only where our VNNI kernel
+    does it in its own adds; through oneDNN a rotation costs ~40% of the int8 product at 384 inputs.
+    Rows take a zero point (`Int8LinearBias(zero_point=True)`): the FFN's second linear sees GELU
+    outputs, nearly all positive; symmetric 7-bit rows gave a per-chunk cosine to float32 of min 0.9898 on the RAG eval's
     822 chunks, with the zero point min 0.9939, mean 0.9978 (AVX2, 7-bit inputs). One range for the
     whole input (oneDNN then applies scale, bias and GELU inside the product) gave min 0.938.
 

@@ -71,9 +71,11 @@ void encoder_attention(const float *qkv, long B, long T, long H, long D, const l
     const long stride = 3 * H * D;
     #pragma omp parallel for schedule(dynamic, 1)
     for (long job = 0; job < B * H; job++) {
-        const long b = job / H, h = job % H, L = lens[b], Lp = (L + 15) / 16 * 16;
+        const long b = job / H, h = job % H, L = lens[b] < T ? lens[b] : T, Lp = (L + 15) / 16 * 16;
         const float *q = qkv + b * T * stride + h * D, *k = q + H * D, *v = q + 2 * H * D;
         float *o = out + (b * T * H + h) * D;
+        for (long t = L > 0 ? L : 0; t < T; t++) memset(o + t * H * D, 0, sizeof(float) * D);
+        if (L <= 0) continue;  /* an empty sample: all padding */
         /* this head's keys and values copied together: a sample's rows are 3 H D floats apart, and strided
            like that a head's keys and values alias to a few L1 sets (slower than torch at 256 tokens) */
         float kt[D * Lp], vc[D * L], s[EA_ROWS * Lp];
@@ -83,7 +85,6 @@ void encoder_attention(const float *qkv, long B, long T, long H, long D, const l
         for (long t0 = 0; t0 < L; t0 += EA_ROWS)
             ea_tile(q + t0 * stride, L - t0 < EA_ROWS ? (int)(L - t0) : EA_ROWS, kt, vc, L, Lp, D, stride, scale, s,
                     o + t0 * H * D, H * D);
-        for (long t = L; t < T; t++) memset(o + t * H * D, 0, sizeof(float) * D);
     }
 }
 #endif

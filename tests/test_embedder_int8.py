@@ -102,9 +102,9 @@ def test_encoder_attention_matches_sdpa():
     """The C attention from q/k/v rows (`decoder/encoder_attention.h`) against torch's SDPA with the
     padding mask BertModel builds, on lengths around a 16-key block's edges; padded rows are zeros."""
     torch.manual_seed(0)
-    B, T, H, D = 4, 37, 3, 32
+    B, T, H, D = 5, 37, 3, 32
     qkv = torch.randn(B, T, 3, H, D) * 2
-    lens = torch.tensor([37, 33, 16, 1])
+    lens = torch.tensor([37, 33, 16, 1, 0])
     mask = (torch.arange(T) < lens[:, None])[:, None, None, :].expand(B, 1, T, T)
     assert accelerate._prefix_lengths(mask, B, T).tolist() == lens.tolist()
     assert accelerate._prefix_lengths(mask.flip(-1), B, T) is None  # left padding: SDPA's

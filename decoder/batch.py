@@ -47,14 +47,13 @@ def batched_step(model: Gemma3Text, tokens: list[int], caches: list[list], posit
     x = torch.cat([model.embed_tokens(torch.tensor([[t]])) for t in tokens], 1)
     pos = torch.tensor(positions)
     ropes = {SLIDING: model.rope_local(pos, x.dtype), "full_attention": model.rope_global(pos, x.dtype)}
-    masks: dict = {}
     layers = [fused.plan(block, x, caches[0][i]) for i, block in enumerate(model.layers)]
     if any(layer is None for layer in layers):  # the weights changed since `batchable` said yes: steps alone
         model._batchable = None
         return torch.cat([model.logits(model(torch.tensor([[t]]), c, torch.tensor([p])))[0]
                           for t, c, p in zip(tokens, caches, positions)])
-    for i, (block, layer) in enumerate(zip(model.layers, layers)):
-        x = fused.rows(layer, x, ropes[block.layer_type], [c[i] for c in caches], pos, masks, block.attn.window)
+    x = fused.stack_rows(layers, x, [ropes[block.layer_type] for block in model.layers],
+                         [block.attn.window for block in model.layers], caches, pos)
     return model.logits(torch.cat([model.norm(x[:, b:b + 1]) for b in range(x.shape[1])], 1))[0]
 
 

@@ -104,10 +104,21 @@ def plan(block, x: torch.Tensor, cache) -> _Layer | None:
     return layer
 
 
+def _reserve(cache, position: int) -> tuple[int, int]:
+    """`cache.reserve`, attention reading only the slots that can hold keys: a ring not yet wrapped holds
+    positions 0.. in its first `offset` slots and nothing (masked) after them, all of which attention
+    walked (a sliding layer at position 100 read Gemma 3's 512). Rounded up to whole vectors of 8 scores,
+    so one thread's sums are those over the whole ring (the masked scores add exact zeros)."""
+    slot, keys = cache.reserve(position)
+    if isinstance(cache, RingCache):
+        keys = min(keys, -(-cache.offset // 8) * 8)
+    return slot, keys
+
+
 def step(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor, masks: dict | None,
          window: int | None) -> torch.Tensor:
     """The block's output for one decoded token, in one call (see the module notes)."""
-    slot, keys = cache.reserve(int(positions[0]))
+    slot, keys = _reserve(cache, int(positions[0]))
     bias = step_mask(masks, positions, cache.key_positions(), window)
     out = x.contiguous().clone()  # the call updates it in place
     cos, sin = (t.contiguous() for t in rope)
@@ -132,7 +143,7 @@ def rows(layer: _Layer, x: torch.Tensor, rope, caches, positions: torch.Tensor, 
     bias = masks.get(key) if masks is not None else None
     reserved, seen = [], []
     for cache, p in zip(caches, positions.tolist()):
-        reserved.append(cache.reserve(p))
+        reserved.append(_reserve(cache, p))
         if bias is None:
             seen.append(cache.key_positions().clone())  # the keys as row r finds them
     if bias is None:
@@ -175,7 +186,7 @@ def stack_rows(layers: list[_Layer], x: torch.Tensor, ropes: list, windows: list
     for i in range(L):
         here = [c[i] for c in caches]
         for cache, p in zip(here, pos):
-            slot, n = cache.reserve(p)
+            slot, n = _reserve(cache, p)
             slots.append(slot)
             keys.append(n)
         if windows[i] not in biases:  # every layer of a kind holds the same positions: one mask a kind

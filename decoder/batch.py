@@ -42,19 +42,19 @@ def batchable(model, caches: list) -> bool:
 def batched_step(model: Gemma3Text, tokens: list[int], caches: list[list], positions: list[int]) -> torch.Tensor:
     """Logits (B, vocab) of one token of each of B sequences (`caches[b]` its caches, at `positions[b]`),
     written to their caches as B one-token steps would write them."""
-    # Embedding and final norm row by row: torch's kernels vectorize one row and several differently
-    # (~1e-7 apart), which would make a near-tie pick differ from the sequence decoded alone
-    x = torch.cat([model.embed_tokens(torch.tensor([[t]])) for t in tokens], 1)
+    # The final norm row by row: torch's reductions vectorize one row and several differently (~1e-7
+    # apart), which would make a near-tie pick differ from the sequence decoded alone. The embedding is
+    # lookups and elementwise products, each row as alone (`Int8Embedding` rotates a few rows one by one)
+    x = model.embed_tokens(torch.tensor([tokens]))
     pos = torch.tensor(positions)
     ropes = {SLIDING: model.rope_local(pos, x.dtype), "full_attention": model.rope_global(pos, x.dtype)}
-    masks: dict = {}
     layers = [fused.plan(block, x, caches[0][i]) for i, block in enumerate(model.layers)]
     if any(layer is None for layer in layers):  # the weights changed since `batchable` said yes: steps alone
         model._batchable = None
         return torch.cat([model.logits(model(torch.tensor([[t]]), c, torch.tensor([p])))[0]
                           for t, c, p in zip(tokens, caches, positions)])
-    for i, (block, layer) in enumerate(zip(model.layers, layers)):
-        x = fused.rows(layer, x, ropes[block.layer_type], [c[i] for c in caches], pos, masks, block.attn.window)
+    x = fused.stack_rows(layers, x, [ropes[block.layer_type] for block in model.layers],
+                         [block.attn.window for block in model.layers], caches, pos)
     return model.logits(torch.cat([model.norm(x[:, b:b + 1]) for b in range(x.shape[1])], 1))[0]
 
 

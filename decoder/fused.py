@@ -104,10 +104,21 @@ def plan(block, x: torch.Tensor, cache) -> _Layer | None:
     return layer
 
 
+def _reserve(cache, position: int) -> tuple[int, int]:
+    """`cache.reserve`, attention reading only the slots that can hold keys: a ring not yet wrapped holds
+    positions 0.. in its first `offset` slots and nothing (masked) after them, all of which attention
+    walked (a sliding layer at position 100 read Gemma 3's 512). Rounded up to whole vectors of 8 scores,
+    so one thread's sums are those over the whole ring (the masked scores add exact zeros)."""
+    slot, keys = cache.reserve(position)
+    if isinstance(cache, RingCache):
+        keys = min(keys, -(-cache.offset // 8) * 8)
+    return slot, keys
+
+
 def step(layer: _Layer, x: torch.Tensor, rope, cache, positions: torch.Tensor, masks: dict | None,
          window: int | None) -> torch.Tensor:
     """The block's output for one decoded token, in one call (see the module notes)."""
-    slot, keys = cache.reserve(int(positions[0]))
+    slot, keys = _reserve(cache, int(positions[0]))
     bias = step_mask(masks, positions, cache.key_positions(), window)
     out = x.contiguous().clone()  # the call updates it in place
     cos, sin = (t.contiguous() for t in rope)
@@ -132,17 +143,11 @@ def rows(layer: _Layer, x: torch.Tensor, rope, caches, positions: torch.Tensor, 
     bias = masks.get(key) if masks is not None else None
     reserved, seen = [], []
     for cache, p in zip(caches, positions.tolist()):
-        reserved.append(cache.reserve(p))
+        reserved.append(_reserve(cache, p))
         if bias is None:
             seen.append(cache.key_positions().clone())  # the keys as row r finds them
     if bias is None:
-        width = max(k.shape[0] for k in seen)
-        k_pos = torch.stack([torch.nn.functional.pad(k, (0, width - k.shape[0]), value=-1) for k in seen])
-        q_pos = positions.to(torch.long)[:, None]
-        allowed = (k_pos <= q_pos) & (k_pos >= 0)  # as layers.attention_mask, a row of keys each
-        if window is not None:
-            allowed &= (q_pos - k_pos) < window
-        bias = attention_bias(allowed)
+        bias = _rows_bias(seen, positions, window)
         if masks is not None:
             masks[key] = bias
     slots, keys = (torch.tensor(v, dtype=torch.long) for v in zip(*reserved))
@@ -154,6 +159,53 @@ def rows(layer: _Layer, x: torch.Tensor, rope, caches, positions: torch.Tensor, 
     native.library().gemma3_layer_rows(ctypes.byref(layer), out.data_ptr(), M, cos.data_ptr(), sin.data_ptr(),
                                        k_ptrs, v_ptrs, planes.data_ptr(), slots.data_ptr(), keys.data_ptr(),
                                        bias.data_ptr(), bias.shape[1])
+    return out
+
+
+def _rows_bias(seen: list[torch.Tensor], positions: torch.Tensor, window: int | None) -> torch.Tensor:
+    """The additive mask (rows, keys) of rows at `positions` over the key positions row r finds (`seen[r]`,
+    -1 an empty slot), as layers.attention_mask makes it."""
+    width = max(k.shape[0] for k in seen)
+    k_pos = torch.stack([torch.nn.functional.pad(k, (0, width - k.shape[0]), value=-1) for k in seen])
+    q_pos = positions.to(torch.long)[:, None]
+    allowed = (k_pos <= q_pos) & (k_pos >= 0)
+    if window is not None:
+        allowed &= (q_pos - k_pos) < window
+    return attention_bias(allowed)
+
+
+def stack_rows(layers: list[_Layer], x: torch.Tensor, ropes: list, windows: list, caches: list[list],
+               positions: torch.Tensor) -> torch.Tensor:
+    """The output of every layer for one decoded token of each of M sequences (x (1, M, hidden);
+    `caches[r]` sequence r's caches, one a layer), each layer exactly as `rows` runs it, in one C call
+    (`gemma3_stack_rows`): a batch of streams pays the argument building of `rows` once a step, not once
+    a layer. `ropes[i]` and `windows[i]`: layer i's RoPE tables and sliding window."""
+    M, L = x.shape[1], len(layers)
+    pos = positions.tolist()
+    slots, keys, k_ptrs, v_ptrs, planes, biases, tables = [], [], [], [], [], {}, {}
+    for i in range(L):
+        here = [c[i] for c in caches]
+        for cache, p in zip(here, pos):
+            slot, n = _reserve(cache, p)
+            slots.append(slot)
+            keys.append(n)
+        if windows[i] not in biases:  # every layer of a kind holds the same positions: one mask a kind
+            biases[windows[i]] = _rows_bias([c.key_positions() for c in here], positions, windows[i])
+        if id(ropes[i]) not in tables:
+            tables[id(ropes[i])] = tuple(t.contiguous() for t in ropes[i])
+        k_ptrs += [c.k.data_ptr() for c in here]  # after `reserve`, which may grow them
+        v_ptrs += [c.v.data_ptr() for c in here]
+        planes += [c.k.shape[2] * c.k.shape[3] for c in here]
+    cos = [tables[id(r)][0].data_ptr() for r in ropes]
+    sin = [tables[id(r)][1].data_ptr() for r in ropes]
+    bias = [biases[w] for w in windows]
+    ptrs, longs = ctypes.c_void_p * L, _long * L
+    out = x.contiguous().clone()  # the call updates it in place
+    native.library().gemma3_stack_rows(
+        ptrs(*[ctypes.addressof(layer) for layer in layers]), L, out.data_ptr(), M, ptrs(*cos), ptrs(*sin),
+        (ctypes.c_void_p * (L * M))(*k_ptrs), (ctypes.c_void_p * (L * M))(*v_ptrs), (_long * (L * M))(*planes),
+        (_long * (L * M))(*slots), (_long * (L * M))(*keys), ptrs(*[b.data_ptr() for b in bias]),
+        longs(*[b.shape[1] for b in bias]))
     return out
 
 

@@ -136,6 +136,18 @@ void gemma3_layer_rows(const Layer *L, float *x, long M, const float *cos, const
     scratch_trim(&rows);
 }
 
+/* One decoded token of each of M sequences through L layers in one call: layer i is `gemma3_layer_rows`
+   with layers[i], its RoPE tables cos[i] and sin[i], the rows' caches, planes, slots and keys at i * M..
+   of theirs, and its mask bias[i] (rows bias_stride[i] apart). A batch of streams then costs one call
+   from Python a step, not one a layer (~18 x 0.1-0.2 ms of argument building, Gemma 3 270M). */
+void gemma3_stack_rows(const Layer *const *layers, long L, float *x, long M, const float *const *cos,
+                       const float *const *sin, float *const *k_caches, float *const *v_caches, const long *planes,
+                       const long *slots, const long *keys, const float *const *bias, const long *bias_stride) {
+    for (long i = 0; i < L; i++)
+        gemma3_layer_rows(layers[i], x, M, cos[i], sin[i], k_caches + i * M, v_caches + i * M, planes + i * M,
+                          slots + i * M, keys + i * M, bias[i], bias_stride[i]);
+}
+
 /* One decoded token: x (hidden) updated in place, its key and value to slot `slot` of the caches
    (kv_heads planes of `plane` floats each), attention over their first `keys` slots with the mask
    `bias` (keys); cos and sin: this position's RoPE tables (D). One row of `gemma3_layer_rows`, so a

@@ -101,26 +101,30 @@ AI void block_scales(const int BN, const int LAY, const void *scales, const void
     }
 }
 
-/* One block of BN channels: y[0..BN) = x . w for the prepared input row (xq, xs, xn, x8); sz (and, KQ,
-   sup): the block's first channel in the first weight group's row of numbers. */
-AI void int4_q8_block(const int BN, const int LAY, const int8_t *xq, const float *xs, const float *xn,
+/* One block of BN channels for MR prepared input rows (1 to 4; row m's codes at xq + m K, its group
+   numbers at xs, xn, x8 + m K / 32): y[m N + 0..BN) = x_m . w; sz (and, KQ, sup): the block's first
+   channel in the first weight group's row of numbers. The rows share each step's weight unpacking (~40%
+   of a row's instructions), and each row's sums are the one-row ones, in the same order. */
+AI void int4_q8_block(const int BN, const int LAY, const int MR, const int8_t *xq, const float *xs, const float *xn,
                       const int32_t *x8, long K,
                       const uint8_t *wb, const char *sz, const char *sup, long group, long N, float *y) {
-    enum { R = 8 };  /* int16 accumulators: BN / 8 of them, 8 channels x 2 input pairs each */
+    enum { R = 8 };  /* int16 accumulators a row: BN / 8 of them, 8 channels x 2 input pairs each */
     const __m256i nibble = _mm256_set1_epi8(0x0F);
     /* input bytes (k, k+1) to every 16-bit lane of the low half, (k+2, k+3) to the high half */
     const __m256i pairs = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
                                            2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
-    const long stride = BN / 2;  /* bytes per input k */
-    __m256 out[R];
-    for (int i = 0; i < BN / 8; i++) out[i] = _mm256_setzero_ps();
+    const long stride = BN / 2, G = K / Q8_GROUP;  /* bytes per input k; input groups a row */
+    __m256 out[4][R];
+    for (int m = 0; m < MR; m++)
+        for (int i = 0; i < BN / 8; i++) out[m][i] = _mm256_setzero_ps();
     const char *szg = sz;  /* the current weight group's numbers */
     const long row = N * (LAY == PAIRS ? 4 : 2);  /* bytes from one weight group's numbers to the next's */
     const long per = group / Q8_GROUP;  /* input groups per weight group, counted down: no division in the loop */
     long left = per, supers = 8;  /* KQ: weight groups left under the current (d, dmin) row */
-    for (long g = 0; g < K / Q8_GROUP; g++) {
-        __m256i acc[R];
-        for (int i = 0; i < BN / 8; i++) acc[i] = _mm256_setzero_si256();
+    for (long g = 0; g < G; g++) {
+        __m256i acc[4][R];
+        for (int m = 0; m < MR; m++)
+            for (int i = 0; i < BN / 8; i++) acc[m][i] = _mm256_setzero_si256();
         /* a weight group starts: fetch the next one's scales, N channels on (beyond the hardware prefetchers'
            reach; 2-5% on one core, AMD Zen 3). A prefetch never faults: the last group's may point past the end */
         if (left == per && LAY != KQ)
@@ -131,7 +135,8 @@ AI void int4_q8_block(const int BN, const int LAY, const int8_t *xq, const float
                 for (int i = 0; i < 2 * BN; i += 64) _mm_prefetch(sup + 4 * N + i, _MM_HINT_T0), _mm_prefetch(sup + 6 * N + i, _MM_HINT_T0);
         }
         for (long k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k += 4) {
-            const __m256i xa = _mm256_shuffle_epi8(_mm256_set1_epi32(*(const int32_t *)(xq + k)), pairs);
+            __m256i xa[4];
+            for (int m = 0; m < MR; m++) xa[m] = _mm256_shuffle_epi8(_mm256_set1_epi32(*(const int32_t *)(xq + m * K + k)), pairs);
             const uint8_t *wk = wb + k * stride;
             /* the weight stream 2 KB ahead into L2: without it a core computes, then waits for memory
                (one row, 2 threads: 21.5 -> 23.5 GB/s of the host's 25.6, AMD Zen 3); past a block's end
@@ -144,28 +149,34 @@ AI void int4_q8_block(const int BN, const int LAY, const int8_t *xq, const float
                    (the shuffle ports bound this loop); a 16-bit shift moves each byte's high nibble down
                    and the mask drops what it shifted in from the next byte */
                 const __m256i lo = _mm256_unpacklo_epi8(a, b), hi = _mm256_unpackhi_epi8(a, b);
+                const __m256i q[4] = {_mm256_and_si256(lo, nibble), _mm256_and_si256(hi, nibble),
+                                      _mm256_and_si256(_mm256_srli_epi16(lo, 4), nibble),
+                                      _mm256_and_si256(_mm256_srli_epi16(hi, 4), nibble)};
                 /* (k, k+1) codes of 8 channels: a pair sum per channel per maddubs lane */
-                acc[2 * c] = _mm256_add_epi16(acc[2 * c], _mm256_maddubs_epi16(_mm256_and_si256(lo, nibble), xa));
-                acc[2 * c + 1] = _mm256_add_epi16(acc[2 * c + 1], _mm256_maddubs_epi16(_mm256_and_si256(hi, nibble), xa));
-                acc[BN / 16 + 2 * c] = _mm256_add_epi16(acc[BN / 16 + 2 * c],
-                                                        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibble), xa));
-                acc[BN / 16 + 2 * c + 1] = _mm256_add_epi16(acc[BN / 16 + 2 * c + 1],
-                                                            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibble), xa));
+                for (int m = 0; m < MR; m++) {
+                    acc[m][2 * c] = _mm256_add_epi16(acc[m][2 * c], _mm256_maddubs_epi16(q[0], xa[m]));
+                    acc[m][2 * c + 1] = _mm256_add_epi16(acc[m][2 * c + 1], _mm256_maddubs_epi16(q[1], xa[m]));
+                    acc[m][BN / 16 + 2 * c] = _mm256_add_epi16(acc[m][BN / 16 + 2 * c], _mm256_maddubs_epi16(q[2], xa[m]));
+                    acc[m][BN / 16 + 2 * c + 1] = _mm256_add_epi16(acc[m][BN / 16 + 2 * c + 1], _mm256_maddubs_epi16(q[3], xa[m]));
+                }
             }
         }
-        /* acc[i] holds channels 8i..8i+7 (low half: inputs k, k+1 of each 4; high half: k+2, k+3) */
+        /* acc[m][i] holds channels 8i..8i+7 (low half: inputs k, k+1 of each 4; high half: k+2, k+3) */
         /* the group's sums into the channels' float sums, as q8_tile's Q8_FLUSH does (the same floats) */
-        const __m256 s = _mm256_set1_ps(xs[g]), n = _mm256_set1_ps(xn[g]);
         for (int i = 0; i < BN / 8; i++) {
-            __m256i v = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[i])),
-                                         _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[i], 1)));
             const __m256 scale = scale8(LAY, szg, sup, 8 * i);
-            if (LAY == SYM) {  /* sum (q - 8) xq, exact */
-                v = _mm256_sub_epi32(v, _mm256_set1_epi32(x8[g]));
-                out[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(scale, s), out[i]);
-            } else {
-                const __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), scale, _mm256_mul_ps(offset8(LAY, szg, sup, N, 8 * i, scale), n));
-                out[i] = _mm256_fmadd_ps(t, s, out[i]);
+            const __m256 offset = LAY == SYM ? scale : offset8(LAY, szg, sup, N, 8 * i, scale);
+            for (int m = 0; m < MR; m++) {
+                const __m256 s = _mm256_set1_ps(xs[m * G + g]), n = _mm256_set1_ps(xn[m * G + g]);
+                __m256i v = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[m][i])),
+                                             _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[m][i], 1)));
+                if (LAY == SYM) {  /* sum (q - 8) xq, exact */
+                    v = _mm256_sub_epi32(v, _mm256_set1_epi32(x8[m * G + g]));
+                    out[m][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(scale, s), out[m][i]);
+                } else {
+                    const __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), scale, _mm256_mul_ps(offset, n));
+                    out[m][i] = _mm256_fmadd_ps(t, s, out[m][i]);
+                }
             }
         }
         if (--left == 0) {  /* the weight group ends: the next one's numbers */
@@ -173,7 +184,8 @@ AI void int4_q8_block(const int BN, const int LAY, const int8_t *xq, const float
             if (LAY == KQ && --supers == 0) sup += 4 * N, supers = 8;
         }
     }
-    for (int i = 0; i < BN / 8; i++) _mm256_storeu_ps(y + 8 * i, out[i]);
+    for (int m = 0; m < MR; m++)
+        for (int i = 0; i < BN / 8; i++) _mm256_storeu_ps(y + m * N + 8 * i, out[m][i]);
 }
 
 /* y (N) = x (K) W^T for a 4-bit weight in torch's layout (K a multiple of 32 and of `group`). */
@@ -186,7 +198,7 @@ AI void int4_q8_gemv(const int BN, const int LAY, const float *x, long K, const 
     const long width = LAY == PAIRS ? 4 : LAY == SYM ? 2 : 1;  /* bytes of one channel's numbers in a group's row */
     #pragma omp parallel for schedule(static)
     for (long b = 0; b < N / BN; b++)  /* BN, LAY spelled out here: OpenMP outlines this body before constants propagate */
-#define INT4_BLOCK(bn, lay) int4_q8_block(bn, lay, xq, xs, xn, x8, K, w + b * K * (bn / 2), (const char *)scales + b * bn * width, \
+#define INT4_BLOCK(bn, lay) int4_q8_block(bn, lay, 1, xq, xs, xn, x8, K, w + b * K * (bn / 2), (const char *)scales + b * bn * width, \
                                           (const char *)super + b * bn * 2, group, N, y + b * bn)
         if (BN == 32) LAY == SYM ? INT4_BLOCK(32, SYM) : LAY == KQ ? INT4_BLOCK(32, KQ) : INT4_BLOCK(32, PAIRS);
         else LAY == SYM ? INT4_BLOCK(64, SYM) : LAY == KQ ? INT4_BLOCK(64, KQ) : INT4_BLOCK(64, PAIRS);
@@ -320,9 +332,9 @@ static long int4_block = 64;
 /* Which block width torch packs with on this machine (32 or 64), set once when the library loads. */
 void int4_layout(long block) { int4_block = block; }
 
-/* A few rows (a speculative check's, a batch of streams' tokens): every row through the one-row block,
-   block by block, so the weight streams from memory once (a block's K x BN/2 bytes stay in cache for the
-   other rows) and each row is the one-row product by construction. Up to 8 rows this beats the
+/* A few rows (a speculative check's, a batch of streams' tokens): up to 4 rows at a time through the
+   block kernel, block by block, so the weight streams from memory once (a block's K x BN/2 bytes stay in
+   cache for the other rows) and each row's sums are the one-row product's. Up to 8 rows this beats the
    prompt GEMM, whose unpacked panels and per-block scale rows pay off only over many rows (M = 4: the
    GEMM took ~3.5x one row's time, AMD EPYC Zen 3). */
 #define FEW_ROWS 9
@@ -333,14 +345,20 @@ AI void int4_q8_rows(const int BN, const int LAY, const float *x, long M, long K
     float *xs = (float *)(xq + M * K), *xn = xs + M * G;  /* K is a multiple of 32: aligned */
     int32_t *x8 = (int32_t *)(xn + M * G);
     for (long m = 0; m < M; m++) quantize_q8_groups(x + m * K, K, xq + m * K, xs + m * G, xn + m * G, x8 + m * G);
+    /* rows sharing the weight's unpacking: 4 at BN = 32 (AVX2; their 16 int16 sums spill, still 20% faster
+       than one at a time), 2 at BN = 64 (AVX-512 hosts, not timed: their 16 sums fit its 32 registers) */
+    const long tile = BN == 32 ? 4 : 2;
     #pragma omp parallel for schedule(static)
     for (long b = 0; b < N / BN; b++)  /* BN, LAY spelled out, as in int4_q8_gemv */
-        for (long m = 0; m < M; m++)
-#define INT4_BLOCK(bn, lay) int4_q8_block(bn, lay, xq + m * K, xs + m * G, xn + m * G, x8 + m * G, K, w + b * K * (bn / 2), \
-                                          (const char *)scales + b * bn * width, (const char *)super + b * bn * 2, group, \
-                                          N, y + m * N + b * bn)
-            if (BN == 32) LAY == SYM ? INT4_BLOCK(32, SYM) : LAY == KQ ? INT4_BLOCK(32, KQ) : INT4_BLOCK(32, PAIRS);
-            else LAY == SYM ? INT4_BLOCK(64, SYM) : LAY == KQ ? INT4_BLOCK(64, KQ) : INT4_BLOCK(64, PAIRS);
+        for (long m = 0; m < M; m += tile)
+#define INT4_BLOCK(bn, lay, mr) int4_q8_block(bn, lay, mr, xq + m * K, xs + m * G, xn + m * G, x8 + m * G, K, \
+                                              w + b * K * (bn / 2), (const char *)scales + b * bn * width, \
+                                              (const char *)super + b * bn * 2, group, N, y + m * N + b * bn)
+#define INT4_ROWS(bn, lay) (bn == 32 && M - m >= 4 ? INT4_BLOCK(bn, lay, 4) : bn == 32 && M - m == 3 ? INT4_BLOCK(bn, lay, 3) \
+                            : M - m >= 2 ? INT4_BLOCK(bn, lay, 2) : INT4_BLOCK(bn, lay, 1))
+            if (BN == 32) LAY == SYM ? INT4_ROWS(32, SYM) : LAY == KQ ? INT4_ROWS(32, KQ) : INT4_ROWS(32, PAIRS);
+            else LAY == SYM ? INT4_ROWS(64, SYM) : LAY == KQ ? INT4_ROWS(64, KQ) : INT4_ROWS(64, PAIRS);
+#undef INT4_ROWS
 #undef INT4_BLOCK
     free(xq);
 }

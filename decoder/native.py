@@ -65,6 +65,7 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "attend_rows": [_ptr, _n, _n, _ptr, _ptr, _n, _n, _n, _n, _ptr, _ptr, _n, ctypes.c_float, _ptr],
     "gemma3_layer_step": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n, _n, _n, _ptr],
     "gemma3_layer_rows": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n],
+    "gemma3_stack_rows": [_ptr, _n, _ptr, _n, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "gemma3_prompt_qkv": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _ptr, _ptr],
     "gemma3_prompt_rest": [_ptr, _ptr, _n, _ptr, _ptr, _ptr, _n, _n, _ptr, _ptr, _n],
     "pack_int4_codes": [_ptr, _n, _n, _n, _ptr],

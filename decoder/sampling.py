@@ -43,6 +43,15 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < min_p * probs.max(), float("-inf"))
 
 
+def greedy(logits: torch.Tensor) -> int:
+    """The index of the largest logit (the first of ties; a NaN counts as the largest, as torch's argmax).
+    On the CPU numpy's vectorized argmax: torch's took ~0.3 ms over a 262144-token vocabulary, ~12x
+    numpy's, paid by every stream each token (AMD Zen 3)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return int(logits.detach().numpy().argmax())
+    return int(logits.argmax())
+
+
 def make_sampler(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  min_p: float | None = None, repetition_penalty: float | None = None,
                  seed: int | None = None) -> Callable[[torch.Tensor, Sequence[int]], int]:
@@ -60,7 +69,7 @@ def make_sampler(temperature: float = 0.0, top_k: int | None = None, top_p: floa
         if repetition_penalty:
             logits = apply_repetition_penalty(logits, ids, repetition_penalty)
         if temperature == 0:
-            return int(logits.argmax())
+            return greedy(logits)
         logits = logits / temperature
         if top_k:
             logits = top_k_filter(logits, top_k)

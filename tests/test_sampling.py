@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mmsdk.decoder.sampling import (apply_repetition_penalty, make_sampler, min_p_filter, top_k_filter,
+from mmsdk.decoder.sampling import (apply_repetition_penalty, greedy, make_sampler, min_p_filter, top_k_filter,
                                     top_p_filter)
 
 PROBS = torch.tensor([0.5, 0.25, 0.15, 0.1])
@@ -48,6 +48,18 @@ def test_greedy_and_seeded_sampling():
     b = [s2(LOGITS, []) for _ in range(50)]
     assert a == b and len(set(a)) > 1
     assert draw(1) == draw(1)
+
+
+def test_greedy_picks_as_torch_argmax_does():
+    """The numpy argmax `greedy` takes on the CPU: the first of tied maxima, a NaN before anything, a strided
+    row (a batch's logits) and bfloat16 (torch's own argmax) alike."""
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(3, 1000, generator=gen)
+    rows[1, [7, 400]] = 9.0  # a tie: the first wins
+    rows[2, 500] = float("nan")
+    for row in [*rows, rows[:, 3], rows[0].bfloat16()]:
+        assert greedy(row) == int(row.argmax())
+    assert greedy(rows[1]) == 7 and greedy(rows[2]) == 500
 
 
 def test_sampling_frequencies_follow_distribution():

@@ -128,6 +128,8 @@ def answer(asst, question: str, index: DocumentIndex, k: int = 5, *, max_tokens:
     the model's own likelihood of the question (`mmsdk.rerank.QueryLikelihood`) before the `k` are taken."""
     if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
         raise InputError(f"rerank must be a number of passages (0 for none), got {rerank!r}")
+    # Greedy replies drafted from the passages' n-grams (same text, fewer passes: answers quote them)
+    draft = getattr(asst, "draft", None) or "lookup"
     reranker = QueryLikelihood(asst) if rerank else None
     hits = [h for h in index.search(question, k=k, reranker=reranker, rerank_top=rerank or 10)
             if h.similarity is not None and h.similarity >= min_similarity]
@@ -139,11 +141,11 @@ def answer(asst, question: str, index: DocumentIndex, k: int = 5, *, max_tokens:
     passages = [(h.source, h.location, h.text) for h in hits]
     if getattr(asst, "instruction_tuned", False):
         reply = asst.chat([{"role": "user", "content": build_prompt(question, passages)}], max_tokens=max_tokens,
-                          temperature=0)
+                          temperature=0, draft=draft)
         text, told = reply.text.strip(), f"{INSTRUCTION}\nQuestion: {question}"
     else:  # a base model continues text: one line after "Answer:", sources never parsed as control tokens
         text = asst.generate(build_completion_prompt(question, passages), max_tokens=min(max_tokens, 64),
-                             stop=["\n"], temperature=0, parse_special=False).strip()
+                             stop=["\n"], temperature=0, parse_special=False, draft=draft).strip()
         text, told = _cite_supported(text, hits), f"Question: {question}"
     if text == NOT_FOUND:
         return Answer(NOT_FOUND, [], "declined")

@@ -28,13 +28,16 @@ def asst(request, tmp_path_factory):
 def fed(monkeypatch):
     """The prompt ids of every generation, as the decoder receives them."""
     seen = []
-    real = generate.generate_step
 
-    def recording(model, ids, *args, **kw):
-        seen.append(list(ids))
-        return real(model, ids, *args, **kw)
+    def recording(real):
+        def record(model, ids, *args, **kw):
+            seen.append(list(ids))
+            return real(model, ids, *args, **kw)
+        return record
 
-    monkeypatch.setattr(generate, "generate_step", recording)
+    # plain steps, and drafted ones (`ask` drafts its replies from the passages)
+    for name in ("generate_step", "speculative_step"):
+        monkeypatch.setattr(generate, name, recording(getattr(generate, name)))
     return seen
 
 

@@ -13,7 +13,7 @@ chunk, answers echoing the prompt, and how declining separates answerable questi
 unanswerable ones (off-topic, and Python questions the language reference does not cover); the
 best-sentence support of both sets calibrates `mmsdk.documents.MIN_SUPPORT`.
 
-    HF_HUB_OFFLINE=1 python tests/eval/eval_rag.py [--answers] [--json results.json]
+    HF_HUB_OFFLINE=1 python tests/eval/eval_rag.py [--answers] [--draft] [--json results.json]
 """
 import argparse
 import functools
@@ -285,6 +285,39 @@ def run_answers(workdir: Path, chunk_tokens: int, overlap: int, k: int = 5) -> d
             "rows": rows}
 
 
+def bench_draft(workdir: Path, chunk_tokens: int, overlap: int, k: int = 5, rounds: int = 3) -> dict:
+    """`ask`'s generation with prompt-lookup drafting (its default) against plain greedy decoding, on the
+    prompts `ask` builds for the answerable questions: alternating per question, `rounds` rounds, the
+    replies compared, medians of the total time."""
+    import mmsdk
+    from mmsdk.rag.prompt import build_completion_prompt
+
+    index = DocumentIndex(workdir / "eval.db", chunk_tokens=chunk_tokens, overlap=overlap)
+    asst = mmsdk.load()
+    prompts = [build_completion_prompt(q, [(h.source, h.location, h.text) for h in index.search(q, k=k)])
+               for q, _, _ in QUESTIONS]
+    index.close()
+    times, same, tokens = {"plain": [], "lookup": []}, True, 0
+    for _ in range(rounds):
+        total = {"plain": 0.0, "lookup": 0.0}
+        for i, prompt in enumerate(prompts):
+            replies = {}
+            ways = (("plain", False), ("lookup", "lookup"))
+            for way, draft in ways if i % 2 else ways[::-1]:  # either goes first half the time
+                t = time.perf_counter()
+                replies[way] = asst.generate(prompt, max_tokens=64, stop=["\n"], temperature=0, parse_special=False,
+                                             draft=draft)
+                total[way] += time.perf_counter() - t
+            same &= replies["plain"] == replies["lookup"]
+            tokens += len(asst.tokenizer.encode(replies["plain"], add_bos=False))
+        for way in times:
+            times[way].append(total[way])
+    plain, lookup = statistics.median(times["plain"]), statistics.median(times["lookup"])
+    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "questions": len(prompts),
+            "reply_tokens": tokens // rounds, "plain_s": round(plain, 2), "lookup_s": round(lookup, 2),
+            "speedup": round(plain / lookup, 2), "identical": same}
+
+
 def _check_phrases(index: DocumentIndex):
     """Every phrase must appear in some stored chunk of its topic, or the question is unanswerable."""
     rows = index._store.conn.execute("SELECT s.path, c.text FROM chunks c JOIN sources s ON s.id = c.source_id").fetchall()
@@ -305,6 +338,8 @@ def main(argv=None):
     parser.add_argument("--rerank", type=int, default=0, metavar="N",
                         help="also rerank hybrid's best N by the bundled model's query likelihood (N 5-10)")
     parser.add_argument("--answers", action="store_true", help="also ask the bundled model every question")
+    parser.add_argument("--draft", action="store_true",
+                        help="also time ask's replies with prompt-lookup drafting against plain decoding")
     parser.add_argument("--float32", action="store_true", help="index with rag's plain float32 embedder, not mmsdk's int8 one")
     parser.add_argument("--bench-embedders", action="store_true",
                         help="also time the int8 and float32 embedders side by side on the indexed chunks")
@@ -323,6 +358,9 @@ def main(argv=None):
         if args.bench_indexing:
             report["indexing"] = bench_indexing(rag_corpus.build(Path(args.workdir or tmp) / "corpus"),
                                                 Path(args.workdir or tmp), args.bench_rounds)
+        if args.draft:
+            report["draft"] = bench_draft(Path(args.workdir or tmp), args.chunk_tokens, args.overlap,
+                                          rounds=args.bench_rounds)
         if args.answers:
             report["answers"] = run_answers(Path(args.workdir or tmp), args.chunk_tokens, args.overlap)
     print(f"corpus: {report['files']} files {report['formats']}, {report['chunks']} chunks, "
@@ -345,6 +383,11 @@ def main(argv=None):
         for q in m["missed"]:
             print(f"  {mode} missed@5: {q}")
     print("top-hit cosine:", report["top_similarity"])
+    if "draft" in report:
+        d = report["draft"]
+        print(f"ask's replies on {d['cpu']} ({d['threads']} threads), {d['questions']} prompts, {d['reply_tokens']} "
+              f"reply tokens: plain {d['plain_s']} s, prompt lookup {d['lookup_s']} s ({d['speedup']}x); "
+              f"replies identical: {d['identical']}")
     if "answers" in report:
         a = report["answers"]
         for r in a["rows"]:

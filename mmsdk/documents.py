@@ -130,6 +130,7 @@ def answer(asst, question: str, index: DocumentIndex, k: int = 5, *, max_tokens:
         raise InputError(f"rerank must be a number of passages (0 for none), got {rerank!r}")
     # Greedy replies drafted from the passages' n-grams (same text, fewer passes: answers quote them)
     draft = getattr(asst, "draft", None) or "lookup"
+    tuned = getattr(asst, "instruction_tuned", False)
     reranker = QueryLikelihood(asst) if rerank else None
     hits = [h for h in index.search(question, k=k, reranker=reranker, rerank_top=rerank or 10)
             if h.similarity is not None and h.similarity >= min_similarity]
@@ -139,7 +140,7 @@ def answer(asst, question: str, index: DocumentIndex, k: int = 5, *, max_tokens:
                  min_support)
         return Answer(NOT_FOUND, [], "declined")
     passages = [(h.source, h.location, h.text) for h in hits]
-    if getattr(asst, "instruction_tuned", False):
+    if tuned:
         reply = asst.chat([{"role": "user", "content": build_prompt(question, passages)}], max_tokens=max_tokens,
                           temperature=0, draft=draft)
         text, told = reply.text.strip(), f"{INSTRUCTION}\nQuestion: {question}"
@@ -152,7 +153,7 @@ def answer(asst, question: str, index: DocumentIndex, k: int = 5, *, max_tokens:
     if not text or echoes(text, told) or not cited(text, len(hits)):
         log.info("model reply %r echoes the prompt or cites nothing; quoting the passages instead", text[:80])
         return Answer(quote(support), hits, "extractive")
-    if not getattr(asst, "instruction_tuned", False):
+    if not tuned:
         text = _with_evidence(text, support, cited(text, len(hits)))
     return Answer(text, hits, "model")
 
@@ -196,7 +197,7 @@ def supporting_sentences(question: str, hits: list[Hit], embed: Embedder) -> lis
 def quote(support: list[Sentence], n: int = 2) -> str:
     """The `n` best-supported windows that share no sentence, each quoted with its citation, best first.
     Two, not one: on the RAG eval the answering phrase is in the best window for 40% of the questions,
-    in one of the best two for 48% (`tests/eval/eval_rag.py --answers`)."""
+    in one of the best two for 48% (its index and questions; docs/performance.md, 13:29 section)."""
     chosen: list[Sentence] = []
     for s in support:
         if not any(c.source == s.source and s.first <= c.last and c.first <= s.last for c in chosen):

@@ -354,7 +354,7 @@ def test_symmetric_int4_products_and_torchs_fallback(monkeypatch):
 def test_int4_products_read_both_block_widths(block, layout):
     """torch packs 4-bit weights in blocks of 64 channels on AVX-512 CPUs and 32 on AVX2 ones; this
     machine's torch makes one of them, so both are laid out here by hand (`_pack`, the inverse of
-    `_codes`) and read by the kernels set to that width, one row and many."""
+    `_codes`) and read by the kernels set to that width, one row, a few and a prompt's."""
     from mmsdk.decoder.quantize import Int4Linear, dequantize_int4
 
     torch.manual_seed(1)
@@ -378,7 +378,7 @@ def test_int4_products_read_both_block_widths(block, layout):
     lib = native.library()
     try:
         lib.int4_layout(block)
-        for rows in (1, 7):
+        for rows in (1, 7, 13):  # one row, a few sharing the unpacking, the prompt GEMM
             x = torch.randn(rows, k)
             y = native.int4_linear(x, _pack(codes, block), sz, group, sup)
             assert rel_err(y, q8_groups(x) @ w.T) < 1e-5

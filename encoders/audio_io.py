@@ -63,12 +63,16 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
 
 
 def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited resampling (soxr, high quality) from `rate` to `target` Hz."""
+    """Band-limited resampling (soxr, high quality) from `rate` to `target` Hz, ceil(N target / rate)
+    samples long, as `librosa.resample` gives them (soxr itself, without librosa's import: scipy.signal
+    and numba, 3-9 s before a first transcription)."""
     if rate == target:
         return np.ascontiguousarray(samples, dtype=np.float32)
-    import librosa
+    import soxr
 
-    return librosa.resample(samples, orig_sr=rate, target_sr=target, res_type="soxr_hq").astype(np.float32)
+    out = soxr.resample(np.ascontiguousarray(samples, dtype=np.float32), rate, target, quality="HQ")
+    n = int(np.ceil(samples.shape[-1] * target / rate))
+    return np.pad(out, (0, max(0, n - out.shape[-1])))[:n].astype(np.float32, copy=False)
 
 
 def _from_array(pair: tuple, name: str) -> tuple[np.ndarray, int]:

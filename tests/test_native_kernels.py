@@ -546,3 +546,18 @@ def test_q4_0_blocks_pack_as_their_codes_do():
     q, scale, _ = q4_codes(raw, "Q4_0")
     assert torch.equal(packed, pack_int4(q))
     assert torch.equal(d.float(), scale)
+
+
+def test_the_kernels_for_other_cpus_compile_here(tmp_path):
+    """CI hosts differ (AVX2 only, AVX-512 VNNI, AMX): every kernel source must build on each, not only the
+    one this CPU runs. Unoptimised (-O0, ~2 s a source), which still checks every intrinsic against its flags."""
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc") or "cc"  # none: an error, as for the kernels this CPU runs
+    flags = [f for f in native.COMMON_FLAGS if not f.startswith("-O")]
+    for kernel in native.KERNELS:
+        if kernel == native.cpu_kernel():
+            continue  # built at -O3 by every other test here
+        p = subprocess.run([cc, *flags, "-O0", *kernel.cflags, str(native.HERE / kernel.source),
+                            "-o", str(tmp_path / f"{kernel.name}.so")], capture_output=True, text=True)
+        assert p.returncode == 0, f"{kernel.source} ({kernel.name}) does not build: {p.stderr[-2000:]}"

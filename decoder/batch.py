@@ -23,6 +23,7 @@ from . import fused
 from .config import SLIDING
 from .gemma3 import Gemma3Text
 from .kv_cache import FullCache, RingCache
+from .quantize import Int8Embedding
 
 
 def batchable(model, caches: list) -> bool:
@@ -39,8 +40,8 @@ def batchable(model, caches: list) -> bool:
 
 
 @torch.inference_mode()
-def batched_step(model: Gemma3Text, tokens: list[int], caches: list[list], positions: list[int]) -> torch.Tensor:
-    """Logits (B, vocab) of one token of each of B sequences (`caches[b]` its caches, at `positions[b]`),
+def batched_step(model: Gemma3Text, tokens: list[int], caches: list[list], positions: list[int]) -> list[torch.Tensor]:
+    """Logits (vocab,) of one token of each of B sequences (`caches[b]` its caches, at `positions[b]`),
     written to their caches as B one-token steps would write them."""
     # The final norm row by row: torch's reductions vectorize one row and several differently (~1e-7
     # apart), which would make a near-tie pick differ from the sequence decoded alone. The embedding is
@@ -51,11 +52,29 @@ def batched_step(model: Gemma3Text, tokens: list[int], caches: list[list], posit
     layers = [fused.plan(block, x, caches[0][i]) for i, block in enumerate(model.layers)]
     if any(layer is None for layer in layers):  # the weights changed since `batchable` said yes: steps alone
         model._batchable = None
-        return torch.cat([model.logits(model(torch.tensor([[t]]), c, torch.tensor([p])))[0]
-                          for t, c, p in zip(tokens, caches, positions)])
+        return [model.logits(model(torch.tensor([[t]]), c, torch.tensor([p])))[0, -1]
+                for t, c, p in zip(tokens, caches, positions)]
     x = fused.stack_rows(layers, x, [ropes[block.layer_type] for block in model.layers],
                          [block.attn.window for block in model.layers], caches, pos)
-    return model.logits(torch.cat([model.norm(x[:, b:b + 1]) for b in range(x.shape[1])], 1))[0]
+    return _logit_rows(model, torch.cat([model.norm(x[:, b:b + 1]) for b in range(x.shape[1])], 1))
+
+
+_head_out = threading.local()  # the LM head's (rows, vocab) output, kept from step to step on each thread
+
+
+def _logit_rows(model, h: torch.Tensor) -> list[torch.Tensor]:
+    """model.logits(h)[0] for the rows h (1, B, hidden), one copied-out tensor a row. An int8 head writes
+    into a buffer kept from step to step: the loader serves blocks of 4 MB and more from fresh mappings
+    (memory.map_large_allocations), and 4 rows of Gemma 3's 262144 logits are 4 MB, ~1,000 pages faulted
+    in anew each step (1-6 ms, AMD Zen 3 under load); a row (1 MB) comes from the heap and is reused."""
+    embed, B = model.embed, h.shape[1]
+    if not isinstance(embed, Int8Embedding) or model.config.final_logit_softcapping or B == 1:
+        return list(model.logits(h)[0])
+    out = getattr(_head_out, "buf", None)
+    if out is None or out.shape != (B, embed.num_embeddings):
+        out = _head_out.buf = torch.empty(B, embed.num_embeddings)
+    embed.as_linear(h, out=out)
+    return [row.clone() for row in out]
 
 
 class StepBatcher:

@@ -45,29 +45,30 @@ void qkv_heads(const float *qkv, long T, long H, long Hkv, long D, const float *
 /* out (G, D) = softmax(q k^T + bias) v for G query rows sharing one key head; keys (S, D). The
    threads split the keys, each keeping its part's max, sum and weighted values per row; the parts
    merge at the end, weighed by exp(their max - the max). Masked keys (-inf) are not read.
-   `buf`: the caller's scratch (kept from token to token). */
-static void attend_group(const float *q, long G, const float *k, const float *v, const float *bias, long S, long D,
-                         float *out, Scratch *buf) {
-    const int T = omp_get_max_threads();
-    const long part = D + 2;  /* weighted values, max, sum */
-    float *parts = scratch(buf, sizeof(float) * (T * G * part + S * G)), *w = parts + T * G * part;
-    for (long i = 0; i < T * G; i++) parts[i * part + D] = -INFINITY, parts[i * part + D + 1] = 0.f;
-    #pragma omp parallel num_threads(T)
-    {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const long s0 = S * t / nt, n = S * (t + 1) / nt - s0;
-        for (long j = 0; j < G; j++) {
-            float *wj = w + j * S + s0, *p = parts + ((long)t * G + j) * part, m = -INFINITY, l = 0.f;
-            for (long s = 0; s < n; s++) {
-                wj[s] = bias[s0 + s] == -INFINITY ? -INFINITY : dot_row(q + j * D, k + (s0 + s) * D, D) + bias[s0 + s];
-                m = fmaxf(m, wj[s]);
-            }
-            if (m == -INFINITY) continue;  /* every key of this part masked */
-            l = exp_scores(wj, n, m);
-            weigh_values(p, wj, v + s0 * D, n, D);
-            p[D] = m, p[D + 1] = l;
+   attend_part is thread t's part (of nt) into `parts` (T x G parts of D + 2 floats: weighted values,
+   max, sum; set to max -inf, sum 0 before) with scores in w (G x S); attend_merge joins T parts. */
+static void attend_part(const float *q, long G, const float *k, const float *v, const float *bias, long S, long D,
+                        int t, int nt, float *parts, float *w) {
+    const long part = D + 2, s0 = S * t / nt, n = S * (t + 1) / nt - s0;
+    for (long j = 0; j < G; j++) {
+        float *wj = w + j * S + s0, *p = parts + ((long)t * G + j) * part, m = -INFINITY, l = 0.f;
+        for (long s = 0; s < n; s++) {
+            wj[s] = bias[s0 + s] == -INFINITY ? -INFINITY : dot_row(q + j * D, k + (s0 + s) * D, D) + bias[s0 + s];
+            m = fmaxf(m, wj[s]);
         }
+        if (m == -INFINITY) continue;  /* every key of this part masked */
+        l = exp_scores(wj, n, m);
+        weigh_values(p, wj, v + s0 * D, n, D);
+        p[D] = m, p[D + 1] = l;
     }
+}
+
+static void attend_init(float *parts, long count, long D) {
+    for (long i = 0; i < count; i++) parts[i * (D + 2) + D] = -INFINITY, parts[i * (D + 2) + D + 1] = 0.f;
+}
+
+static void attend_merge(const float *parts, int T, long G, long D, float *out) {
+    const long part = D + 2;
     for (long j = 0; j < G; j++) {
         float m = -INFINITY, l = 0.f, *o = out + j * D;
         for (int t = 0; t < T; t++) m = fmaxf(m, parts[((long)t * G + j) * part + D]);
@@ -81,6 +82,18 @@ static void attend_group(const float *q, long G, const float *k, const float *v,
         }
         for (long d = 0; d < D; d++) o[d] /= l;
     }
+}
+
+/* attend_part and attend_merge for one group, in a parallel region of its own. `buf`: the caller's
+   scratch (kept from token to token). */
+static void attend_group(const float *q, long G, const float *k, const float *v, const float *bias, long S, long D,
+                         float *out, Scratch *buf) {
+    const int T = omp_get_max_threads();
+    float *parts = scratch(buf, sizeof(float) * (T * G * (D + 2) + S * G)), *w = parts + T * G * (D + 2);
+    attend_init(parts, T * G, D);
+    #pragma omp parallel num_threads(T)
+    attend_part(q, G, k, v, bias, S, D, omp_get_thread_num(), omp_get_num_threads(), parts, w);
+    attend_merge(parts, T, G, D, out);
 }
 
 /* The rest of a layer for M rows once attention has given `att` (M, heads x head_dim): the output
@@ -118,6 +131,9 @@ void gemma3_layer_rows(const Layer *L, float *x, long M, const float *cos, const
 
     norm_rows(x, M, E, L->attn_norm, L->eps, NULL, h);
     linear_rows(&L->qkv, h, M, qkv);
+    int own_caches = 1;  /* every row its own sequence's caches: a batch of streams, or one row */
+    for (long r = 0; r < M; r++)
+        for (long r2 = 0; r2 < r; r2++) own_caches &= k_caches[r] != k_caches[r2];
     for (long r = 0; r < M; r++) {
         float *qr = qkv + r * W, *kc = k_caches[r], *vc = v_caches[r];
         for (long i = 0; i < H + Hkv; i++) {
@@ -128,9 +144,33 @@ void gemma3_layer_rows(const Layer *L, float *x, long M, const float *cos, const
             memcpy(kc + g * planes[r] + slots[r] * D, qr + (H + g) * D, sizeof(float) * D);
             memcpy(vc + g * planes[r] + slots[r] * D, qr + (H + Hkv + g) * D, sizeof(float) * D);
         }
-        for (long g = 0; g < Hkv; g++)
-            attend_group(qr + g * (H / Hkv) * D, H / Hkv, kc + g * planes[r], vc + g * planes[r], bias + r * bias_stride,
-                         keys[r], D, att + r * H * D + g * (H / Hkv) * D, &attention);
+        if (!own_caches)  /* rows of one sequence: row r attends before row r + 1 writes (a ring's slot) */
+            for (long g = 0; g < Hkv; g++)
+                attend_group(qr + g * (H / Hkv) * D, H / Hkv, kc + g * planes[r], vc + g * planes[r],
+                             bias + r * bias_stride, keys[r], D, att + r * H * D + g * (H / Hkv) * D, &attention);
+    }
+    if (own_caches) {
+        /* Every row's attention in one parallel region, each thread its part of every row's keys as
+           attend_group splits them (so a row's sums are its own step's): one region a layer, not one a row
+           and key head (72 a step for 4 streams of Gemma 3 270M, each a fork and join of the threads). */
+        const int T = omp_get_max_threads();
+        const long G = H / Hkv, jobs = M * Hkv, per_job = T * G * (D + 2);
+        long words = jobs * per_job;
+        for (long r = 0; r < M; r++) words += Hkv * G * keys[r];
+        float *parts = scratch(&attention, sizeof(float) * words), *w = parts + jobs * per_job;
+        attend_init(parts, jobs * T * G, D);
+        #pragma omp parallel num_threads(T)
+        {
+            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            float *wr = w;
+            for (long r = 0; r < M; r++)
+                for (long g = 0; g < Hkv; g++, wr += G * keys[r])
+                    attend_part(qkv + r * W + g * G * D, G, k_caches[r] + g * planes[r], v_caches[r] + g * planes[r],
+                                bias + r * bias_stride, keys[r], D, t, nt, parts + (r * Hkv + g) * per_job, wr);
+        }
+        for (long r = 0; r < M; r++)
+            for (long g = 0; g < Hkv; g++)
+                attend_merge(parts + (r * Hkv + g) * per_job, T, G, D, att + r * H * D + g * G * D);
     }
     attention_out_and_mlp(L, x, M, att, o, h, gu, act);
     scratch_trim(&rows);

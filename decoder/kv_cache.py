@@ -98,7 +98,12 @@ class RingCache:
         """As `FullCache.reserve`: the slot of `position`, and the whole ring to read (masked by
         `key_positions`)."""
         slot = position % self.window
-        self.pos[slot] = position
+        # through a numpy view of `pos`: a tensor's item assignment took ~6 us, and a step of 4 streams
+        # reserves 60 slots (Gemma 3 270M's 15 rings)
+        view = self.__dict__.get("_pos_numpy")
+        if view is None or view[0] is not self.pos:
+            view = self._pos_numpy = (self.pos, self.pos.numpy())
+        view[1][slot] = position
         self.offset += 1
         return slot, self.window
 

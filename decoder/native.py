@@ -224,15 +224,18 @@ def pack(q: torch.Tensor, scales: torch.Tensor) -> Int8Blocks:
     return Int8Blocks(blocks, scales.float().contiguous(), comp)
 
 
-def linear(x: torch.Tensor, w: Int8Blocks, rotation: int | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, w: Int8Blocks, rotation: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """x W^T, each row of x rounded to 8 bits at its own scale, after a block Hadamard rotation of
-    `rotation` inputs where given (`quantize.rotate`, done here in K log2(block) adds). Float32 out."""
+    `rotation` inputs where given (`quantize.rotate`, done here in K log2(block) adds). Float32 out,
+    written to `out` (contiguous float32, x's rows by W's) where given."""
     K = x.shape[-1]
     rows = x.reshape(-1, K)
     if rows.dtype != torch.float32 or not rows.is_contiguous():
         rows = rows.float().contiguous()
     M, N = rows.shape[0], w.scales.shape[0]
-    y = torch.empty(M, N)
+    if out is not None and (out.shape != (M, N) or out.dtype != torch.float32 or not out.is_contiguous()):
+        raise ValueError(f"out must be contiguous float32 ({M}, {N}), got {out.dtype} {tuple(out.shape)}")
+    y = torch.empty(M, N) if out is None else out
     library().int8_linear(rows.data_ptr(), M, K, rotation or 0, w.blocks.data_ptr(), w.scales.data_ptr(),
                           w.comp.data_ptr(), y.data_ptr(), N)
     return y.view(*x.shape[:-1], N)

@@ -539,13 +539,18 @@ class Int8Embedding(_Packed, nn.Module):
         # and holds 110 MB less, for the one matrix that dominates load time and memory
         return onednn_pack(self.weight)
 
-    def as_linear(self, h: torch.Tensor) -> torch.Tensor:
+    def as_linear(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's logits; rows of float32 h can be written to `out` (rows, num_embeddings), e.g. a
+        buffer kept from step to step (see batch.py's `_logit_rows`)."""
         packed = self.packed()
         if isinstance(packed, native.Int8Blocks):
+            if out is not None:
+                return native.linear(h.reshape(-1, h.shape[-1]), packed, self.rotation, out=out)
             return native.linear(h, packed, self.rotation).to(h.dtype)
         if self._zeros is None or len(self._zeros) != self.num_embeddings:
             self._zeros = torch.zeros(self.num_embeddings, dtype=torch.long)
-        return onednn_int8_linear(rotate(h, self.rotation) if self.rotation else h, packed, self.scales, self._zeros)
+        y = onednn_int8_linear(rotate(h, self.rotation) if self.rotation else h, packed, self.scales, self._zeros)
+        return y if out is None else out.copy_(y.reshape(out.shape))
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, rotation={self.rotation}"

@@ -214,6 +214,34 @@ def test_fused_prompt_matches_the_python_layers(monkeypatch, bits, tol):
 
 
 @needs_native
+def test_the_kept_layer_description_follows_the_weights(monkeypatch):
+    """`fused.plan` keeps a layer's C description from token to token; a norm weight changed in place,
+    then a projection swapped for another layer's, must each be in the next decoded token."""
+    from mmsdk.decoder import fused
+    from mmsdk.decoder.kv_cache import make_cache
+
+    model = quantized_tiny_model(8)
+    ids = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(5))
+    caches = make_cache(model.config)
+    block, x = model.layers[0], torch.zeros(1, 1, model.config.hidden_size)
+    with torch.inference_mode():
+        model(ids[:, :10], caches, torch.arange(10))
+    kept = fused.plan(block, x, caches[0])
+    assert kept is not None and fused.plan(block, x, caches[0]) is kept
+    changes = [lambda: block.mlp_norm.weight.add_(0.5), lambda: setattr(block.attn, "o_proj", model.layers[1].attn.o_proj)]
+    for pos, change in zip((10, 11), changes):
+        with torch.no_grad():
+            change()
+        ref_caches = [c.clone() for c in caches]
+        with torch.inference_mode():
+            out = model(ids[:, pos:pos + 1], caches, torch.tensor([pos]))
+            with monkeypatch.context() as m:
+                m.setattr(fused, "plan", lambda *a: None)
+                ref = model(ids[:, pos:pos + 1], ref_caches, torch.tensor([pos]))
+        assert rel_err(out, ref) < 5e-3, pos
+
+
+@needs_native
 @pytest.mark.parametrize("bits", [8, 4, "q4_0", "q4_k"])
 def test_fused_rows_are_the_steps_they_stand_for(monkeypatch, bits):
     """A speculative check's rows through `fused.rows` (one C call a layer for all of them) against

@@ -406,7 +406,7 @@ def test_int4_products_read_both_block_widths(block, layout):
     lib = native.library()
     try:
         lib.int4_layout(block)
-        for rows in (1, 7, 13):  # one row, a few sharing the unpacking, the prompt GEMM
+        for rows in (1, 7, 13):  # one row, a few rows (the block kernel), a prompt (the GEMM's tiles)
             x = torch.randn(rows, k)
             y = native.int4_linear(x, _pack(codes, block), sz, group, sup)
             assert rel_err(y, q8_groups(x) @ w.T) < 1e-5

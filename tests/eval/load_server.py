@@ -4,7 +4,7 @@ server process this script starts and stops. It checks that every request got it
 chat replies equal the ones the idle server gave for the same prompt), that every bad request got a
 4xx, and reports latency p50/p95 per kind, throughput and the server's RSS before and after.
 
-    python tests/eval/load_server.py --requests 300 --concurrency 8
+    python tests/eval/load_server.py --requests 300 --concurrency 8 [--passes 2]
     python tests/eval/load_server.py --decode-rate     # 1 stream vs 4 at once, and a 5th's time to first token
     python tests/eval/load_server.py --prefix          # a prompt sharing a ~1,000-token prefix: warm vs cold
 """
@@ -64,6 +64,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--concurrency", type=int, default=8, help="client threads")
+    ap.add_argument("--passes", type=int, default=1, help="run the same requests this many times, RSS after each")
     ap.add_argument("--max-concurrency", type=int, default=4, help="the server's --max-concurrency")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
@@ -147,19 +148,21 @@ def main() -> int:
         kinds = ["chat"] * 3 + ["stream"] * 3 + ["tools", "embeddings", "transcription", "bad"]
         rnd = random.Random(args.seed)
         jobs = [(i, rnd.choice(kinds)) for i in range(args.requests)]
+        results, rss_after = [], []
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            results = list(pool.map(lambda j: one(*j), jobs))
-        wall = time.perf_counter() - t0
-        time.sleep(1)
-        rss_after = rss_mb(proc.pid)
+        for _ in range(args.passes):  # the same requests again: growth that stops after the first pass is no leak
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                results += pool.map(lambda j: one(*j), jobs)
+            time.sleep(1)
+            rss_after.append(rss_mb(proc.pid))
+        wall = time.perf_counter() - t0 - args.passes
         health = json.loads(urllib.request.urlopen(f"{url}/health").read())
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
     problems = [(k, p) for k, _, p in results if p]
-    print(f"{len(results)} requests at concurrency {args.concurrency} (server --max-concurrency "
+    print(f"{len(results)} requests ({args.passes} x {args.requests}) at concurrency {args.concurrency} (server --max-concurrency "
           f"{args.max_concurrency}, --threads {args.threads}, max_tokens {args.max_tokens}) in {wall:.1f} s")
     for kind in sorted({k for _, k in jobs}):
         times = sorted(s for k, s, _ in results if k == kind)
@@ -168,8 +171,8 @@ def main() -> int:
     print(f"problems: {len(problems)}")
     for k, p in problems[:10]:
         print(f"  {k}: {p}")
-    print(f"server RSS: {rss_before:.0f} MB before, {rss_after:.0f} MB after ({rss_after / rss_before - 1:+.1%}); "
-          f"health after: {health}")
+    after = ", ".join(f"{r:.0f} MB after pass {i + 1} ({r / rss_before - 1:+.1%})" for i, r in enumerate(rss_after))
+    print(f"server RSS: {rss_before:.0f} MB before, {after}; health after: {health}")
     return 1 if problems else 0
 
 

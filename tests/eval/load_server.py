@@ -32,9 +32,14 @@ WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
     with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+
+
+def rss_parts(pid: int) -> str:
+    """Anonymous (heap, stacks) and file-backed (mapped weights, libraries' code) resident MB."""
+    return f"anonymous {rss_mb(pid, 'RssAnon'):.0f}, file-backed {rss_mb(pid, 'RssFile'):.0f}"
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
@@ -106,7 +111,7 @@ def main() -> int:
         client.embeddings.create(model="all-MiniLM-L6-v2", input="warm")
         with open(AUDIO, "rb") as f:
             client.audio.transcriptions.create(model="whisper-base", file=f)
-        rss_before = rss_mb(proc.pid)
+        rss_before, parts = rss_mb(proc.pid), [rss_parts(proc.pid)]
 
         def one(i: int, kind: str) -> tuple[str, float, str | None]:
             """(kind, seconds, problem or None)."""
@@ -155,6 +160,7 @@ def main() -> int:
                 results += pool.map(lambda j: one(*j), jobs)
             time.sleep(1)
             rss_after.append(rss_mb(proc.pid))
+            parts.append(rss_parts(proc.pid))
         wall = time.perf_counter() - t0 - args.passes
         health = json.loads(urllib.request.urlopen(f"{url}/health").read())
     finally:
@@ -173,6 +179,7 @@ def main() -> int:
         print(f"  {k}: {p}")
     after = ", ".join(f"{r:.0f} MB after pass {i + 1} ({r / rss_before - 1:+.1%})" for i, r in enumerate(rss_after))
     print(f"server RSS: {rss_before:.0f} MB before, {after}; health after: {health}")
+    print("  of which: " + "; ".join(f"{w} {p}" for w, p in zip(["before", *(f"pass {i + 1}" for i in range(len(rss_after)))], parts)))
     return 1 if problems else 0
 
 

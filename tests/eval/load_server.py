@@ -39,7 +39,8 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float:
 
 def rss_parts(pid: int) -> str:
     """Anonymous (heap, stacks) and file-backed (mapped weights, libraries' code) resident MB."""
-    return f"anonymous {rss_mb(pid, 'RssAnon'):.0f}, file-backed {rss_mb(pid, 'RssFile'):.0f}"
+    return (f"anonymous {rss_mb(pid, 'RssAnon'):.0f}, file-backed {rss_mb(pid, 'RssFile'):.0f}, "
+            f"{rss_mb(pid, 'Threads') * 1024:.0f} threads")
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:

@@ -32,15 +32,20 @@ WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
-def rss_mb(pid: int, key: str = "VmRSS") -> float:
+def status_value(pid: int, key: str) -> int:
+    """A number from /proc/PID/status (kB for the memory lines)."""
     with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    return status_value(pid, key) / 1024
 
 
 def rss_parts(pid: int) -> str:
-    """Anonymous (heap, stacks) and file-backed (mapped weights, libraries' code) resident MB."""
+    """Anonymous (heap, stacks) and file-backed (mapped weights, libraries' code) resident MB, and threads."""
     return (f"anonymous {rss_mb(pid, 'RssAnon'):.0f}, file-backed {rss_mb(pid, 'RssFile'):.0f}, "
-            f"{rss_mb(pid, 'Threads') * 1024:.0f} threads")
+            f"{status_value(pid, 'Threads')} threads")
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:

@@ -37,7 +37,7 @@
 enum { PAIRS = 0, SYM = 1, KQ = 2 };  /* the layouts of a weight's group numbers (see above) */
 
 /* x (K floats) -> codes xq (K), a scale per group of 32 (xs), each group's sum of codes (xn) and 8 x
-   that sum (x8: the symmetric layout's offset, -8 a weight code, taken in integers) */
+   that sum (x8: the symmetric layout's offset, -8 a weight code, taken in integers; NULL: not wanted) */
 static void quantize_q8_groups(const float *x, long K, int8_t *xq, float *xs, float *xn, int32_t *x8) {
     const __m256 sign = _mm256_set1_ps(-0.f);
     for (long g = 0; g < K / Q8_GROUP; g++) {
@@ -60,7 +60,7 @@ static void quantize_q8_groups(const float *x, long K, int8_t *xq, float *xs, fl
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
         xs[g] = top / 127.f;
         xn[g] = (float)_mm_cvtsi128_si32(s);
-        x8[g] = 8 * _mm_cvtsi128_si32(s);
+        if (x8) x8[g] = 8 * _mm_cvtsi128_si32(s);
     }
 }
 
@@ -72,6 +72,12 @@ AI __m256 scale8(const int LAY, const char *sc, const char *sup, long i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)((const uint32_t *)sc + i)), 16));
 }
 
+/* The zeros of 8 channels i.. of a PAIRS group row: the bfloat16 after each scale, widened. */
+AI __m256 zero8(const char *sc, long i) {
+    return _mm256_castsi256_ps(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)((const uint32_t *)sc + i)),
+                                                _mm256_set1_epi32((int)0xFFFF0000)));
+}
+
 /* Their offsets (zero - 8 scale, -8 d, or -dmin m), given their scales; `N` channels a row. */
 AI __m256 offset8(const int LAY, const char *sc, const char *sup, long N, long i, __m256 scale) {
     if (LAY == KQ) {
@@ -79,8 +85,7 @@ AI __m256 offset8(const int LAY, const char *sc, const char *sup, long N, long i
         const __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sc + N + i))));
         return _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dmin, m));
     }
-    const __m256 zero = LAY == SYM ? _mm256_setzero_ps() : _mm256_castsi256_ps(_mm256_and_si256(
-        _mm256_loadu_si256((const __m256i *)((const uint32_t *)sc + i)), _mm256_set1_epi32((int)0xFFFF0000)));
+    const __m256 zero = LAY == SYM ? _mm256_setzero_ps() : zero8(sc, i);
     return _mm256_fnmadd_ps(_mm256_set1_ps(8.f), scale, zero);
 }
 
@@ -96,9 +101,7 @@ AI void block_scales(const int BN, const int LAY, const void *scales, const void
             const __m256 scale = scale8(LAY, sz, sup, n0 + 8 * i);
             const long at = ((i / 2) * GW + gw) * 16 + 8 * (i % 2);
             _mm256_storeu_ps(sc + at, scale);
-            if (LAY == PAIRS)
-                _mm256_storeu_ps(off + at, _mm256_castsi256_ps(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)((const uint32_t *)sz + n0 + 8 * i)),
-                                                                                 _mm256_set1_epi32((int)0xFFFF0000))));
+            if (LAY == PAIRS) _mm256_storeu_ps(off + at, zero8(sz, n0 + 8 * i));
             if (LAY == KQ) _mm256_storeu_ps(off + at, _mm256_fmadd_ps(_mm256_set1_ps(8.f), scale, offset8(LAY, sz, sup, N, n0 + 8 * i, scale)));
         }
     }
@@ -311,12 +314,11 @@ AI void int4_q8_matmul(const int BN, const int LAY, const float *x, long M, long
                        const void *super, long group, float *y, long N) {
     const long G = K / Q8_GROUP, GW = K / group;
     static _Thread_local Scratch codes, panels;  /* kept from call to call: no pages faulted in again every call */
-    int8_t *xq = scratch(&codes, M * K + 3 * sizeof(float) * M * G);
+    int8_t *xq = scratch(&codes, M * K + 2 * sizeof(float) * M * G);
     float *xs = (float *)(xq + M * K), *xn = xs + M * G;  /* K is a multiple of 32: aligned */
-    int32_t *x8 = (int32_t *)(xn + M * G);
     #pragma omp parallel for if (M > 8)
     for (long m = 0; m < M; m++) {
-        quantize_q8_groups(x + m * K, K, xq + m * K, xs + m * G, xn + m * G, x8 + m * G);
+        quantize_q8_groups(x + m * K, K, xq + m * K, xs + m * G, xn + m * G, NULL);  /* the tiles take the offset as floats */
         for (long k = 0; k < K; k += 32) {  /* codes + 128: the unsigned side of the tile's maddubs */
             __m256i *c = (__m256i *)(xq + m * K + k);
             _mm256_storeu_si256(c, _mm256_xor_si256(_mm256_loadu_si256(c), _mm256_set1_epi8((char)0x80)));

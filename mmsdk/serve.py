@@ -136,15 +136,21 @@ class Server:
 
     def _warm(self) -> None:
         """Load the embedder and the speech model beside the first requests, so the first embeddings or
-        transcription request does not hold up every stream on the worker while it loads."""
+        transcription request does not hold up every stream on the worker while it loads; and build
+        the grammar tokenizer tools and JSON requests constrain with (~100 MB, 4-8 s for Gemma's 262k
+        tokens, AMD Zen 3): built by the first such request, it stalled every stream taking turns with it."""
+        from .constrained import closing_tokens, llg_tokenizer
+
         try:
+            llg_tokenizer(self.asst.tokenizer)
+            closing_tokens(self.asst.tokenizer)
             self.embedder(["warm"])
             if "audio" not in self.asst.info.modalities:
                 from .speech import _whisper
 
                 _whisper(1)  # as the transcriptions endpoint asks for it
         except Exception as e:  # noqa: BLE001 - a request that needs it reports the failure itself
-            log.warning("could not preload the embedder or speech model: %s", e)
+            log.warning("could not preload the grammar tokenizer, the embedder or the speech model: %s", e)
 
     def check_model(self, name: str, kind: str) -> None:
         allowed = {"chat": [self.model_id], "embeddings": [self.embedding_id],

@@ -396,24 +396,25 @@ def quantize_rows_u8(rows: torch.Tensor, code_max: int, asymmetric: bool) -> tup
 
 
 def int8_rows_out(y: torch.Tensor, step: torch.Tensor, low: torch.Tensor | None, weight_sums: torch.Tensor | None,
-                  bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:
+                  bias: torch.Tensor | None, gelu: bool, approximate: str = "none") -> torch.Tensor:
     """An int8 product's contiguous float32 output y (M, N), N a multiple of 8, in place: times each row's
-    step, plus low x weight_sums where given, plus bias, then exact GELU where `gelu` (`int8_rows.h`)."""
+    step, plus low x weight_sums where given, plus bias, then GELU where `gelu` (exact, or torch's
+    `approximate="tanh"`) (`int8_rows.h`)."""
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    mode = 0 if not gelu else 2 if approximate == "tanh" else 1
     library().int8_rows_out(y.data_ptr(), y.shape[0], y.shape[1], step.data_ptr(), ptr(low), ptr(weight_sums),
-                            ptr(bias), int(gelu))
+                            ptr(bias), mode)
     return y
 
 
 def takes_encoder_attention(qkv: torch.Tensor) -> bool:
     """Whether `encoder_attention` takes these q/k/v rows (B, T, 3, H, D): float32, contiguous, D a multiple
-    of 16, T up to 1024 (a head's keys and values are copied onto the thread's stack)."""
-    return (qkv.dtype == torch.float32 and qkv.is_contiguous() and qkv.shape[-1] % 16 == 0 and qkv.shape[1] <= 1024
-            and available("encoder_attention"))
+    of 8."""
+    return qkv.dtype == torch.float32 and qkv.is_contiguous() and qkv.shape[-1] % 8 == 0 and available("encoder_attention")
 
 
 def encoder_attention(qkv: torch.Tensor, lens: torch.Tensor, scale: float) -> torch.Tensor:
-    """Bidirectional attention from contiguous float32 q/k/v rows (B, T, 3, H, D), D a multiple of 16,
+    """Bidirectional attention from contiguous float32 q/k/v rows (B, T, 3, H, D), D a multiple of 8,
     sample b over its first lens[b] tokens (`encoder_attention.h`): (B, T, H * D), zeros past lens[b]."""
     B, T, _, H, D = qkv.shape
     lens = lens.to(torch.long).contiguous()

@@ -13,8 +13,10 @@ Zen 3 (AVX2, no AVX-512), one thread, a 750 x 1536 x 6144 product: float32 171 m
 Each input is Hadamard-rotated in blocks first (the weight stored rotated to match), as the decoder's
 int8 layers do, so an outlier channel does not take a whole row's 8-bit range.
 
-Attention itself stays in float32 through torch's SDPA, whose CPU kernel is a flash attention (no
-4096 x 4096 matrix is formed). Quality (per-token cosine of the projected embeddings to float32):
+Attention itself stays in float32: our kernel from the fused q/k/v rows (`decoder/encoder_attention.h`,
+a flash attention like torch's SDPA: no 4096 x 4096 matrix is formed), also on float32 loads. At SigLIP's
+size its q k^T and p v loops run at ~85% of MKL's sgemm rate on a Zen 3, about torch's SDPA speed; what
+it saves are the permuted copies of q, k, v and of the output. Quality (per-token cosine of the projected embeddings to float32):
 `tests/eval/eval_vision.py` for SigLIP, `tests/eval/bench_encoders.py --encoders audio` for the conformer.
 """
 from __future__ import annotations
@@ -50,11 +52,13 @@ class Int8LinearBias(nn.Module):
     `rotate=False` skips the Hadamard rotation: through oneDNN it is a float32 product of its own,
     ~40% of the int8 one's time at 384 inputs (MiniLM). `zero_point=True` (oneDNN path) rounds each
     row over its own [min, max] rather than [-max |x|, max |x|]: twice the resolution for inputs that
-    are nearly all positive, as after a GELU, for one more pass over the output."""
+    are nearly all positive, as after a GELU, for one more pass over the output. `gelu`: GELU on the
+    output, in place, exact or torch's `approximate="tanh"`."""
 
-    def __init__(self, linear: nn.Linear, *, rotate: bool = True, zero_point: bool = False, gelu: bool = False):
+    def __init__(self, linear: nn.Linear, *, rotate: bool = True, zero_point: bool = False, gelu: bool = False,
+                 approximate: str = "none"):
         super().__init__()
-        self.gelu = gelu  # exact (erf) GELU on the output, in place
+        self.gelu, self.approximate = gelu, approximate
         w = linear.weight.detach().float()
         self.rotation = rotation_block(w.shape[1]) if rotate else None
         self.linear = self.packed = self.weight_sums = None
@@ -74,7 +78,7 @@ class Int8LinearBias(nn.Module):
         if self.linear is not None:
             y = self.linear(x)
             y = y if self.bias is None else y.add_(self.bias)
-            return torch.ops.aten.gelu_(y) if self.gelu else y
+            return torch.ops.aten.gelu_(y, approximate=self.approximate) if self.gelu else y
         rows = x.reshape(-1, x.shape[-1]).float()
         if self.rotation:
             rows = _rotate(rows, self.rotation)
@@ -93,7 +97,7 @@ class Int8LinearBias(nn.Module):
         elif self.bias is not None:
             y.add_(self.bias)
         if self.gelu:
-            torch.ops.aten.gelu_(y)
+            torch.ops.aten.gelu_(y, approximate=self.approximate)
         return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
     def _fused(self, rows: torch.Tensor) -> torch.Tensor:
@@ -102,7 +106,8 @@ class Int8LinearBias(nn.Module):
         codes, step, low = native.quantize_rows_u8(rows.contiguous(), _code_max(), asymmetric)
         zero = 0 if asymmetric else (_code_max() - 1) // 2 + 1
         y = _qlinear(codes, 1.0, zero, self.packed, self.scales, self.zeros, None, 1.0, 0, torch.float32, "none", [], "")
-        return native.int8_rows_out(y, step, low if asymmetric else None, self.weight_sums, self.bias, self.gelu)
+        return native.int8_rows_out(y, step, low if asymmetric else None, self.weight_sums, self.bias, self.gelu,
+                                    self.approximate)
 
 
 def _fused_rows(rows: torch.Tensor, out_features: int) -> bool:
@@ -152,38 +157,47 @@ def fused_linear(*linears: nn.Linear) -> nn.Linear:
 
 
 class FusedQKVAttention(nn.Module):
-    """SigLIP's attention with q, k, v as one int8 product (`Attention`'s math, the same SDPA call)."""
+    """SigLIP's attention (`Attention`'s math) with q, k, v as one product, int8 (its input rounded once,
+    not three times) or float32, and the attention from its rows by our kernel where it runs
+    (`native.encoder_attention`: no permuted copies of q, k, v or of the output), else torch's SDPA."""
 
-    def __init__(self, attn: siglip.Attention):
+    def __init__(self, attn: siglip.Attention, int8: bool = True):
         super().__init__()
         self.n_heads, self.head_dim = attn.n_heads, attn.head_dim
-        self.qkv_proj = Int8LinearBias(fused_linear(attn.q_proj, attn.k_proj, attn.v_proj))
-        self.o_proj = Int8LinearBias(attn.o_proj)
+        qkv = fused_linear(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.qkv_proj = Int8LinearBias(qkv) if int8 else qkv
+        self.o_proj = Int8LinearBias(attn.o_proj) if int8 else attn.o_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        qkv = self.qkv_proj(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        qkv = self.qkv_proj(x).view(B, T, 3, self.n_heads, self.head_dim)
+        if native.takes_encoder_attention(qkv):
+            return self.o_proj(native.encoder_attention(qkv, torch.full((B,), T), self.head_dim**-0.5))
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
+        y = F.scaled_dot_product_attention(q, k, v)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 @torch.inference_mode()
-def accelerate_siglip_(encoder: siglip.SiglipVisionEncoder, *, attention: bool = False,
+def accelerate_siglip_(encoder: siglip.SiglipVisionEncoder, *, int8: bool = True, attention: bool = False,
                        keep_float: tuple[int, ...] = ()) -> nn.Module:
-    """Swap each block's MLP linears (and with `attention=True` its q/k/v/o too) for int8 ones, in
-    place, except in the blocks listed in `keep_float`. Returns `encoder`.
+    """Swap, in place, each block's attention for `FusedQKVAttention` (q, k, v as one product, the
+    attention by our kernel from its rows: float32 math) and with `int8=True` its MLP linears for int8
+    ones, the GELU in the first one's output pass (with `attention=True` its q/k/v/o too), except in
+    the blocks listed in `keep_float`, which stay float32. Returns `encoder`.
 
     Attention stays float32 by default: 8-bit q/k inputs move the attention logits, and the error grows
     through the softmax. On the real-size SigLIP (random weights, 4 blocks, per-token cosine of the
     features to float32) int8 attention projections alone give min 0.9986, the MLP alone 0.9996."""
+    approximate = "none" if encoder.config.hidden_act == "gelu" else "tanh"  # the others are tanh's
     for i, block in enumerate(encoder.layers):
-        if i in keep_float:
-            continue
-        if attention:
-            block.attn = FusedQKVAttention(block.attn)
-        block.mlp.fc1, block.mlp.fc2 = Int8LinearBias(block.mlp.fc1), Int8LinearBias(block.mlp.fc2)
-    log.info("SigLIP: int8 %s in %d of %d blocks", "linears" if attention else "MLPs",
-             len(encoder.layers) - len(keep_float), len(encoder.layers))
+        quantize = int8 and i not in keep_float
+        block.attn = FusedQKVAttention(block.attn, int8=quantize and attention)
+        if quantize:
+            block.mlp = nn.Sequential(Int8LinearBias(block.mlp.fc1, gelu=True, approximate=approximate),
+                                      Int8LinearBias(block.mlp.fc2))
+    log.info("SigLIP: fused q/k/v attention%s", f", int8 {'linears' if attention else 'MLPs'} in "
+             f"{len(encoder.layers) - len(keep_float)} of {len(encoder.layers)} blocks" if int8 else "")
     return encoder
 
 

@@ -116,7 +116,9 @@ class SiglipVisionEncoder(nn.Module):
         if pixel_values.shape[-2:] != (size, size):
             raise ValueError(f"SigLIP expects {size}x{size} pixels, got {tuple(pixel_values.shape[-2:])}")
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # (N, C, P, P)
-        x = x.flatten(2).transpose(1, 2)  # (N, P*P, C), row-major patches
+        # (N, P*P, C), row-major patches, made contiguous: else every add after keeps the convolution's
+        # channel-major strides, and each block's norms and linears copy their input back (~10% of a block)
+        x = x.flatten(2).transpose(1, 2).contiguous()
         x = x + self.pos_embed.weight
         for layer in self.layers:
             x = layer(x)

@@ -49,12 +49,13 @@ class Encoders:
 
 def load_encoders(loaded, path, dtype, mmproj=None, accelerate: bool = False) -> Encoders:
     """Vision (and for Gemma 3n audio) encoders from the non-text tensors of a HF checkpoint, if it has them.
-    `accelerate`: swap in the int8 encoder layers (`encoders.accelerate`), as a quantized load asks."""
+    `accelerate`: swap in the int8 encoder layers (`encoders.accelerate`), as a quantized load asks; a
+    float32 SigLIP takes the float32 swaps (fused q/k/v, our attention kernel) either way."""
     from .encoders.accelerate import accelerate_siglip_
 
     encoders = _load_encoders(loaded, path, dtype, mmproj)
-    if accelerate and encoders.vision is not None and dtype == torch.float32:
-        accelerate_siglip_(encoders.vision.encoder)
+    if encoders.vision is not None and dtype == torch.float32:
+        accelerate_siglip_(encoders.vision.encoder, int8=accelerate)
     return encoders
 
 

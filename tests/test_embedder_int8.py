@@ -95,16 +95,21 @@ def test_int8_rows_kernels_match_torch(monkeypatch, zero_point):
     z = torch.linspace(-12, 12, 4096).reshape(-1, 64)
     out = native.int8_rows_out(z.clone(), torch.ones(z.shape[0], 1), None, None, None, True)
     assert (out - nn.functional.gelu(z)).abs().max().item() < 2e-6
+    out = native.int8_rows_out(z.clone(), torch.ones(z.shape[0], 1), None, None, None, True, "tanh")  # SigLIP's
+    assert (out - nn.functional.gelu(z, approximate="tanh")).abs().max().item() < 2e-6
 
 
 @pytest.mark.skipif(not native.available("encoder_attention"), reason="our encoder attention needs AVX2 without AVX-512 VNNI")
-def test_encoder_attention_matches_sdpa():
+@pytest.mark.parametrize("B, T, H, D, lengths", [
+    (5, 37, 3, 32, [37, 33, 16, 1, 0]),  # lengths around a 16-key panel's edges
+    (2, 600, 2, 24, [600, 300]),  # several 256-key blocks (the online softmax), a last 8 dims (SigLIP's 72)
+])
+def test_encoder_attention_matches_sdpa(B, T, H, D, lengths):
     """The C attention from q/k/v rows (`decoder/encoder_attention.h`) against torch's SDPA with the
-    padding mask BertModel builds, on lengths around a 16-key block's edges; padded rows are zeros."""
+    padding mask BertModel builds; padded rows are zeros."""
     torch.manual_seed(0)
-    B, T, H, D = 5, 37, 3, 32
     qkv = torch.randn(B, T, 3, H, D) * 2
-    lens = torch.tensor([37, 33, 16, 1, 0])
+    lens = torch.tensor(lengths)
     mask = (torch.arange(T) < lens[:, None])[:, None, None, :].expand(B, 1, T, T)
     assert accelerate._prefix_lengths(mask, B, T).tolist() == lens.tolist()
     assert accelerate._prefix_lengths(mask.flip(-1), B, T) is None  # left padding: SDPA's

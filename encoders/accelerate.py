@@ -300,7 +300,15 @@ def accelerate_mobilenet_(backbone: nn.Module) -> nn.Module:
     ~180 norms over up to 768 x 192 x 192 activations took 28% of a 768 px view in torch (six passes each
     over a layout strided across channels). Also tried: the 1x1 convolutions as MKL matrix products on
     the NCHW planes (no oneDNN reorders): no faster, and int8 ones through oneDNN (7-bit inputs on AVX2):
-    ~15% faster at a per-token cosine of 0.996 to float32, short of the 0.999 gate."""
+    ~15% faster at a per-token cosine of 0.996 to float32, short of the 0.999 gate; rounding every 1x1
+    convolution's input per pixel instead (simulated, weights int8 per output channel): min 0.9909 symmetric
+    7-bit, 0.9953 with a zero point, 0.9968 per 32 channels, all short too. Multi-query attention as
+    plain matrix products over the heads (no SDPA, no permuted copies): slower (150-290 against 125 ms).
+
+    Where a view's time goes after these swaps (1 thread, Zen 3, timing hooks): 1x1 convolutions ~60% at
+    20-30 GMAC/s (a 2048^3 float32 product runs at ~30 here), the two full 3x3 convolutions at 192 x 192
+    ~10%, attention (SDPA) ~12%, norms ~6%; ~250k page faults a view (activations over glibc's 32 MB mmap
+    cap are mapped anew each time: `THP_MEM_ALLOC_ENABLE=1` before torch starts cut them to ~13k)."""
     if not native.available("rms_norm_act_2d"):
         return backbone
     after_conv = _norms_after_conv(backbone)

@@ -341,3 +341,4 @@ static void attend_tile(const float *q, int rows, const long *qp, const float *k
 #include "gemma3n_step.h"  /* a decoded token through a Gemma 3n layer, over the helpers above */
 #include "gemma4_step.h"  /* a decoded token through a Gemma 4 layer, over the helpers above */
 #include "norm2d.h"  /* the channel norm of NCHW images (8 lanes: it streams memory) */
+#include "dwconv2d.h"  /* depthwise convolutions of NCHW images (plain C, vectorized by the compiler) */

@@ -20,6 +20,7 @@
 #include "kernels.h"
 #include "int4_q8.h"
 #include "norm2d.h"  /* exp8, gelu8, and the channel norm of NCHW images */
+#include "dwconv2d.h"  /* depthwise convolutions of NCHW images (plain C, vectorized by the compiler) */
 
 AI float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

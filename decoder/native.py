@@ -79,6 +79,7 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "sizeof_linear": [],
     "sizeof_layer": [],
     "rms_norm_act_2d": [_ptr, _n, _n, _n, _ptr, ctypes.c_float, _n, _ptr],
+    "dwconv2d": [_ptr, _n, _n, _n, _n, _ptr, _n, _n, _n, _n, _ptr, _ptr, _n, _n],
     "quantize_rows_u8": [_ptr, _n, _n, _n, _n, _ptr, _ptr, _ptr],
     "int8_rows_out": [_ptr, _n, _n, _ptr, _ptr, _ptr, _ptr, _n],
     "encoder_attention": [_ptr, _n, _n, _n, _n, _ptr, ctypes.c_float, _ptr],
@@ -338,6 +339,17 @@ def rms_norm_act_2d(x: torch.Tensor, gain: torch.Tensor | None, eps: float, gelu
     y = torch.empty_like(x) if out is None else out
     library().rms_norm_act_2d(x.data_ptr(), N, C, H * W, None if gain is None else gain.data_ptr(), eps, int(gelu),
                               y.data_ptr())
+    return y
+
+
+def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, pad_top: int,
+             pad_left: int, out_hw: tuple[int, int]) -> torch.Tensor:
+    """A depthwise convolution of a contiguous float32 NCHW x with weight (C, 1, k, k) (`dwconv2d.h`):
+    stride 1 or 2, zero padding pad_top rows above and pad_left columns left, an out_hw output."""
+    N, C, H, W = x.shape
+    y = x.new_empty((N, C, *out_hw))
+    library().dwconv2d(x.data_ptr(), N, C, H, W, weight.data_ptr(), weight.shape[-1], stride, pad_top, pad_left,
+                       None if bias is None else bias.data_ptr(), y.data_ptr(), *out_hw)
     return y
 
 

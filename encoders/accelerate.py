@@ -242,6 +242,41 @@ class ChannelNorm2d(nn.Module):
         return native.rms_norm_act_2d(x, self.timm.weight, self.timm.eps, self.gelu, out=x if self.inplace else None)
 
 
+class DepthwiseConv2d(nn.Module):
+    """A stride-2 depthwise `nn.Conv2d` (timm's `Conv2dSame` too: its asymmetric "same" padding is read as
+    zeros, no padded copy) through our kernel (`native.dwconv2d`). One thread, Zen 3, with the padding:
+    768 x 192 x 192, 5 x 5: ~95 against ~400 ms; 3840 x 48 x 48: 54 against 229 ms; the 31 of a 768 px
+    view, each at its own shape, alternating: 0.21 against 0.58 s of CPU time. Stride 1 stays
+    oneDNN's (faster there: 12-35 against ~45 ms at 1536 x 48 x 48, 5 x 5). Other inputs (not float32,
+    not contiguous NCHW, rows wider than the kernel's) go through the convolution itself."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        from timm.layers.conv2d_same import Conv2dSame
+
+        self.conv, self.same = conv, isinstance(conv, Conv2dSame)
+        self.k, self.stride = conv.kernel_size[0], conv.stride[0]
+
+    @staticmethod
+    def takes(m: nn.Module) -> bool:
+        return (type(m).__name__ in ("Conv2d", "Conv2dSame") and m.groups == m.in_channels == m.out_channels > 1
+                and m.kernel_size[0] == m.kernel_size[1] and m.stride == (2, 2)
+                and m.dilation == (1, 1) and m.padding_mode == "zeros" and isinstance(m.padding, tuple))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.dim() != 4 or not x.is_contiguous() or x.shape[-1] > 4096:
+            return self.conv(x)
+        k, s = self.k, self.stride
+        H, W = x.shape[-2:]
+        if self.same:  # timm's pad_same: the output ceil(H / s), padding split with the extra row below
+            Ho, Wo = -(-H // s), -(-W // s)
+            top, left = max((Ho - 1) * s + k - H, 0) // 2, max((Wo - 1) * s + k - W, 0) // 2
+        else:
+            top, left = self.conv.padding
+            Ho, Wo = (H + 2 * top - k) // s + 1, (W + 2 * left - k) // s + 1
+        return native.dwconv2d(x, self.conv.weight, self.conv.bias, s, top, left, (Ho, Wo))
+
+
 def _swappable_norm(m: nn.Module) -> bool:
     """A timm RMS norm over channels whose activation our kernel computes (GELU tanh, or none)."""
     from timm.layers.norm import RmsNorm2d
@@ -251,25 +286,58 @@ def _swappable_norm(m: nn.Module) -> bool:
             and (isinstance(act, nn.Identity) or (isinstance(act, nn.GELU) and act.approximate == "tanh")))
 
 
+def _norms_after_conv(backbone: nn.Module) -> set[str]:
+    """The norms whose input is a convolution's fresh output that nothing else reads, to be normalized in
+    place: timm's `ConvNormAct.bn`, `EdgeResidual.bn1` / `bn2` (a 75 MB output at 768 px, ~18k page
+    faults each if allocated anew) and a norm right after a convolution in a `Sequential` (the attention's
+    key and value after their strided convolutions)."""
+    from timm.layers.conv_bn_act import ConvNormAct
+    from timm.models._efficientnet_blocks import EdgeResidual
+
+    names = set()
+    for name, m in backbone.named_modules():
+        if isinstance(m, ConvNormAct):
+            names.add(f"{name}.bn")
+        elif isinstance(m, EdgeResidual):
+            names |= {f"{name}.bn1", f"{name}.bn2"}
+        elif isinstance(m, nn.Sequential):
+            children = list(m.named_children())
+            names |= {f"{name}.{b}" for (_, a), (b, _) in zip(children, children[1:]) if isinstance(a, nn.Conv2d)}
+    return names
+
+
 @torch.inference_mode()
 def accelerate_mobilenet_(backbone: nn.Module) -> nn.Module:
-    """Swap MobileNet-V5's (timm's) channel RMS norms and their GELU for `ChannelNorm2d`, in place, where
-    our kernels run: the same float32 math. Returns `backbone`.
+    """Swap MobileNet-V5's (timm's) channel RMS norms and their GELU for `ChannelNorm2d` and its stride-2
+    depthwise convolutions for `DepthwiseConv2d`, in place, where our kernels run: the same float32 math.
+    Returns `backbone`.
 
     ~180 norms over up to 768 x 192 x 192 activations took 28% of a 768 px view in torch (six passes each
     over a layout strided across channels). Also tried: the 1x1 convolutions as MKL matrix products on
     the NCHW planes (no oneDNN reorders): no faster, and int8 ones through oneDNN (7-bit inputs on AVX2):
-    ~15% faster at a per-token cosine of 0.996 to float32, short of the 0.999 gate."""
+    ~15% faster at a per-token cosine of 0.996 to float32, short of the 0.999 gate; rounding every 1x1
+    convolution's input per pixel instead (simulated, weights int8 per output channel): min 0.9909 symmetric
+    7-bit, 0.9953 with a zero point, 0.9968 per 32 channels, all short too. Multi-query attention as
+    plain matrix products over the heads (no SDPA, no permuted copies): slower (150-290 against 125 ms).
+
+    Where a view's time goes after these swaps (1 thread, Zen 3, timing hooks): 1x1 convolutions ~60% at
+    20-30 GMAC/s (a 2048^3 float32 product runs at ~30 here), the two full 3x3 convolutions at 192 x 192
+    ~10%, attention (SDPA) ~12%, norms ~6%; ~250k page faults a view (activations over glibc's 32 MB mmap
+    cap are mapped anew each time: `THP_MEM_ALLOC_ENABLE=1` before torch starts cut them to ~13k)."""
     if not native.available("rms_norm_act_2d"):
         return backbone
-    from timm.layers.conv_bn_act import ConvNormAct
-
-    after_conv = {f"{name}.bn" for name, m in backbone.named_modules() if isinstance(m, ConvNormAct)}
+    after_conv = _norms_after_conv(backbone)
     norms = [(name, m) for name, m in backbone.named_modules() if _swappable_norm(m)]
     for name, norm in norms:
         parent, _, attr = name.rpartition(".")
         setattr(backbone.get_submodule(parent) if parent else backbone, attr, ChannelNorm2d(norm, name in after_conv))
-    log.info("MobileNet-V5: %d channel norms in one pass each", len(norms))
+    convs = [(name, m) for name, m in backbone.named_modules() if DepthwiseConv2d.takes(m)]
+    convs = convs if native.available("dwconv2d") else []
+    for name, conv in convs:
+        parent, _, attr = name.rpartition(".")
+        setattr(backbone.get_submodule(parent), attr, DepthwiseConv2d(conv))
+    log.info("MobileNet-V5: %d channel norms in one pass each, %d stride-2 depthwise convolutions", len(norms),
+             len(convs))
     return backbone
 
 

@@ -155,10 +155,33 @@ def test_channel_norm_kernel_matches_timm(shape):
             assert (inplace - out).abs().max().item() <= 1e-6
 
 
+def test_depthwise_conv_kernel_matches_torch():
+    """`DepthwiseConv2d` (`native.dwconv2d`) against the stride-2 depthwise convolutions it replaces: timm's
+    Conv2dSame (asymmetric padding, even and odd sizes) and a padded nn.Conv2d, 3 x 3 and 5 x 5, with a bias."""
+    from mmsdk.decoder import native
+    from mmsdk.encoders.accelerate import DepthwiseConv2d
+    from timm.layers.conv2d_same import Conv2dSame
+
+    if not native.available("dwconv2d"):
+        pytest.fail("our kernels did not build")  # a build failure is an error, not a skip
+    g = torch.Generator().manual_seed(0)
+    for (H, W), k, same, bias in (((9, 7), 3, True, False), ((8, 10), 5, True, True), ((11, 6), 5, False, True),
+                                  ((12, 12), 3, False, False)):
+        conv = (Conv2dSame(6, 6, k, 2, groups=6, bias=bias) if same
+                else torch.nn.Conv2d(6, 6, k, 2, padding=k // 2, groups=6, bias=bias))
+        assert DepthwiseConv2d.takes(conv) and not DepthwiseConv2d.takes(torch.nn.Conv2d(6, 6, k, 1, groups=6))
+        x = torch.randn(2, 6, H, W, generator=g)
+        with torch.no_grad():
+            ref, out = conv(x), DepthwiseConv2d(conv)(x)
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max().item() <= 1e-5  # float32 rounding; a shifted tap or row is ~1
+
+
 def test_mobilenet_norm_swap_keeps_the_features(gemma3n):
-    """`accelerate_mobilenet_` swaps every channel norm of the (channel-scaled) MobileNet-V5 and the tower's
-    output stays float32's, through both ConvNormAct norms (in place) and standalone ones."""
-    from mmsdk.encoders.accelerate import ChannelNorm2d, accelerate_mobilenet_
+    """`accelerate_mobilenet_` swaps every channel norm and stride-2 depthwise convolution of the
+    (channel-scaled) MobileNet-V5 and the tower's output stays float32's, through both ConvNormAct norms
+    (in place) and standalone ones."""
+    from mmsdk.encoders.accelerate import ChannelNorm2d, DepthwiseConv2d, accelerate_mobilenet_
 
     tower = load_gemma3n_vision(gemma3n.state_dict(), gemma3n.config.to_dict())
     config = ImageProcessorConfig(**{**GEMMA3N_IMAGE.__dict__, "size": {"height": 128, "width": 128}})
@@ -166,8 +189,10 @@ def test_mobilenet_norm_swap_keeps_the_features(gemma3n):
     with torch.inference_mode():
         ref = tower(pixels)
         n_norms = sum(type(m).__name__ in ("RmsNorm2d", "RmsNormAct2d") for m in tower.backbone.modules())
+        n_dw = sum(DepthwiseConv2d.takes(m) for m in tower.backbone.modules())
         accelerate_mobilenet_(tower.backbone)
         out = tower(pixels)
     swapped = [m for m in tower.backbone.modules() if isinstance(m, ChannelNorm2d)]
     assert len(swapped) == n_norms and any(m.inplace for m in swapped) and not all(m.inplace for m in swapped)
+    assert sum(isinstance(m, DepthwiseConv2d) for m in tower.backbone.modules()) == n_dw > 0
     assert (out - ref).abs().max().item() <= 1e-4

@@ -61,13 +61,15 @@ def main() -> int:
 
     print(f"CPU: {cpu_model()}, {a.threads} threads; kernels: {kernel_summary()}")
     with tempfile.TemporaryDirectory() as tmp:
-        image = str(Path(tmp) / "image.png")
-        Image.fromarray(np.random.default_rng(0).integers(0, 256, (896, 896, 3), dtype=np.uint8)).save(image)
-        peer = llama_ttft(a.llama_bin, a.model, a.mmproj, image, a.threads)
+        # another image each run: the session's encode cache would answer a repeated one without encoding it
+        images = [str(Path(tmp) / f"image{i}.png") for i in range(a.repeats)]
+        for i, image in enumerate(images):
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (896, 896, 3), dtype=np.uint8)).save(image)
+        peer = llama_ttft(a.llama_bin, a.model, a.mmproj, images[0], a.threads)
         torch.set_num_threads(a.threads)
         asst = mmsdk.load(a.model, mmproj=a.mmproj, threads=a.threads)
         times = []
-        for _ in range(a.repeats):
+        for image in images:
             t = time.perf_counter()
             asst.describe_image(image, max_tokens=1, pan_and_scan=False)
             times.append(time.perf_counter() - t)

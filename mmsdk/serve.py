@@ -137,7 +137,7 @@ class Server:
     def _warm(self) -> None:
         """Load the embedder and the speech model beside the first requests, so the first embeddings or
         transcription request does not hold up every stream on the worker while it loads; and build
-        the grammar tokenizer tools and JSON requests constrain with (~100 MB, 4-8 s for Gemma's 262k
+        the grammar tokenizer tools and JSON requests constrain with (~91 MB, 1.5-8 s for Gemma's 262k
         tokens, AMD Zen 3): built by the first such request, it stalled every stream taking turns with it."""
         from .constrained import closing_tokens, llg_tokenizer
 

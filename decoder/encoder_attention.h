@@ -102,9 +102,9 @@ void encoder_attention(const float *qkv, long B, long T, long H, long D, const l
         if (L <= 0) continue;  /* an empty sample: all padding */
         /* this head's keys and values copied together: a sample's rows are 3 H D floats apart, and strided
            like that a head's keys and values alias to a few L1 sets (slower than torch at 256 tokens).
-           On the heap: at 4096 tokens of 72 dims they are 2.4 MB, past an OpenMP thread's stack. */
-        float *kt = malloc(sizeof(float) * (D * Lp + D * L + 2 * L + EA_ROWS * EA_SCORES));
-        if (!kt) abort();  /* out of memory for a few MB: nothing sensible is left to do */
+           In each thread's scratch: at 4096 tokens of 72 dims they are 2.4 MB, past an OpenMP thread's stack. */
+        static _Thread_local Scratch head;
+        float *kt = scratch(&head, sizeof(float) * (D * Lp + D * L + 2 * L + EA_ROWS * EA_SCORES));
         float *vc = kt + D * Lp, *m = vc + D * L, *l = m + L, *s = l + L;
         for (long j = 0; j < Lp; j++)
             for (long d = 0; d < D; d++) kt[(j / 16) * 16 * D + d * 16 + j % 16] = j < L ? k[j * stride + d] : 0.f;
@@ -117,7 +117,6 @@ void encoder_attention(const float *qkv, long B, long T, long H, long D, const l
             const __m256 inv = _mm256_set1_ps(1.f / l[t]);
             for (long d = 0; d < D; d += 8) _mm256_storeu_ps(o + t * H * D + d, _mm256_mul_ps(_mm256_loadu_ps(o + t * H * D + d), inv));
         }
-        free(kt);
     }
 }
 #endif

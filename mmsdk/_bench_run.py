@@ -14,9 +14,9 @@ log = logging.getLogger(__name__)
 SPEED_KEYS = ("prefill_tps", "decode_tps", "ttft_s", "first_prompt_s", "load_s", "peak_rss_mb")
 
 
-def run_worker(spec: dict, env: dict | None = None, timeout: float = 1800) -> dict:
-    """Run one measurement in a fresh Python; its result, or {"error": ...}."""
-    cmd = [sys.executable, "-m", "mmsdk._bench_worker", json.dumps(spec)]
+def run_worker(spec: dict, env: dict | None = None, timeout: float = 1800, module: str = "mmsdk._bench_worker") -> dict:
+    """Run one measurement (`python -m module SPEC_JSON`) in a fresh Python; its result, or {"error": ...}."""
+    cmd = [sys.executable, "-m", module, json.dumps(spec)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
@@ -163,9 +163,14 @@ def llama_bench_entry(model: str, threads: int, prompt_tokens: int, gen_tokens: 
 
 
 def cpu_model() -> str:
+    """The CPU's model name, with its family and model numbers (a VM may name it only "AMD EPYC")."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+            info = {}
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+        return f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
     except OSError:
         import platform
 

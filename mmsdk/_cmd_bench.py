@@ -1,5 +1,6 @@
 """`mmsdk bench`: prefill and decode speed, load time and peak memory of mmsdk against llama.cpp
-and transformers on the same model and threads; with `--quality`, perplexity and top-1 agreement."""
+and transformers on the same model and threads; with `--quality`, perplexity and top-1 agreement; with
+`--image` or `--audio`, the encoder's time per view or per 30 s of audio (`_bench_media`)."""
 import json
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--gen-tokens", type=int, default=128)
-    p.add_argument("--precisions", default="float,int8,int4",
-                   help="mmsdk precisions to measure, comma-separated: float, bfloat16, int8, int4, stored")
+    p.add_argument("--precisions", default=None,
+                   help="mmsdk precisions to measure, comma-separated: float, bfloat16, int8, int4, stored "
+                        "(default float,int8,int4); with --image/--audio float, int8 (default both)")
     p.add_argument("--peers", default="", help="comma-separated peers: llama.cpp (its own llama-bench, or "
                    "llama-cpp-python where llama-bench is not built), transformers")
     p.add_argument("--llama-bin", default=None,
@@ -24,6 +26,15 @@ def register(sub) -> None:
                    help="perplexity on the CPython docs text and top-1 agreement with float, instead of speed")
     p.add_argument("--quality-tokens", type=int, default=16384,
                    help="corpus tokens scored (default 16384: at 2048 a quantized model's perplexity swings by ~1%%)")
+    media = p.add_mutually_exclusive_group()
+    media.add_argument("--image", action="store_true",
+                       help="time the image encoder (one view, a 3:1 pan-and-scan image) and describe_image's first "
+                            "token; peers: transformers (a checkpoint folder), llama.cpp (llama-mtmd-cli, a .gguf "
+                            "model and its mmproj)")
+    media.add_argument("--audio", action="store_true",
+                       help="time the audio encoder on 30 s of audio and an audio chat's first token; peer: transformers")
+    p.add_argument("--mmproj", help="llama.cpp's vision projector for a .gguf model (default: mmproj*.gguf beside it)")
+    p.add_argument("--repeats", type=int, default=3, help="--image/--audio: timed runs of each engine after a warm-up")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON (to FILE, or stdout)")
     p.set_defaults(func=cmd_bench)
 
@@ -40,17 +51,14 @@ def cmd_bench(args) -> int:
         from .bundled import bundled_gguf
 
         model = bundled_gguf()
-    for name in ("threads", "prompt_tokens", "gen_tokens", "rounds", "quality_tokens"):
+    for name in ("threads", "prompt_tokens", "gen_tokens", "rounds", "quality_tokens", "repeats"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-    precisions = [p for p in args.precisions.split(",") if p]
-    bad = [p for p in precisions if p not in ("float", "bfloat16", "int8", "int4", "stored")]
-    if bad:
-        raise InputError(f"--precisions: unknown {bad[0]!r} (known: float, bfloat16, int8, int4, stored)")
-    peers = [p for p in args.peers.split(",") if p]
-    bad = [p for p in peers if p not in ("llama.cpp", "transformers")]
-    if bad:
-        raise InputError(f"--peers: unknown {bad[0]!r} (known: llama.cpp, transformers)")
+    if args.image or args.audio:
+        return cmd_bench_media(args, model)
+    precisions = _listed("--precisions", args.precisions or "float,int8,int4",
+                         ("float", "bfloat16", "int8", "int4", "stored"))
+    peers = _listed("--peers", args.peers, ("llama.cpp", "transformers"))
     if "llama.cpp" in peers:
         from ._bench_llama import tool
 
@@ -80,6 +88,59 @@ def cmd_bench(args) -> int:
         Path(args.json).write_text(json.dumps(res, indent=2))
     print(table)
     return 0
+
+
+def cmd_bench_media(args, model: Path) -> int:
+    """`--image` / `--audio`: the encoder's own time against transformers and llama-mtmd-cli."""
+    from ._bench_media import PRECISIONS, bench_media, media_table
+    from .errors import InputError
+
+    kind = "image" if args.image else "audio"
+    precisions = _listed(f"--precisions with --{kind}", args.precisions or ",".join(PRECISIONS), PRECISIONS)
+    peers = _listed("--peers", args.peers, ("llama.cpp", "transformers"))
+    if "transformers" in peers and not model.is_dir():
+        raise InputError(f"--peers transformers needs a checkpoint folder as --model, got {model}")
+    mmproj = args.mmproj
+    if mmproj and not Path(mmproj).is_file():
+        raise InputError(f"--mmproj {mmproj}: no such file")
+    if "llama.cpp" in peers:
+        from ._bench_llama import tool
+
+        if kind == "audio":
+            raise InputError("--peers llama.cpp: llama-mtmd-cli is measured for --image only")
+        if model.suffix != ".gguf":
+            raise InputError(f"--peers llama.cpp needs a .gguf --model (and its mmproj), got {model}")
+        mmproj = mmproj or next((str(f) for f in sorted(model.parent.glob("mmproj*.gguf"))), None)
+        if mmproj is None:
+            raise InputError(f"--peers llama.cpp: no mmproj*.gguf beside {model}; name it with --mmproj")
+        if tool("llama-mtmd-cli", args.llama_bin) is None:
+            raise InputError("--peers llama.cpp needs llama.cpp's llama-mtmd-cli (--llama-bin DIR or $MMSDK_LLAMA_BIN)")
+    progress = _progress_bar()
+    res = bench_media(kind, str(model), threads=args.threads, repeats=args.repeats, precisions=precisions,
+                      peers=peers, mmproj=mmproj, llama_model=str(model), llama_bin=args.llama_bin, progress=progress)
+    progress(None, None)
+    ok = [r for name, r in res["results"].items() if name.startswith("mmsdk:") and "error" not in r]
+    if not ok:  # the model itself could not encode: say why in one line, as for any bad input
+        first = next(iter(res["results"].values()))
+        raise InputError(f"--{kind}: {first.get('error', 'no result')}")
+    if args.json == "-":
+        print(json.dumps(res, indent=2))
+        return 0
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    print(media_table(res))
+    return 0
+
+
+def _listed(option: str, value: str, known) -> list[str]:
+    """A comma-separated option's names, each one of `known`, else an InputError naming it."""
+    from .errors import InputError
+
+    names = [n for n in value.split(",") if n]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise InputError(f"{option}: unknown {bad[0]!r} (known: {', '.join(known)})")
+    return names
 
 
 def _progress_bar():

@@ -2,6 +2,9 @@
 `Gemma3nForConditionalGeneration` on the same small random checkpoint: logits, the processor's
 token sequence, and greedy decoding through `mmsdk.load(...).chat`, `describe_image`, `transcribe_audio`."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -250,3 +253,35 @@ def test_marker_count_mismatch_names_both_counts(pair):
         media.encode_prompt(asst.model, asst.tokenizer, asst.encoders, f"look {BOI}")  # a raw prompt's marker
     asst.chat([{"role": "user", "content": f"look {BOI}"}], max_tokens=1)  # in a message it is text (issue 20)
     assert EOI in tokenizer().get_vocab()
+
+
+def test_bench_media_times_the_audio_encoder_beside_transformers(saved):
+    """`mmsdk bench --audio`'s workers, in this process, on the model and transformers' feature extractor
+    from the same folder (3 s of audio): each timed, the ratio taken from the medians, the table names both.
+    (The image workers cost ~25 s here, the MobileNet's first calls: run by `tests/eval/bench_encoders.py`.)"""
+    from mmsdk._bench_media import media_table, ratios, work_mmsdk, work_transformers
+
+    _, folder = saved
+    spec = {"model": str(folder), "threads": 2, "repeats": 1, "precision": "float", "seconds": 3.0}
+    ours, hf = work_mmsdk({**spec, "kind": "audio"}), work_transformers({**spec, "kind": "audio"})
+    key = "audio_30s_s"
+    assert len(ours[key]) == len(ours["ttft_s"]) == len(hf[key]) == 1 and ours[key][0] > 0 and hf[key][0] > 0
+    assert ours["peak_rss_mb"] > 100 and hf["peak_rss_mb"] > 100
+    res = {"mmsdk:float": ours, "transformers:float": hf}
+    r = ratios("audio", res)
+    assert r["vs_transformers_best"] == pytest.approx(ours[key][0] / hf[key][0])
+    table = media_table({"kind": "audio", "model": str(folder), "cpu": "cpu", "cpu_flags": "avx2", "threads": 2,
+                         "repeats": 1, "results": res, "ratios": r})
+    assert "mmsdk:float" in table and "transformers:float" in table and "transformers' best" in table
+
+
+def test_bench_audio_command_runs_each_engine_in_its_own_process(saved):
+    _, folder = saved
+    proc = subprocess.run([sys.executable, "-m", "mmsdk.cli", "bench", "--audio", "--model", str(folder),
+                           "--precisions", "float", "--repeats", "1", "--json", "-"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout)
+    run = res["results"]["mmsdk:float"]
+    assert list(res["results"]) == ["mmsdk:float"] and len(run["audio_30s_s"]) == 1
+    assert res["ratios"]["real_time_factor"] == pytest.approx(30.0 / run["audio_30s_s"][0])

@@ -76,6 +76,8 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "gemma4_layer_step": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _n, _n, _n, _ptr],
     "sizeof_gemma4_layer": [],
     "quantize_q4k": [_ptr, _n, _n, _n, _n, _n, _ptr, _ptr, _ptr, _n],
+    "quantize_int4_pairs": [_ptr, _n, _n, _ptr, _ptr, _ptr, _n],
+    "gptq_block": [_ptr, _n, _n, _ptr, _ptr, _ptr, _ptr, _ptr, _n],
     "sizeof_linear": [],
     "sizeof_layer": [],
     "rms_norm_act_2d": [_ptr, _n, _n, _n, _ptr, ctypes.c_float, _n, _ptr],
@@ -315,6 +317,35 @@ def quantize_q4k(w: torch.Tensor, weight: torch.Tensor, sub_scales: torch.Tensor
             raise ValueError("quantize_q4k: the output buffers must be contiguous")
     library().quantize_q4k(w.data_ptr(), int(w.dtype == torch.bfloat16), rows, K, row0, N, weight.data_ptr(),
                            sub_scales.data_ptr(), super_scales.data_ptr(), threads or torch.get_num_threads())
+
+
+def quantize_int4_pairs(w: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`quantize.quantize_int4(w, 32)`'s search in C (`quantize_q4.h`), on `threads` OpenMP threads (default
+    torch's): (codes uint8 (N, K), scale (N, K/32), zero (N, K/32)), float32."""
+    N, K = w.shape
+    if K % 32:
+        raise ValueError(f"quantize_int4_pairs: {K} inputs is not a whole number of groups of 32")
+    w = w.float().contiguous()
+    codes = torch.empty(N, K, dtype=torch.uint8)
+    scale, zero = torch.empty(N, K // 32), torch.empty(N, K // 32)
+    library().quantize_int4_pairs(w.data_ptr(), N, K, codes.data_ptr(), scale.data_ptr(), zero.data_ptr(),
+                                  threads or torch.get_num_threads())
+    return codes, scale, zero
+
+
+def gptq_block(block: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, hinv: torch.Tensor,
+               threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gptq._gptq_int4`'s column loop over one block (`quantize_q4.h`): block (N, B) float32, updated in
+    place; scale, zero (N, B) each column's group numbers; hinv (B, B). Returns (codes uint8 (N, B), errors
+    (N, B))."""
+    N, B = block.shape
+    for name, t in (("block", block), ("scale", scale), ("zero", zero), ("hinv", hinv)):
+        if t.dtype != torch.float32 or not t.is_contiguous():
+            raise ValueError(f"gptq_block: {name} must be contiguous float32")
+    codes, errs = torch.empty(N, B, dtype=torch.uint8), torch.empty(N, B)
+    library().gptq_block(block.data_ptr(), N, B, scale.data_ptr(), zero.data_ptr(), hinv.data_ptr(), codes.data_ptr(),
+                         errs.data_ptr(), threads or torch.get_num_threads())
+    return codes, errs
 
 
 def takes_rows(x: torch.Tensor) -> bool:

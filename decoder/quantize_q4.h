@@ -63,6 +63,51 @@ static void clip_search(const float *w, float *lo_out, float *scale_out) {
     *lo_out = best_lo, *scale_out = best_scale;
 }
 
+/* Rows of a float32 weight w (N, K) rounded as `quantize.quantize_int4` does for groups of 32 (torch's
+   asymmetric pairs): each group's best clip (step 1), its codes (N, K), and its scale and zero (N, K/32),
+   zero = lo + 8 scale, as torch's tinygemm convention stores them. `threads`: OpenMP threads over rows. */
+void quantize_int4_pairs(const float *w, long N, long K, uint8_t *codes, float *scale, float *zero, long threads) {
+    const long G = K / 32;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (long n = 0; n < N; n++)
+        for (long g = 0; g < G; g++) {
+            const float *wg = w + n * K + g * 32;
+            float lo, step;
+            clip_search(wg, &lo, &step);
+            const __m256 vl = _mm256_set1_ps(lo), vs = _mm256_set1_ps(step);
+            for (int j = 0; j < 4; j++) {
+                int32_t out[8];
+                _mm256_storeu_si256((__m256i *)out, _mm256_cvtps_epi32(code8(_mm256_loadu_ps(wg + 8 * j), vl, vs)));
+                for (int i = 0; i < 8; i++) codes[n * K + g * 32 + 8 * j + i] = (uint8_t)out[i];
+            }
+            scale[n * G + g] = step, zero[n * G + g] = lo + 8.f * step;
+        }
+}
+
+/* GPTQ's inner loop (`gptq._gptq_int4`) over one block of B columns, each row on its own (a row's rounding
+   never reads another's): block (N, B), the columns in GPTQ's order, updated in place; scale, zero (N, B) the
+   group numbers under each column; hinv (B, B) that block of H^-1's upper Cholesky factor. Writes each
+   column's codes (N, B) and its error over the diagonal (errs, N, B), which the caller spreads over the
+   columns after the block. Row by row a column's update is B floats in L1, where torch's ran a strided
+   (N, B) view per column at ~10 us an op. */
+void gptq_block(float *block, long N, long B, const float *scale, const float *zero, const float *hinv,
+                uint8_t *codes, float *errs, long threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (long n = 0; n < N; n++) {
+        float *w = block + n * B;
+        const float *s = scale + n * B, *z = zero + n * B;
+        for (long i = 0; i < B; i++) {
+            float q = nearbyintf((w[i] - z[i]) / s[i] + 8.f);  /* to nearest, ties to even: torch.round */
+            q = q < 0.f ? 0.f : q > 15.f ? 15.f : q;
+            codes[n * B + i] = (uint8_t)q;
+            const float err = (w[i] - ((q - 8.f) * s[i] + z[i])) / hinv[i * B + i];
+            errs[n * B + i] = err;
+            const float *h = hinv + i * B;
+            for (long j = i + 1; j < B; j++) w[j] -= err * h[j];
+        }
+    }
+}
+
 AI uint16_t to_half(float x) { return _cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT); }
 AI float from_half(uint16_t h) { return _cvtsh_ss(h); }
 AI float round6(float x) { x = nearbyintf(x); return x < 0.f ? 0.f : x > 63.f ? 63.f : x; }

@@ -48,6 +48,23 @@ def test_c_rounding_matches_torchs(dtype):
 
 
 @needs_native
+def test_c_pairs_rounding_matches_torchs():
+    """`quantize_int4`'s clip search for torch's (scale, zero) pairs in C against the torch reference: the
+    same codes and numbers but for near-ties, the held weight's error torch's to 1e-4."""
+    from mmsdk.decoder.quantize import quantize_int4, quantize_int4_reference
+
+    w = weights()
+    mine, ref = quantize_int4(w, 32), quantize_int4_reference(w, 32)
+    assert [t.shape for t in mine] == [t.shape for t in ref] and mine[0].dtype == torch.uint8
+    assert (mine[0] != ref[0]).float().mean() <= 1e-4
+    for a, b in zip(mine[1:], ref[1:]):  # last bits apart (zero = lo + 8 scale as one fused multiply-add)
+        assert ((a - b).abs() > 1e-5 * ref[1]).float().mean() <= 1e-3
+    err = (dequantize_int4(*mine) - w).square().sum()
+    assert err <= (dequantize_int4(*ref) - w).square().sum() * (1 + 1e-4)
+    assert float((err / w.square().sum()).sqrt()) < 0.08
+
+
+@needs_native
 def test_c_rounding_writes_torchs_packed_layout_by_blocks_of_rows():
     """The codes land in torch's packed CPU layout (repacking them unpacked by `unpack_int4` with
     torch's own packer gives the same bytes: a layout, so exact), and rounding a weight in two

@@ -80,6 +80,7 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "sizeof_layer": [],
     "rms_norm_act_2d": [_ptr, _n, _n, _n, _ptr, ctypes.c_float, _n, _ptr],
     "dwconv2d": [_ptr, _n, _n, _n, _n, _ptr, _n, _n, _n, _n, _ptr, _ptr, _n, _n],
+    "max_dwconv_w": [],
     "quantize_rows_u8": [_ptr, _n, _n, _n, _n, _ptr, _ptr, _ptr],
     "int8_rows_out": [_ptr, _n, _n, _ptr, _ptr, _ptr, _ptr, _n],
     "encoder_attention": [_ptr, _n, _n, _n, _n, _ptr, ctypes.c_float, _ptr],
@@ -180,7 +181,7 @@ def library() -> ctypes.CDLL | None:
     for name, argtypes in ENTRY_POINTS.items():
         if (fn := getattr(lib, name, None)) is not None:  # a source without it: that call stays torch's
             fn.argtypes = argtypes
-            if name.startswith("sizeof_"):
+            if name.startswith(("sizeof_", "max_")):  # the C side's sizes and limits, read by the Python side
                 fn.restype = _n
     lib.int4_layout.argtypes = [_n]  # the 4-bit kernels read either of torch's layouts: say which one
     lib.int4_layout(int4_block())
@@ -340,6 +341,11 @@ def rms_norm_act_2d(x: torch.Tensor, gain: torch.Tensor | None, eps: float, gelu
     library().rms_norm_act_2d(x.data_ptr(), N, C, H * W, None if gain is None else gain.data_ptr(), eps, int(gelu),
                               y.data_ptr())
     return y
+
+
+def takes_dwconv2d(x: torch.Tensor) -> bool:
+    """Whether `dwconv2d` takes x: contiguous float32 NCHW, rows no wider than the kernel's buffers."""
+    return x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous() and x.shape[-1] <= library().max_dwconv_w()
 
 
 def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, pad_top: int,

@@ -413,15 +413,18 @@ def quantize_rows_u8(rows: torch.Tensor, code_max: int, asymmetric: bool) -> tup
     return codes, step, low
 
 
+# int8_rows.h's ROWS_* modes by torch's `approximate` name (None: no GELU)
+ROWS_GELU = {None: 0, "none": 1, "tanh": 2}
+
+
 def int8_rows_out(y: torch.Tensor, step: torch.Tensor, low: torch.Tensor | None, weight_sums: torch.Tensor | None,
                   bias: torch.Tensor | None, gelu: bool, approximate: str = "none") -> torch.Tensor:
     """An int8 product's contiguous float32 output y (M, N), N a multiple of 8, in place: times each row's
     step, plus low x weight_sums where given, plus bias, then GELU where `gelu` (exact, or torch's
     `approximate="tanh"`) (`int8_rows.h`)."""
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    mode = 0 if not gelu else 2 if approximate == "tanh" else 1
     library().int8_rows_out(y.data_ptr(), y.shape[0], y.shape[1], step.data_ptr(), ptr(low), ptr(weight_sums),
-                            ptr(bias), mode)
+                            ptr(bias), ROWS_GELU[approximate if gelu else None])
     return y
 
 

@@ -23,7 +23,6 @@ from . import fused
 from .config import SLIDING
 from .gemma3 import Gemma3Text
 from .kv_cache import FullCache, RingCache
-from .quantize import Int8Embedding
 
 
 def batchable(model, caches: list) -> bool:
@@ -63,18 +62,18 @@ _head_out = threading.local()  # the LM head's (rows, vocab) output, kept from s
 
 
 def _logit_rows(model, h: torch.Tensor) -> list[torch.Tensor]:
-    """model.logits(h)[0] for the rows h (1, B, hidden), one copied-out tensor a row. An int8 head writes
-    into a buffer kept from step to step: the loader serves blocks of 4 MB and more from fresh mappings
-    (memory.map_large_allocations), and 4 rows of Gemma 3's 262144 logits are 4 MB, ~1,000 pages faulted
-    in anew each step (1-6 ms, AMD Zen 3 under load); a row (1 MB) comes from the heap and is reused."""
-    embed, B = model.embed, h.shape[1]
-    if not isinstance(embed, Int8Embedding) or model.config.final_logit_softcapping or B == 1:
+    """model.logits(h)[0] for the rows h (1, B, hidden), one copied-out tensor a row. Several rows go
+    through a buffer kept from step to step (`Gemma3Text.logits(out=)`): the loader serves blocks of 4 MB
+    and more from fresh mappings (memory.map_large_allocations), and 4 rows of Gemma 3's 262144 logits
+    are 4 MB, ~1,000 pages faulted in anew each step (1-6 ms, AMD Zen 3 under load); a row (1 MB) comes
+    from the heap and is reused."""
+    B, vocab = h.shape[1], model.embed.num_embeddings
+    if B == 1:
         return list(model.logits(h)[0])
     out = getattr(_head_out, "buf", None)
-    if out is None or out.shape != (B, embed.num_embeddings):
-        out = _head_out.buf = torch.empty(B, embed.num_embeddings)
-    embed.as_linear(h, out=out)
-    return [row.clone() for row in out]
+    if out is None or out.shape != (B, vocab):
+        out = _head_out.buf = torch.empty(B, vocab)
+    return [row.clone() for row in model.logits(h, out=out)[0]]
 
 
 class StepBatcher:

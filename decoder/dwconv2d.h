@@ -11,6 +11,8 @@
 
 #define DWCONV_MAX_W 4096  /* widest input row (and output row) a plane may have */
 
+long max_dwconv_w(void) { return DWCONV_MAX_W; }  /* for the callers' check (native.takes_dwconv2d) */
+
 /* One plane: y (Ho x Wo) from x (H x W) and its k x k filter f. */
 static void dwconv_plane(const float *x, long H, long W, const float *f, long k, long stride, long pad_t,
                          long pad_l, float bias, float *y, long Ho, long Wo) {

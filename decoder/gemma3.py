@@ -13,6 +13,7 @@ from torch import nn
 from . import fused, native
 from .config import SLIDING, TextConfig
 from .layers import RMSNorm, RotaryEmbedding, apply_rope, attend, empty_embedding, normalize, softcap, step_mask
+from .quantize import Int8Embedding
 
 
 class Attention(nn.Module):
@@ -126,7 +127,15 @@ class Gemma3Text(nn.Module):
             x = layer(x, ropes[layer.layer_type], cache, positions, groups, masks)
         return self.norm(x)
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """The tied LM head, with the final soft-cap where the config asks for one."""
-        logits = self.embed.as_linear(h)
-        return softcap(logits, self.config.final_logit_softcapping)
+    def logits(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The tied LM head, with the final soft-cap where the config asks for one. With `out` (rows, vocab), e.g.
+        a buffer kept from step to step (batch.py's `_logit_rows`), the logits are written there and returned as
+        a view of it: straight from an int8 head's kernel, copied from any other head's output."""
+        cap = self.config.final_logit_softcapping
+        if out is None:
+            return softcap(self.embed.as_linear(h), cap)
+        if isinstance(self.embed, Int8Embedding) and not cap:
+            self.embed.as_linear(h, out=out)
+        else:
+            out.copy_(softcap(self.embed.as_linear(h), cap).reshape(out.shape))
+        return out.view(*h.shape[:-1], out.shape[-1])

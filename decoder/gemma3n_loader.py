@@ -260,7 +260,8 @@ def load_quantized(folder, quantize: str, dtype: torch.dtype = torch.float32, *,
     prepack(model, torch.get_num_threads(), done=drop_resident)
     family.accelerate(model)
     extra = extra if encoders else {}  # unread until a tower is built, as above
-    loaded = LoadedText(model.eval(), tok, folder.name, "hf", quantize, extra, hf, parameters=meta["parameters"])
+    loaded = LoadedText(model.eval(), tok, folder.name, "hf", quantize, extra, hf, parameters=meta["parameters"],
+                        quantized=True)
     release_free_memory()
     return loaded
 

@@ -68,9 +68,12 @@ AI __m256 phi8(__m256 x) {
     return _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.f), half_erfc), half_erfc, neg);
 }
 
+/* int8_rows_out's `gelu`: none, exact (erf), or its tanh approximation (SigLIP's); native.py's
+   ROWS_GELU names them by torch's `approximate`. */
+enum { ROWS_NO_GELU = 0, ROWS_GELU_ERF = 1, ROWS_GELU_TANH = 2 };
+
 /* The product's output y (M, N), N a multiple of 8, in place: y * step[m] (+ low[m] * wsum[n]: the
-   zero point's offset) (+ bias[n]), then GELU where `gelu`: 1 exact, 2 its tanh approximation (SigLIP's).
-   low, wsum and bias may be NULL. */
+   zero point's offset) (+ bias[n]), then the GELU `gelu` names (ROWS_*). low, wsum and bias may be NULL. */
 void int8_rows_out(float *y, long M, long N, const float *step, const float *low, const float *wsum,
                    const float *bias, long gelu) {
     #pragma omp parallel for schedule(static) if (M > 16)
@@ -81,8 +84,8 @@ void int8_rows_out(float *y, long M, long N, const float *step, const float *low
             __m256 v = _mm256_mul_ps(_mm256_loadu_ps(r + n), s);
             if (low) v = _mm256_fmadd_ps(l, _mm256_loadu_ps(wsum + n), v);
             if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + n));
-            if (gelu == 1) v = _mm256_mul_ps(v, phi8(v));
-            else if (gelu == 2) v = gelu8(v);
+            if (gelu == ROWS_GELU_ERF) v = _mm256_mul_ps(v, phi8(v));
+            else if (gelu == ROWS_GELU_TANH) v = gelu8(v);
             _mm256_storeu_ps(r + n, v);
         }
     }

@@ -17,3 +17,6 @@ class LoadedText:
     extra_tensors: dict = field(default_factory=dict)  # non-text tensors (vision, audio) by HF name
     hf_config: dict = field(default_factory=dict)
     parameters: int = 0  # float parameter count (quantized modules hold buffers, not parameters)
+    # The decoder's weights carry quantization rounding: rounded at load (quantize=), or stored quantized in
+    # the file (a Q4_0 GGUF, even dequantized to float). `mmsdk.load` gives such a model int8 encoders too.
+    quantized: bool = False

@@ -23,7 +23,7 @@ from .gguf_file import EXACT_4BIT, GGUFFile, is_gguf, q4_codes, q4_k_parts
 from .memory import drop_resident, map_large_allocations, release_free_memory, release_gpu_libraries
 from .gptq import gptq_quantize_
 from .loaded import LoadedText
-from .quant_plan import GGUF_4BIT, plan_bits
+from .quant_plan import GGUF_4BIT, GGUF_FLOAT, plan_bits
 from .quantize import (Int4Linear, Int8Embedding, int4_supported, prepack, quantize_, quantize_int8,
                        quantized_linear, rotate, rotation_block)
 from .tokenizer import load_sentencepiece, tokenizer_from_gguf
@@ -72,7 +72,7 @@ def load_text(path, dtype=torch.float32, *, quantize: str | None = None, group_s
             _quantize(loaded.model, plan_bits(loaded.model, quantize), group_size, dtype,
                       tokenizer=loaded.tokenizer if quantize == "int4" else None)
             prepack(loaded.model, torch.get_num_threads())
-            loaded.quantization = quantize
+            loaded.quantization, loaded.quantized = quantize, True
     elif path.suffix == ".gguf" or is_gguf(path):
         mode = quantize or ("stored" if auto else None)
         loaded = _load_gguf(path, dtype, mode, group_size, cache, offload)
@@ -95,6 +95,8 @@ def _load_gguf(path: Path, dtype, mode: str | None, group_size: int, use_cache: 
     wpath = weight_cache.cache_path(path.stem, key)
     hit = weight_cache.load(wpath) if use_cache else None
     tok_path = wpath.with_suffix(".tokenizer.model")
+    if hit is not None and "quantized" not in hit[1]:  # written before the meta said it: convert again
+        hit = None
     if hit is not None:
         if tok_path.is_file():
             return _from_cache(hit, tok_path, dtype, group_size, path, offload)
@@ -105,7 +107,8 @@ def _load_gguf(path: Path, dtype, mode: str | None, group_size: int, use_cache: 
                 tmp.write_bytes(loaded.tokenizer.sp.serialized_model_proto())
             cfg = loaded.model.config
             config = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
-            meta = {"config": config, "name": loaded.name, "quantization": loaded.quantization, "plan": plan,
+            meta = {"config": config, "name": loaded.name, "quantization": loaded.quantization,
+                    "quantized": loaded.quantized, "plan": plan,
                     "tokenizer": tok_meta, "parameters": loaded.parameters,
                     "arch": loaded.hf_config.get("model_type", "gemma3")}
             weight_cache.save(wpath, loaded.model.state_dict(), meta)
@@ -190,8 +193,9 @@ def _load_gguf_source(path: Path, dtype, mode: str | None, group_size: int, offl
         _stream_gguf(gg, model, key_map, fused, plan, dtype, group_size, int8_embedding=mode is not None)
     ftype = _GGUF_FTYPES.get(meta.get("general.file_type"), "gguf")
     label = ftype if mode in (None, "stored") else mode
+    quantized = mode in ("int8", "int4") or any(kind not in GGUF_FLOAT for kind in stored.values())
     loaded = LoadedText(model.eval(), tok, meta.get("general.name", path.stem), "gguf", label, hf_config=hf_config,
-                        parameters=n_params)
+                        parameters=n_params, quantized=quantized)
     return loaded, plan, {"bos": tok.bos_id, "eos": list(tok.eos_ids), "special": sorted(tok.special_ids)}
 
 
@@ -309,7 +313,7 @@ def _from_cache(hit, tok_path: Path, dtype, group_size: int, path: Path, offload
     if meta["plan"]:
         _accelerate(model)
     return LoadedText(model.eval(), tok, meta["name"], "gguf", meta["quantization"], parameters=meta["parameters"],
-                      hf_config={"model_type": meta["arch"]} if gemma4 else {})
+                      hf_config={"model_type": meta["arch"]} if gemma4 else {}, quantized=meta["quantized"])
 
 
 def _load_hf(folder: Path, dtype, offload: str | None = None) -> LoadedText:

@@ -82,6 +82,7 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "sizeof_layer": [],
     "rms_norm_act_2d": [_ptr, _n, _n, _n, _ptr, ctypes.c_float, _n, _ptr],
     "dwconv2d": [_ptr, _n, _n, _n, _n, _ptr, _n, _n, _n, _n, _ptr, _ptr, _n, _n],
+    "max_dwconv_w": [],
     "quantize_rows_u8": [_ptr, _n, _n, _n, _n, _ptr, _ptr, _ptr],
     "int8_rows_out": [_ptr, _n, _n, _ptr, _ptr, _ptr, _ptr, _n],
     "encoder_attention": [_ptr, _n, _n, _n, _n, _ptr, ctypes.c_float, _ptr],
@@ -182,7 +183,7 @@ def library() -> ctypes.CDLL | None:
     for name, argtypes in ENTRY_POINTS.items():
         if (fn := getattr(lib, name, None)) is not None:  # a source without it: that call stays torch's
             fn.argtypes = argtypes
-            if name.startswith("sizeof_"):
+            if name.startswith(("sizeof_", "max_")):  # the C side's sizes and limits, read by the Python side
                 fn.restype = _n
     lib.int4_layout.argtypes = [_n]  # the 4-bit kernels read either of torch's layouts: say which one
     lib.int4_layout(int4_block())
@@ -373,6 +374,11 @@ def rms_norm_act_2d(x: torch.Tensor, gain: torch.Tensor | None, eps: float, gelu
     return y
 
 
+def takes_dwconv2d(x: torch.Tensor) -> bool:
+    """Whether `dwconv2d` takes x: contiguous float32 NCHW, rows no wider than the kernel's buffers."""
+    return x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous() and x.shape[-1] <= library().max_dwconv_w()
+
+
 def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, pad_top: int,
              pad_left: int, out_hw: tuple[int, int]) -> torch.Tensor:
     """A depthwise convolution of a contiguous float32 NCHW x with weight (C, 1, k, k) (`dwconv2d.h`):
@@ -438,15 +444,18 @@ def quantize_rows_u8(rows: torch.Tensor, code_max: int, asymmetric: bool) -> tup
     return codes, step, low
 
 
+# int8_rows.h's ROWS_* modes by torch's `approximate` name (None: no GELU)
+ROWS_GELU = {None: 0, "none": 1, "tanh": 2}
+
+
 def int8_rows_out(y: torch.Tensor, step: torch.Tensor, low: torch.Tensor | None, weight_sums: torch.Tensor | None,
                   bias: torch.Tensor | None, gelu: bool, approximate: str = "none") -> torch.Tensor:
     """An int8 product's contiguous float32 output y (M, N), N a multiple of 8, in place: times each row's
     step, plus low x weight_sums where given, plus bias, then GELU where `gelu` (exact, or torch's
     `approximate="tanh"`) (`int8_rows.h`)."""
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    mode = 0 if not gelu else 2 if approximate == "tanh" else 1
     library().int8_rows_out(y.data_ptr(), y.shape[0], y.shape[1], step.data_ptr(), ptr(low), ptr(weight_sums),
-                            ptr(bias), mode)
+                            ptr(bias), ROWS_GELU[approximate if gelu else None])
     return y
 
 

@@ -28,9 +28,6 @@ log = logging.getLogger(__name__)
 _DTYPES = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-_FLOAT_FILES = {"float32", "float16", "bfloat16", "f32", "f16", "bf16"}  # `LoadedText.quantization` of unquantized files
-
-
 def load(path=None, *, quantize: str | None = None, offload: str | None = None, threads: int | None = None,
          dtype: str | None = None, max_memory: int | None = None, mmproj=None, draft=None) -> "Assistant":
     """Load a model: a HF checkpoint folder, a .gguf file, or a model id ("google/gemma-3n-E2B-it",
@@ -68,8 +65,7 @@ def load(path=None, *, quantize: str | None = None, offload: str | None = None, 
         draft = load(draft, quantize=quantize, threads=threads, dtype=dtype)
     # A quantized model (asked for, or a file that stores one) takes the encoders' int8 swaps too: they lose far
     # less than its decoder (SigLIP: per-token cosine >= 0.9999 to float32) and encode ~30% faster
-    quantized = quantize is not None or loaded.quantization.lower() not in _FLOAT_FILES
-    asst = Assistant(loaded, path=str(path), dtype=_DTYPES[dtype], mmproj=mmproj, accelerate=quantized)
+    asst = Assistant(loaded, path=str(path), dtype=_DTYPES[dtype], mmproj=mmproj, accelerate=loaded.quantized)
     make_drafter(draft, asst.model)  # checked now: a vocabulary mismatch fails here, not at the first reply
     asst.draft = draft
     return asst

@@ -76,3 +76,19 @@ def test_the_batchers_rounds_give_each_stream_its_own_greedy_ids():
                 f.result()
     assert got == expected
     assert batcher.rows > batcher.passes > 0  # some passes served several streams
+
+
+@needs_native
+def test_logits_are_written_into_a_given_buffer():
+    """`Gemma3Text.logits(h, out=)`, which batched steps read through a kept buffer: the logits of `h` in
+    `out`, returned as a view of it, from an int8 head's kernel and from a soft-capped float head alike."""
+    from test_quant_modules import tiny_model
+
+    h = torch.randn(1, 3, 64, generator=torch.Generator().manual_seed(5))
+    for model, cap in ((quantized_tiny_model(8), None), (tiny_model(), 30.0)):
+        model.config.final_logit_softcapping = cap
+        out = torch.empty(3, model.config.vocab_size)
+        with torch.inference_mode():
+            got, ref = model.logits(h, out=out), model.logits(h)
+        assert got.shape == ref.shape == (1, 3, model.config.vocab_size) and got.data_ptr() == out.data_ptr()
+        assert rel_err(got, ref) < 1e-6

@@ -55,7 +55,7 @@ def test_streamed_matches_quantizing_in_memory(checkpoint, tmp_path):
                                      layout=INT4_LAYOUT)))
     loaded = load_quantized(checkpoint, "int4", offload="ple")
     model = loaded.model
-    assert loaded.quantization == "int4"
+    assert loaded.quantization == "int4" and loaded.quantized
     layouts = {m.layout for m in model.modules() if isinstance(m, Int4Linear)}
     assert layouts == {"kquant", "pairs"} and isinstance(model.embed, Int4Embedding) and model.embed.layout == "kquant"
     assert not any(isinstance(m, Int8Linear) for name, m in model.named_modules() if ".altup." in name)

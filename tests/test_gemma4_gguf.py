@@ -52,6 +52,7 @@ def test_f32_gguf_matches_transformers_and_the_folder_load(ref, files, tmp_path)
     loaded = load_text(files["F32"], torch.float32)
     model = loaded.model
     assert isinstance(model, Gemma4Text) and loaded.source == "gguf" and loaded.quantization == "F32"
+    assert not loaded.quantized
     assert model.config.attention_k_eq_v and model.config.use_double_wide_mlp
     assert model.config.rope_global_rotated == 0.25
     diffs = _compare(ref, model, _ids(13, 1), steps=6)  # window 4: rings wrap, shared layers reuse them
@@ -102,18 +103,19 @@ def test_q4_0_gguf(ref, files, mmsdk_cache):
     RMS logit error under 0.25, where logits sharing nothing but their scale give ~1.4 (this random
     stack is so sensitive that 0.4% weight noise moves its logits by 0.4, so top-1 is not a fair gauge)."""
     want_ref = _dequantized_reference(ref, files["Q4_0"])
-    floats = load_text(files["Q4_0"], torch.float32).model
-    assert max(_compare(want_ref, floats, _ids(13, 1), steps=4)) <= TOL
+    floats = load_text(files["Q4_0"], torch.float32)
+    assert max(_compare(want_ref, floats.model, _ids(13, 1), steps=4)) <= TOL
+    assert floats.quantized  # float weights, but the file's 4-bit rounding is in them
 
     stored = load_text(files["Q4_0"], None)
-    assert stored.quantization == "Q4_0"
+    assert stored.quantization == "Q4_0" and stored.quantized
     assert sum(isinstance(m, Int4Linear) for m in stored.model.modules()) >= 30
     ids = _ids(16, 5)
 
     def run(model):
         return model.logits(model(ids, make_cache(model.config), torch.arange(16)))
 
-    want, got = run(floats), run(stored.model)
+    want, got = run(floats.model), run(stored.model)
     err = ((got - want).norm() / want.norm()).item()
     assert err < 0.25, err
     # a later load maps the weight cache the first one wrote (and ran from): the same path run twice

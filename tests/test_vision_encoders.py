@@ -175,6 +175,12 @@ def test_depthwise_conv_kernel_matches_torch():
             ref, out = conv(x), DepthwiseConv2d(conv)(x)
         assert out.shape == ref.shape
         assert (out - ref).abs().max().item() <= 1e-5  # float32 rounding; a shifted tap or row is ~1
+    # rows wider than the kernel's buffers go through the convolution itself
+    conv = torch.nn.Conv2d(2, 2, 3, 2, padding=1, groups=2)
+    x = torch.randn(1, 2, 3, native.library().max_dwconv_w() + 1, generator=g)
+    assert not native.takes_dwconv2d(x)
+    with torch.no_grad():
+        assert torch.allclose(DepthwiseConv2d(conv)(x), conv(x), rtol=0, atol=1e-5)
 
 
 def test_mobilenet_norm_swap_keeps_the_features(gemma3n):

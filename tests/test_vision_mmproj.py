@@ -164,6 +164,17 @@ def test_explicit_mmproj_and_none_beside(files, tmp_path):
     assert asst.info.modalities == {"text", "image"}
 
 
+def test_int8_encoder_follows_a_quantized_load(files):
+    """A float file keeps a float32 SigLIP; a quantized load (here quantize="int8") swaps in its int8 MLPs."""
+    from mmsdk.encoders.accelerate import Int8LinearBias
+
+    _, folder = files
+    for quantize, int8 in ((None, False), ("int8", True)):
+        asst = mmsdk.load(folder / "tiny-gemma3-F32.gguf", quantize=quantize)
+        assert asst._loaded.quantized == int8
+        assert any(isinstance(m, Int8LinearBias) for m in asst.encoders.vision.modules()) == int8
+
+
 @pytest.mark.parametrize("damage, message", [
     (dict(projector="idefics3"), "supported: gemma3"),
     (dict(drop=("v.blk.1.ffn_down.weight",)), "v.blk.1.ffn_down.weight"),

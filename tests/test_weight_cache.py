@@ -141,6 +141,7 @@ def test_bundled_model_cached_load_matches_first_load(tmp_path, bundled_path, mo
     assert isinstance(again.model.layers[0].attn.o_proj, Int4Linear)
     assert isinstance(again.model.layers[0].attn.qkv_proj, Int8Linear)  # Q4_K_M's mix
     assert again.quantization == first.quantization == "int4" and again.parameters == first.parameters
+    assert again.quantized and first.quantized
     ids = first.tokenizer.encode("The capital of France is")
     assert again.tokenizer.encode("The capital of France is") == ids
     x = torch.tensor([ids])

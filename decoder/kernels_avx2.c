@@ -19,6 +19,7 @@
 
 #include "kernels.h"
 #include "int4_q8.h"
+#include "q8_groups.h"  /* the audio conformer's int8 x int8 products, per 32 inputs */
 #include "norm2d.h"  /* exp8, gelu8, and the channel norm of NCHW images */
 #include "dwconv2d.h"  /* depthwise convolutions of NCHW images (plain C, vectorized by the compiler) */
 

@@ -78,6 +78,8 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "quantize_q4k": [_ptr, _n, _n, _n, _n, _n, _ptr, _ptr, _ptr, _n],
     "quantize_int4_pairs": [_ptr, _n, _n, _ptr, _ptr, _ptr, _n],
     "gptq_block": [_ptr, _n, _n, _ptr, _ptr, _ptr, _ptr, _ptr, _n],
+    "q8g_pack": [_ptr, _n, _n, _ptr],
+    "q8g_matmul": [_ptr, _n, _n, _ptr, _ptr, _ptr, _n],
     "sizeof_linear": [],
     "sizeof_layer": [],
     "rms_norm_act_2d": [_ptr, _n, _n, _n, _ptr, ctypes.c_float, _n, _ptr],
@@ -347,6 +349,32 @@ def gptq_block(block: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, hin
     library().gptq_block(block.data_ptr(), N, B, scale.data_ptr(), zero.data_ptr(), hinv.data_ptr(), codes.data_ptr(),
                          errs.data_ptr(), threads or torch.get_num_threads())
     return codes, errs
+
+
+Q8G_BLOCK, Q8G_CHANNELS, Q8G_CHUNK = 24, 192, 512  # q8_groups.h: Q8G_NB, Q8G_NC, Q8G_KC
+
+
+def q8g_fits(out_features: int, in_features: int) -> bool:
+    """Whether `q8g_matmul` takes a weight this shape: channels in whole tiles of 192, inputs of 512."""
+    return out_features % Q8G_CHANNELS == 0 and in_features % Q8G_CHUNK == 0
+
+
+def q8g_pack(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes (N, K) and their scales per 32 inputs (N, K/32) in `q8g_matmul`'s layouts: codes in
+    chunks of 512 inputs and blocks of 24 channels, scales (N/24, K/32, 24)."""
+    N, K = codes.shape
+    packed = torch.empty(N * K, dtype=torch.int8)
+    library().q8g_pack(codes.contiguous().data_ptr(), N, K, packed.data_ptr())
+    return packed, scales.float().reshape(N // Q8G_BLOCK, Q8G_BLOCK, K // 32).transpose(1, 2).contiguous()
+
+
+def q8g_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (M, K) float32 W^T for a weight from `q8g_pack`, x rounded to 8 bits per 32 inputs (`q8_groups.h`)."""
+    M, K = x.shape
+    N = packed.numel() // K
+    y = torch.empty(M, N)
+    library().q8g_matmul(x.contiguous().data_ptr(), M, K, packed.data_ptr(), scales.data_ptr(), y.data_ptr(), N)
+    return y
 
 
 def takes_rows(x: torch.Tensor) -> bool:

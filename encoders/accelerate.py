@@ -201,27 +201,50 @@ def accelerate_siglip_(encoder: siglip.SiglipVisionEncoder, *, int8: bool = True
     return encoder
 
 
+class Q8GroupLinear(nn.Module):
+    """`nn.Linear` (no bias) as int8 weights and 8-bit inputs, each with a scale per 32 inputs (llama.cpp's
+    Q8_0 x Q8_0), through `native.q8g_matmul` (AVX2 hosts). Finer than `Int8LinearBias`'s per-row inputs,
+    which AVX2 can only take at 7 bits: what the audio conformer's quality gate needs."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        groups = w.view(w.shape[0], -1, 32)
+        scales = groups.abs().amax(-1) / 127
+        codes = torch.round(groups / torch.where(scales > 0, scales, 1.0)[..., None]).to(torch.int8)
+        self.packed, self.scales = native.q8g_pack(codes.view(w.shape), scales)
+        self.in_features = w.shape[1]
+
+    @staticmethod
+    def takes(linear: nn.Module) -> bool:
+        """Where it pays: AVX2 hosts (on AVX-512 float32 products are twice as wide, and this kernel is AVX2
+        code: not measured there), a bias-free linear in the kernel's whole tiles."""
+        return (isinstance(linear, nn.Linear) and linear.bias is None and native.kernel_name() == "avx2"
+                and native.available("q8g_matmul") and native.q8g_fits(*linear.weight.shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = native.q8g_matmul(x.reshape(-1, self.in_features).float(), self.packed, self.scales)
+        return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+
+
 @torch.inference_mode()
 def accelerate_gemma3n_audio_(audio: nn.Module) -> nn.Module:
-    """Swap the conformer's linears for int8 ones, in place: both half-step FFNs, q/k/v and the
-    attention output, the light conv's linears (`encoders.audio_gemma3n`). Returns `audio`.
+    """Swap the conformer's half-step FFNs and light-conv linears for `Q8GroupLinear`s, in place, on AVX2
+    hosts (elsewhere it stays float32). Returns `audio`. Quantized loads apply it.
 
-    They are ~90% of the tower's time on 30 s of audio. The relative-position projection (13 rows),
-    the subsampler's convolutions and projection and the embedder stay float32.
-
-    Not applied by loads: on the real E2B weights and 30 s of real speech (tests/fixtures/audio) the
-    per-token cosine of the embeddings to float32 is min 0.9925, mean 0.9982 on AVX2 (7-bit inputs
-    there), short of the 0.999 gate; the FFNs kept float32 still give min 0.9968. One thread, AMD EPYC
-    Zen 3: 12.1 s of CPU time float32, 8.7 s with this swap."""
+    They are ~75% of the tower's time on 30 s of audio. Attention's q/k/v and output stay float32: with
+    them too the per-token cosine of the encodings to float32 falls to 0.99886 (0.99912 Hadamard-rotated),
+    at the 0.999 gate; these alone measured 0.99953 (real-size random weights, 30 s; docs/performance.md).
+    Per-row 8-bit inputs give 0.99727, oneDNN's 7-bit ones 0.9929 (all linears)."""
+    swapped = 0
     for layer in audio.encoder.layers:
-        for ffn in (layer.ffn_start, layer.ffn_end):
-            ffn.up, ffn.down = Int8LinearBias(ffn.up), Int8LinearBias(ffn.down)
-        attn = layer.attn
-        attn.q_proj, attn.k_proj, attn.v_proj = (Int8LinearBias(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
-        layer.attn_out = Int8LinearBias(layer.attn_out)
-        layer.conv.linear_start, layer.conv.linear_end = (Int8LinearBias(layer.conv.linear_start),
-                                                          Int8LinearBias(layer.conv.linear_end))
-    log.info("Gemma 3n audio: int8 linears in %d conformer blocks (%s)", len(audio.encoder.layers), int8_kernel())
+        for owner, name in ((layer.ffn_start, "up"), (layer.ffn_start, "down"), (layer.ffn_end, "up"),
+                            (layer.ffn_end, "down"), (layer.conv, "linear_start"), (layer.conv, "linear_end")):
+            if Q8GroupLinear.takes(getattr(owner, name)):
+                setattr(owner, name, Q8GroupLinear(getattr(owner, name)))
+                swapped += 1
+    log.info("Gemma 3n audio: %d linears int8 with 8-bit inputs per 32 (%s)", swapped,
+             "mmsdk avx2" if swapped else "none here: float32")
     return audio
 
 

@@ -25,6 +25,15 @@ class LazyTowers:
     def loaded(self, kind: str) -> bool:
         return isinstance(self._towers.get(kind), nn.Module)
 
+    def then(self, kind: str, change: Callable[[nn.Module], nn.Module]) -> None:
+        """Apply `change` (a load's module swap) to the tower when it is built, or now if it is."""
+        with self._lock:
+            tower = self._towers.get(kind)
+            if isinstance(tower, nn.Module):
+                self._towers[kind] = change(tower)
+            elif tower is not None:
+                self._towers[kind] = lambda: change(tower())
+
     def get(self, kind: str) -> nn.Module | None:
         """The tower, built now if this is its first use; None where the checkpoint has none."""
         with self._lock:  # two threads asking at once build it once

@@ -132,7 +132,11 @@ def _mmsdk_audio(asst, spec: dict, runs) -> dict:
             return audio(torch.from_numpy(mel)[None], torch.from_numpy(mask)[None])
 
         res["audio_30s_s"] = timed(encode, repeats)
-        if spec.get("audio_int8_swap"):  # the int8 conformer swap, which loads do not apply (its quality gate)
+        from mmsdk.encoders.accelerate import Q8GroupLinear
+
+        int8 = sum(isinstance(m, Q8GroupLinear) for m in audio.modules())
+        res["conformer"] = f"{int8} linears int8 (8-bit inputs per 32)" if int8 else "float32"
+        if spec.get("audio_int8_swap") and spec["precision"] == "float":  # the quantized loads' swap, on float
             from mmsdk.encoders.accelerate import accelerate_gemma3n_audio_
 
             ref, valid = encode()
@@ -305,9 +309,11 @@ def media_table(res: dict) -> str:
             continue
         cells = [f"{statistics.median(r[k]):.2f} ({min(r[k]):.2f}-{max(r[k]):.2f})" if r.get(k) else "-" for k in keys]
         lines.append(f"{name:24} " + " ".join(f"{c:>22}" for c in cells) + f" {r['peak_rss_mb']:>12.0f}  {r['kernel']}"
-                     + (f"; pan-and-scan: {r['pan_and_scan_views']} views" if "pan_and_scan_views" in r else ""))
+                     + (f"; pan-and-scan: {r['pan_and_scan_views']} views" if "pan_and_scan_views" in r else "")
+                     + (f"; conformer: {r['conformer']}" if "conformer" in r else ""))
         if "int8_swap_cosine_min" in r:
-            lines.append(f"{'':24} int8 conformer swap: per-token cosine to float32 min {r['int8_swap_cosine_min']:.5f}"
+            lines.append(f"{'':24} the int8 conformer swap on this load: {statistics.median(r['audio_30s_int8_swap_s']):.2f} s, "
+                         f"per-token cosine to float32 min {r['int8_swap_cosine_min']:.5f}"
                          f" mean {r['int8_swap_cosine_mean']:.5f}")
     names = {"vs_transformers_best": "mmsdk / transformers' best", "vs_llama_mtmd_cli": "mmsdk / llama-mtmd-cli",
              "pan_and_scan_over_one_view": "pan-and-scan image / 1 view", "real_time_factor": "x real time"}

@@ -51,11 +51,13 @@ def load_encoders(loaded, path, dtype, mmproj=None, accelerate: bool = False) ->
     """Vision (and for Gemma 3n audio) encoders from the non-text tensors of a HF checkpoint, if it has them.
     `accelerate`: swap in the int8 encoder layers (`encoders.accelerate`), as a quantized load asks; a
     float32 SigLIP takes the float32 swaps (fused q/k/v, our attention kernel) either way."""
-    from .encoders.accelerate import accelerate_siglip_
+    from .encoders.accelerate import accelerate_gemma3n_audio_, accelerate_siglip_
 
     encoders = _load_encoders(loaded, path, dtype, mmproj)
     if encoders.vision is not None and dtype == torch.float32:
         accelerate_siglip_(encoders.vision.encoder, int8=accelerate)
+    if encoders.gemma3n is not None and accelerate and dtype == torch.float32:
+        encoders.gemma3n.towers.then("audio", accelerate_gemma3n_audio_)  # when the tower is first built
     return encoders
 
 

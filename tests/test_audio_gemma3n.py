@@ -147,22 +147,58 @@ def test_a_clip_encoded_before_is_not_encoded_again(models):
         hook.remove()
 
 
-def test_int8_conformer_swap_stays_close(models):
-    """`accelerate_gemma3n_audio_` (8-bit weights and input rows in every conformer linear) on a copy:
-    every linear swapped, the embeddings near float32's. Per-token cosine >= 0.99: a wrong rotation,
-    scale or layout gives ~0 (at the real size, real E2B weights and speech, int8 reaches min 0.9925,
-    short of the 0.999 gate, which is why loads do not apply it; see encoders/accelerate.py)."""
+def test_q8_group_products_match_the_product_of_their_codes():
+    """`native.q8g_matmul` against float64 arithmetic on the same 8-bit codes (inputs rounded per 32 as the
+    kernel rounds them, `quantize_q8_groups`): a wrong layout, sign or scale is off by the values themselves;
+    odd row counts take the kernel's one-row tiles."""
+    from mmsdk.decoder import native
+
+    if not native.available("q8g_matmul"):
+        pytest.skip("CPU has neither AVX-512 VNNI nor AVX2 + FMA (the kernels' instructions)")
+    g = torch.Generator().manual_seed(3)
+    for m, k, n in ((37, 512, 192), (6, 1024, 384)):
+        x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g) * 0.02
+        groups = w.view(n, -1, 32)
+        scales = groups.abs().amax(-1) / 127
+        codes = torch.round(groups / scales[..., None]).to(torch.int8).view(n, k)
+        y = native.q8g_matmul(x, *native.q8g_pack(codes, scales))
+        top = x.view(m, -1, 32).abs().amax(-1, keepdim=True)
+        xq = torch.round(x.view(m, -1, 32) * (torch.full_like(top, 127) / top)).double() * (top / 127).double()
+        wd = (codes.double().view(n, -1, 32) * scales.double()[..., None]).view(n, k)
+        ref = xq.view(m, k) @ wd.T
+        assert float((y.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_int8_conformer_swap_stays_close():
+    """`Q8GroupLinear` in a real-width conformer block (1536, the kernel's tiles) on 3 s of noise: every FFN
+    and light-conv linear swapped where the swap applies (AVX2 hosts), the encodings near float32's. Per-token
+    cosine >= 0.999, the gate (30 s of the real-size random checkpoint: min 0.99953); a wrong scale or layout
+    gives ~0."""
     import copy
 
-    from mmsdk.encoders.accelerate import Int8LinearBias, accelerate_gemma3n_audio_
+    from mmsdk.decoder import native
+    from mmsdk.encoders.accelerate import Q8GroupLinear, accelerate_gemma3n_audio_
+    from mmsdk.encoders.audio_gemma3n import AudioConfig, Gemma3nAudio
 
-    _, _, ours, _ = models
-    mel, mask = _mel([(np.random.default_rng(5).standard_normal(48000) * 0.1).astype(np.float32)])
+    if not native.available("q8g_matmul"):
+        pytest.skip("CPU has neither AVX-512 VNNI nor AVX2 + FMA (the kernels' instructions)")
+    torch.manual_seed(0)
+    ours = Gemma3nAudio(AudioConfig(conf_num_hidden_layers=1), 64).eval()
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape) if "norm" in name else torch.randn(p.shape) / p.shape[-1] ** 0.5)
+    mel = torch.randn(1, 300, 128)
+    mask = torch.ones(1, 300, dtype=torch.bool)
     fast = accelerate_gemma3n_audio_(copy.deepcopy(ours))
+    swapped = sum(isinstance(m, Q8GroupLinear) for m in fast.modules())
+    assert swapped == (6 if native.kernel_name() == "avx2" else 0)
+    layer = fast.encoder.layers[0]
+    for owner, name in ((layer.ffn_start, "up"), (layer.ffn_start, "down"), (layer.ffn_end, "up"),
+                        (layer.ffn_end, "down"), (layer.conv, "linear_start"), (layer.conv, "linear_end")):
+        if not isinstance(getattr(owner, name), Q8GroupLinear):  # every host runs the kernel itself
+            setattr(owner, name, Q8GroupLinear(getattr(owner, name)))
     with torch.no_grad():
         ref, valid = ours(mel, mask)
         out, _ = fast(mel, mask)
-    assert sum(isinstance(m, Int8LinearBias) for m in fast.modules()) == 10 * SMALL["conf_num_hidden_layers"]
     cos = torch.nn.functional.cosine_similarity(out[valid], ref[valid], dim=-1)
-    print(f"int8 conformer (small): per-token cosine min {cos.min():.5f}")
-    assert cos.min().item() >= 0.99
+    assert cos.min().item() >= 0.999, cos.min().item()

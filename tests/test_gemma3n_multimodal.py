@@ -119,6 +119,21 @@ def our_logits(asst, prompt) -> torch.Tensor:
         return model.logits(h)
 
 
+def test_a_quantized_load_swaps_the_audio_tower_when_it_is_built(saved, monkeypatch):
+    """`quantize=` gives the lazily built conformer the encoders' int8 swap (`LazyTowers.then`): applied
+    once, at the tower's first use, not at load; a float32 load leaves it alone."""
+    from mmsdk.encoders import accelerate
+
+    swapped = []
+    monkeypatch.setattr(accelerate, "accelerate_gemma3n_audio_", lambda audio: swapped.append(audio) or audio)
+    float_load = mmsdk.load(saved[1], dtype="float32")
+    asst = mmsdk.load(saved[1], quantize="int8")
+    assert not swapped
+    for a in (asst, float_load):
+        a.chat([{"role": "user", "content": [{"type": "audio", "audio": (clip(1.0), AUDIO_RATE)}]}], max_tokens=1)
+    assert swapped == [asst.encoders.gemma3n.audio]
+
+
 def render(content) -> tuple[str, list, list]:
     return chat_format.render_messages([{"role": "user", "content": content}])
 

@@ -5,8 +5,8 @@
 SigLIP (Gemma 3, `ROOT/gemma3`): one 896 px view, a 3:1 image with pan-and-scan (4 views). llama-mtmd-cli
 times its image encode with the bundled Gemma 3 270M as its text model (the mmproj `ROOT/gemma3-mmproj-f16.gguf`
 projects to its width, 640), on the same SigLIP weights in f16. MobileNet-V5 (`ROOT/gemma3n`): one 768 px view.
-Audio (`ROOT/gemma3n`): 30 s through the E2B conformer, and the int8 conformer swap loads do not apply,
-with its per-token cosine to float32.
+Audio (`ROOT/gemma3n`): 30 s through the E2B conformer; on the float32 load also with the int8 swap
+quantized loads apply (`accelerate_gemma3n_audio_`), and its per-token cosine to float32.
 
     HF_HUB_OFFLINE=1 python tests/eval/bench_encoders.py [--root /work/realsize] [--threads 2] [--repeats 3]
         [--encoders siglip,mobilenet,audio] [--engines mmsdk-f32,mmsdk-int8,hf-f32,hf-bf16,llama] [--json out.json]
@@ -45,7 +45,7 @@ def main():
                           peers=[p for p in peers if p != "llama.cpp" or encoder == "siglip"],
                           mmproj=str(root / "gemma3-mmproj-f16.gguf"), llama_model=str(bundled_gguf()),
                           layers=args.siglip_layers if encoder == "siglip" else 0,
-                          audio_int8_swap=encoder == "audio" and "mmsdk-int8" in engines)
+                          audio_int8_swap=encoder == "audio" and "mmsdk-f32" in engines)
         out[encoder] = res
         print(f"== {encoder}\n{media_table(res)}", flush=True)
         ratio = res["ratios"].get("vs_transformers_best")

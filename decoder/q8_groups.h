@@ -1,0 +1,132 @@
+/* y (M, N) = x (M, K) W^T with int8 weights and int8 inputs, each with one float scale per group of 32
+   inputs (llama.cpp's Q8_0 x Q8_0): the Gemma 3n audio conformer's FFNs and light conv on AVX2 hosts
+   (`encoders.accelerate.Q8GroupLinear`; AVX2 code, built into both libraries), whose quality gate needs
+   full 8-bit inputs rounded per 32
+   (per-row 8-bit or per-32 7-bit inputs fail it: per-token cosine min 0.9983 and 0.99845, FFN + lconv).
+
+   AVX2 has no signed x signed byte product: _mm256_maddubs_epi16 takes unsigned x signed and saturates
+   its int16 pair sums, so the sign trick (llama.cpp's): |x| as the unsigned side, w with x's sign
+   (_mm256_sign_epi8) as the signed one, each pair <= 2 x 127 x 127, then _mm256_madd_epi16 by ones into
+   int32 (two pair sums would overflow int16). Per group of 32 inputs the int32 sums go to float with the
+   product of the two scales. That is sign + maddubs + madd + add per 32 products against oneDNN's
+   maddubs + madd + add on 7-bit per-row inputs: measured 1.25-1.49x torch's float32 GEMM (MKL), oneDNN's
+   7-bit one 2.0-2.5x (1 thread, loaded AMD EPYC Zen 3; tests/eval/bench_q8_groups.py).
+
+   Layouts: weight codes in chunks of KC inputs, (K/KC, N/NB, KC/4, NB, 4): 4 inputs of a channel side
+   by side, NB = 24 channels (3 registers) a block; weight scales (N/NB, K/32, NB) floats. */
+#ifndef MMSDK_Q8_GROUPS_H
+#define MMSDK_Q8_GROUPS_H
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "int4_q8.h"  /* quantize_q8_groups */
+
+#define Q8G_MR 4   /* rows a tile: 12 int32 sums + |x|, x, ones, a product = 16 registers */
+#define Q8G_NB 24  /* channels a tile (3 registers) */
+#define Q8G_KC 512 /* inputs a chunk: a block's codes (12 KB) stay in L1 while the row tiles pass */
+#define Q8G_NC 192 /* channels whose outputs (Q8G_MB x NC floats) stay in L2 while the chunks pass */
+#define Q8G_MB 64  /* rows sharing a chunk of the inputs */
+
+/* w (N, K) int8 codes -> the chunked blocks above (N a multiple of 24, K of KC) */
+void q8g_pack(const int8_t *w, long N, long K, int8_t *p) {
+    for (long b = 0; b < N / Q8G_NB; b++)
+        for (long k = 0; k < K; k += 4)
+            for (int j = 0; j < Q8G_NB; j++)
+                memcpy(p + (k / Q8G_KC) * N * Q8G_KC + b * Q8G_KC * Q8G_NB + ((k % Q8G_KC) / 4 * Q8G_NB + j) * 4,
+                       w + (b * Q8G_NB + j) * K + k, 4);
+}
+
+/* the adds in place: GCC otherwise copies the sum and spills one (as int4_q8.h's Q8_ADD) */
+#define Q8G_ADD(c, p) __asm__("vpaddd %[q], %[acc], %[acc]" : [acc] "+x"(c) : [q] "x"(p))
+#define Q8G_DOT(r) if (MR > r) { \
+        const __m256i a = _mm256_set1_epi32(*(const int32_t *)(xk + (r) * Q8G_KC)); \
+        const __m256i u = _mm256_set1_epi32(*(const int32_t *)(uk + (r) * Q8G_KC)); \
+        Q8G_ADD(c##r##0, _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w0, a)), ones)); \
+        Q8G_ADD(c##r##1, _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w1, a)), ones)); \
+        Q8G_ADD(c##r##2, _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w2, a)), ones)); }
+#define Q8G_FLUSH(r) if (MR > r) { const __m256 sx = _mm256_set1_ps(xs[(r) * G + g]); \
+        out[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c##r##0), _mm256_mul_ps(s0, sx), out[r][0]); \
+        out[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c##r##1), _mm256_mul_ps(s1, sx), out[r][1]); \
+        out[r][2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c##r##2), _mm256_mul_ps(s2, sx), out[r][2]); }
+
+/* MR rows x 24 channels over groups [g0, g1) of one chunk: y += x . w. x, ux: the rows' codes and |codes|
+   in the chunk (rows KC apart), xs: their group scales (rows G apart), p: the block's codes in the chunk,
+   ws: its scales (group g at ws + 24 g) */
+AI void q8g_tile(const int MR, const int8_t *x, const uint8_t *ux, const float *xs, long G, const int8_t *p,
+                 const float *ws, long g0, long g1, float *y, long N) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 out[Q8G_MR][3];
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < 3; j++) out[r][j] = _mm256_loadu_ps(y + r * N + 8 * j);
+    for (long g = g0; g < g1; g++) {
+        const __m256i z = _mm256_setzero_si256();
+        __m256i c00 = z, c01 = z, c02 = z, c10 = z, c11 = z, c12 = z, c20 = z, c21 = z, c22 = z, c30 = z, c31 = z, c32 = z;
+        const int8_t *pk = p + (g - g0) * 32 * Q8G_NB, *xk = x + (g - g0) * 32;
+        const uint8_t *uk = ux + (g - g0) * 32;
+        _Pragma("GCC unroll 8")
+        for (int q = 0; q < 8; q++, pk += 4 * Q8G_NB, xk += 4, uk += 4) {
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)pk), w1 = _mm256_loadu_si256((const __m256i *)(pk + 32));
+            const __m256i w2 = _mm256_loadu_si256((const __m256i *)(pk + 64));
+            Q8G_DOT(0) Q8G_DOT(1) Q8G_DOT(2) Q8G_DOT(3)
+        }
+        const __m256 s0 = _mm256_loadu_ps(ws + g * Q8G_NB), s1 = _mm256_loadu_ps(ws + g * Q8G_NB + 8);
+        const __m256 s2 = _mm256_loadu_ps(ws + g * Q8G_NB + 16);
+        Q8G_FLUSH(0) Q8G_FLUSH(1) Q8G_FLUSH(2) Q8G_FLUSH(3)
+    }
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < 3; j++) _mm256_storeu_ps(y + r * N + 8 * j, out[r][j]);
+}
+#undef Q8G_DOT
+#undef Q8G_FLUSH
+#undef Q8G_ADD
+
+/* y (M, N) = x (M, K) W^T: x rounded per row in groups of 32 (quantize_q8_groups), W from q8g_pack with
+   its scales ws; N a multiple of Q8G_NC, K of Q8G_KC. */
+void q8g_matmul(const float *x, long M, long K, const int8_t *wp, const float *ws, float *y, long N) {
+    const long G = K / Q8_GROUP;
+    /* the rows' codes, |codes| (chunk-major, (K/KC, M, KC): a tile's rows KC apart, not K, whose 4 KB
+       multiples would map them onto the same L1 sets), scales and sums (unused) */
+    static _Thread_local Scratch rows;  /* kept from call to call: no pages faulted in again every call */
+    int8_t *xq = scratch(&rows, 3 * M * K + 2 * sizeof(float) * M * G);
+    int8_t *xc = xq + M * K;
+    uint8_t *xu = (uint8_t *)(xc + M * K);
+    float *xs = (float *)(xu + M * K), *xn = xs + M * G;
+    #pragma omp parallel for
+    for (long m = 0; m < M; m++) {
+        quantize_q8_groups(x + m * K, K, xq + m * K, xs + m * G, xn + m * G, NULL);
+        for (long k = 0; k < K; k += 32) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(xq + m * K + k));
+            const long at = (k / Q8G_KC) * M * Q8G_KC + m * Q8G_KC + k % Q8G_KC;
+            _mm256_storeu_si256((__m256i *)(xc + at), v);
+            _mm256_storeu_si256((__m256i *)(xu + at), _mm256_abs_epi8(v));
+        }
+    }
+    memset(y, 0, sizeof(float) * M * N);
+    #pragma omp parallel
+    for (long m0 = 0; m0 < M; m0 += Q8G_MB) {
+        const long m1 = m0 + Q8G_MB < M ? m0 + Q8G_MB : M;
+        #pragma omp for schedule(static)
+        for (long c = 0; c < N / Q8G_NC; c++)
+            for (long k0 = 0; k0 < K; k0 += Q8G_KC) {
+                const long g0 = k0 / Q8_GROUP, g1 = (k0 + Q8G_KC) / Q8_GROUP;
+                const int8_t *xck = xc + (k0 / Q8G_KC) * M * Q8G_KC;
+                const uint8_t *xuk = xu + (k0 / Q8G_KC) * M * Q8G_KC;
+                for (long b = c * (Q8G_NC / Q8G_NB); b < (c + 1) * (Q8G_NC / Q8G_NB); b++) {
+                    const int8_t *p = wp + (k0 / Q8G_KC) * N * Q8G_KC + b * Q8G_KC * Q8G_NB;
+                    const float *wsb = ws + b * G * Q8G_NB;
+                    for (long m = m0; m < m1; m += Q8G_MR) {
+#define Q8G_TILE(mr, r) q8g_tile(mr, xck + (m + r) * Q8G_KC, xuk + (m + r) * Q8G_KC, xs + (m + r) * G, G, p, wsb, g0, g1, \
+                                 y + (m + r) * N + b * Q8G_NB, N)
+                        if (m1 - m >= Q8G_MR) Q8G_TILE(Q8G_MR, 0);
+                        else for (long r = 0; r < m1 - m; r++) Q8G_TILE(1, r);
+#undef Q8G_TILE
+                    }
+                }
+            }
+    }
+    scratch_trim(&rows);
+}
+#endif

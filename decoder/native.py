@@ -363,8 +363,9 @@ def q8g_pack(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, t
     """int8 codes (N, K) and their scales per 32 inputs (N, K/32) in `q8g_matmul`'s layouts: codes in
     chunks of 512 inputs and blocks of 24 channels, scales (N/24, K/32, 24)."""
     N, K = codes.shape
+    codes = codes.contiguous()  # held in a name: a temporary's memory would be freed before the call reads it
     packed = torch.empty(N * K, dtype=torch.int8)
-    library().q8g_pack(codes.contiguous().data_ptr(), N, K, packed.data_ptr())
+    library().q8g_pack(codes.data_ptr(), N, K, packed.data_ptr())
     return packed, scales.float().reshape(N // Q8G_BLOCK, Q8G_BLOCK, K // 32).transpose(1, 2).contiguous()
 
 
@@ -372,8 +373,9 @@ def q8g_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> t
     """x (M, K) float32 W^T for a weight from `q8g_pack`, x rounded to 8 bits per 32 inputs (`q8_groups.h`)."""
     M, K = x.shape
     N = packed.numel() // K
+    x = x.contiguous()  # held in a name: a temporary's memory would be freed before the call reads it
     y = torch.empty(M, N)
-    library().q8g_matmul(x.contiguous().data_ptr(), M, K, packed.data_ptr(), scales.data_ptr(), y.data_ptr(), N)
+    library().q8g_matmul(x.data_ptr(), M, K, packed.data_ptr(), scales.data_ptr(), y.data_ptr(), N)
     return y
 
 

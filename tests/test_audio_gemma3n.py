@@ -150,8 +150,9 @@ def test_a_clip_encoded_before_is_not_encoded_again(models):
 def test_q8_group_products_match_the_product_of_their_codes():
     """`native.q8g_matmul` against float64 arithmetic on the same 8-bit codes (inputs rounded per 32 as the
     kernel rounds them, `quantize_q8_groups`): a wrong layout, sign or scale is off by the values themselves;
-    odd row counts take the kernel's one-row tiles."""
+    odd row counts take the kernel's one-row tiles. And rows given as a transposed view."""
     from mmsdk.decoder import native
+    from mmsdk.encoders.accelerate import Q8GroupLinear
 
     if not native.available("q8g_matmul"):
         pytest.skip("CPU has neither AVX-512 VNNI nor AVX2 + FMA (the kernels' instructions)")
@@ -167,6 +168,12 @@ def test_q8_group_products_match_the_product_of_their_codes():
         wd = (codes.double().view(n, -1, 32) * scales.double()[..., None]).view(n, k)
         ref = xq.view(m, k) @ wd.T
         assert float((y.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+    # rows that are a transposed view (the light conv's, after its depthwise convolution): the copy the
+    # kernel reads must outlive the call (a freed 4.6 MB copy is unmapped at once: a crash, or stale rows)
+    lin = torch.nn.Linear(1536, 384, bias=False)
+    x = torch.randn(1536, 750, generator=g).t()
+    with torch.inference_mode():
+        torch.testing.assert_close(Q8GroupLinear(lin)(x), Q8GroupLinear(lin)(x.contiguous()), rtol=0, atol=1e-6)
 
 
 def test_int8_conformer_swap_stays_close():

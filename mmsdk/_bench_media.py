@@ -12,7 +12,6 @@ Each engine reports its process's peak RSS.
 """
 import json
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ._bench_worker import peak_rss_mb
 
 AUDIO_RATE = 16_000
 AUDIO_SECONDS = 30.0
@@ -55,10 +56,6 @@ def timed(fn, repeats: int) -> list[float]:
         fn()
         out.append(time.perf_counter() - t)
     return out
-
-
-def peak_rss_mb(children: bool = False) -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---- workers: one engine in a fresh process ---------------------------------------------------------
@@ -263,11 +260,10 @@ def bench_media(kind: str, model: str, *, threads: int = 2, repeats: int = 3, pr
 
 
 def cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "?"
-    have = set(flags.split(":", 1)[1].split())
+    """The flags the kernel choice reads (`native._cpu_flags`), those this CPU has."""
+    from .decoder.native import _cpu_flags
+
+    have = _cpu_flags()
     return ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in have)
 
 

@@ -81,13 +81,7 @@ def cmd_bench(args) -> int:
                           rounds=args.rounds, cold=args.cold, progress=progress, llama_bin=args.llama_bin)
         table = speed_table(res)
     progress(None, None)
-    if args.json == "-":
-        print(json.dumps(res, indent=2))
-        return 0
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    print(table)
-    return 0
+    return _report(args.json, res, table)
 
 
 def cmd_bench_media(args, model: Path) -> int:
@@ -123,12 +117,17 @@ def cmd_bench_media(args, model: Path) -> int:
     if not ok:  # the model itself could not encode: say why in one line, as for any bad input
         first = next(iter(res["results"].values()))
         raise InputError(f"--{kind}: {first.get('error', 'no result')}")
-    if args.json == "-":
+    return _report(args.json, res, media_table(res))
+
+
+def _report(json_to: str | None, res: dict, table: str) -> int:
+    """`--json -`: the results as JSON on stdout, no table; `--json FILE`: written there, and the table."""
+    if json_to == "-":
         print(json.dumps(res, indent=2))
         return 0
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    print(media_table(res))
+    if json_to:
+        Path(json_to).write_text(json.dumps(res, indent=2))
+    print(table)
     return 0
 
 

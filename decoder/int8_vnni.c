@@ -15,7 +15,7 @@
 
 #include "kernels.h"
 #include "int4_q8.h"
-#include "q8_groups.h"  /* built here too so its tests run on every host; swapped in on AVX2 hosts only */
+#include "q8_groups.h"  /* the audio conformer's int8 x int8 products, per 32 inputs (vpdpbusd on ymm here) */
 
 /* r (K floats) times a block-diagonal Sylvester-Hadamard matrix, blocks of `block` (a power of two,
    16 or more), scaled to be orthonormal: the fast Walsh-Hadamard transform, K log2(block) adds. */

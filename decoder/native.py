@@ -78,8 +78,8 @@ ENTRY_POINTS = {  # name -> argument types, the same for every kernel source
     "quantize_q4k": [_ptr, _n, _n, _n, _n, _n, _ptr, _ptr, _ptr, _n],
     "quantize_int4_pairs": [_ptr, _n, _n, _ptr, _ptr, _ptr, _n],
     "gptq_block": [_ptr, _n, _n, _ptr, _ptr, _ptr, _ptr, _ptr, _n],
-    "q8g_pack": [_ptr, _n, _n, _ptr],
-    "q8g_matmul": [_ptr, _n, _n, _ptr, _ptr, _ptr, _n],
+    "q8g_pack": [_ptr, _n, _n, _ptr, _ptr],
+    "q8g_matmul": [_ptr, _n, _n, _ptr, _ptr, _ptr, _ptr, _n],
     "sizeof_linear": [],
     "sizeof_layer": [],
     "rms_norm_act_2d": [_ptr, _n, _n, _n, _ptr, ctypes.c_float, _n, _ptr],
@@ -359,23 +359,34 @@ def q8g_fits(out_features: int, in_features: int) -> bool:
     return out_features % Q8G_CHANNELS == 0 and in_features % Q8G_CHUNK == 0
 
 
-def q8g_pack(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 codes (N, K) and their scales per 32 inputs (N, K/32) in `q8g_matmul`'s layouts: codes in
-    chunks of 512 inputs and blocks of 24 channels, scales (N/24, K/32, 24)."""
+class Q8Groups(NamedTuple):
+    """An int8 weight (N, K) with a scale per 32 inputs, in `q8g_matmul`'s layouts."""
+    packed: torch.Tensor  # int8 N * K: chunks of 512 inputs, blocks of 24 channels
+    scales: torch.Tensor  # float32 (N/24, K/32, 24)
+    offsets: torch.Tensor | None  # int32 as scales: -128 x each group's code sum (AVX-512 VNNI only, else None)
+
+
+def q8g_pack(codes: torch.Tensor, scales: torch.Tensor) -> Q8Groups:
+    """int8 codes (N, K) and their scales per 32 inputs (N, K/32) in `q8g_matmul`'s layouts."""
     N, K = codes.shape
     codes = codes.contiguous()  # held in a name: a temporary's memory would be freed before the call reads it
     packed = torch.empty(N * K, dtype=torch.int8)
-    library().q8g_pack(codes.data_ptr(), N, K, packed.data_ptr())
-    return packed, scales.float().reshape(N // Q8G_BLOCK, Q8G_BLOCK, K // 32).transpose(1, 2).contiguous()
+    # the VNNI tile's inputs are unsigned (x + 128): these take the 128 back (an eighth of the codes' size)
+    vnni = kernel_name() == "avx512-vnni"
+    offsets = torch.empty(N // Q8G_BLOCK, K // 32, Q8G_BLOCK, dtype=torch.int32) if vnni else None
+    library().q8g_pack(codes.data_ptr(), N, K, packed.data_ptr(), None if offsets is None else offsets.data_ptr())
+    return Q8Groups(packed, scales.float().reshape(N // Q8G_BLOCK, Q8G_BLOCK, K // 32).transpose(1, 2).contiguous(),
+                    offsets)
 
 
-def q8g_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def q8g_matmul(x: torch.Tensor, w: Q8Groups) -> torch.Tensor:
     """x (M, K) float32 W^T for a weight from `q8g_pack`, x rounded to 8 bits per 32 inputs (`q8_groups.h`)."""
     M, K = x.shape
-    N = packed.numel() // K
+    N = w.packed.numel() // K
     x = x.contiguous()  # held in a name: a temporary's memory would be freed before the call reads it
     y = torch.empty(M, N)
-    library().q8g_matmul(x.data_ptr(), M, K, packed.data_ptr(), scales.data_ptr(), y.data_ptr(), N)
+    library().q8g_matmul(x.data_ptr(), M, K, w.packed.data_ptr(), w.scales.data_ptr(),
+                         None if w.offsets is None else w.offsets.data_ptr(), y.data_ptr(), N)
     return y
 
 

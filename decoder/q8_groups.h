@@ -1,7 +1,7 @@
 /* y (M, N) = x (M, K) W^T with int8 weights and int8 inputs, each with one float scale per group of 32
-   inputs (llama.cpp's Q8_0 x Q8_0): the Gemma 3n audio conformer's FFNs and light conv on AVX2 hosts
-   (`encoders.accelerate.Q8GroupLinear`; AVX2 code, built into both libraries), whose quality gate needs
-   full 8-bit inputs rounded per 32
+   inputs (llama.cpp's Q8_0 x Q8_0): the Gemma 3n audio conformer's FFNs and light conv on AVX2 and
+   AVX-512 VNNI hosts (`encoders.accelerate.Q8GroupLinear`; built into both libraries, 256-bit code in
+   both), whose quality gate needs full 8-bit inputs rounded per 32
    (per-row 8-bit or per-32 7-bit inputs fail it: per-token cosine min 0.9983 and 0.99845, FFN + lconv).
 
    AVX2 has no signed x signed byte product: _mm256_maddubs_epi16 takes unsigned x signed and saturates
@@ -12,8 +12,17 @@
    maddubs + madd + add on 7-bit per-row inputs: measured 1.25-1.49x torch's float32 GEMM (MKL), oneDNN's
    7-bit one 2.0-2.5x (1 thread, loaded AMD EPYC Zen 3; tests/eval/bench_q8_groups.py).
 
+   AVX-512 VNNI builds (int8_vnni.c) take the same tile and layouts with vpdpbusd on ymm registers: four
+   u8 x s8 products summed into int32 per instruction, no saturation, the inputs stored as x + 128 and the
+   sums started at -128 x the weights' group sum (from q8g_pack), so the integers are exact as above. One
+   instruction per 32 products (8 channels x 4 inputs) where AVX2 takes four (sign, maddubs, madd, add):
+   it should pay (256-bit VNNI runs at full rate on Zen 4, on ports 0 and 5 on Intel), but is not
+   measured: no VNNI host at hand. Checked against the AVX2 build under SIMDe's emulation (the same int32
+   sums).
+
    Layouts: weight codes in chunks of KC inputs, (K/KC, N/NB, KC/4, NB, 4): 4 inputs of a channel side
-   by side, NB = 24 channels (3 registers) a block; weight scales (N/NB, K/32, NB) floats. */
+   by side, NB = 24 channels (3 registers) a block; weight scales (N/NB, K/32, NB) floats, and (VNNI)
+   offsets in the same layout, int32. */
 #ifndef MMSDK_Q8_GROUPS_H
 #define MMSDK_Q8_GROUPS_H
 #include <immintrin.h>
@@ -29,16 +38,38 @@
 #define Q8G_KC 512 /* inputs a chunk: a block's codes (12 KB) stay in L1 while the row tiles pass */
 #define Q8G_NC 192 /* channels whose outputs (Q8G_MB x NC floats) stay in L2 while the chunks pass */
 #define Q8G_MB 64  /* rows sharing a chunk of the inputs */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define Q8G_VNNI 1  /* int8_vnni.c's build: the tile's products by vpdpbusd on ymm registers (see Q8G_DOT) */
+#else
+#define Q8G_VNNI 0
+#endif
 
-/* w (N, K) int8 codes -> the chunked blocks above (N a multiple of 24, K of KC) */
-void q8g_pack(const int8_t *w, long N, long K, int8_t *p) {
+/* w (N, K) int8 codes -> the chunked blocks above (N a multiple of 24, K of KC); and where `wo` is given (the
+   VNNI tile's), -128 x each channel's code sum per group, laid out as the scales: the inputs' +128 taken back */
+void q8g_pack(const int8_t *w, long N, long K, int8_t *p, int32_t *wo) {
     for (long b = 0; b < N / Q8G_NB; b++)
         for (long k = 0; k < K; k += 4)
             for (int j = 0; j < Q8G_NB; j++)
                 memcpy(p + (k / Q8G_KC) * N * Q8G_KC + b * Q8G_KC * Q8G_NB + ((k % Q8G_KC) / 4 * Q8G_NB + j) * 4,
                        w + (b * Q8G_NB + j) * K + k, 4);
+    if (wo)
+        for (long n = 0; n < N; n++)
+            for (long g = 0; g < K / Q8_GROUP; g++) {
+                int32_t sum = 0;
+                for (int i = 0; i < Q8_GROUP; i++) sum += w[n * K + g * Q8_GROUP + i];
+                wo[((n / Q8G_NB) * (K / Q8_GROUP) + g) * Q8G_NB + n % Q8G_NB] = -128 * sum;
+            }
 }
 
+#if Q8G_VNNI
+/* inputs unsigned (x + 128), one vpdpbusd a (row, 8 channels, 4 inputs): four u8 x s8 products summed into
+   int32, no saturation; the sums start at -128 x the weights' sum, so a group ends at x . w exactly */
+#define Q8G_DOT(r) if (MR > r) { \
+        const __m256i u = _mm256_set1_epi32(*(const int32_t *)(uk + (r) * Q8G_KC)); \
+        c##r##0 = _mm256_dpbusd_epi32(c##r##0, u, w0); \
+        c##r##1 = _mm256_dpbusd_epi32(c##r##1, u, w1); \
+        c##r##2 = _mm256_dpbusd_epi32(c##r##2, u, w2); }
+#else
 /* the adds in place: GCC otherwise copies the sum and spills one (as int4_q8.h's Q8_ADD) */
 #define Q8G_ADD(c, p) __asm__("vpaddd %[q], %[acc], %[acc]" : [acc] "+x"(c) : [q] "x"(p))
 #define Q8G_DOT(r) if (MR > r) { \
@@ -47,23 +78,34 @@ void q8g_pack(const int8_t *w, long N, long K, int8_t *p) {
         Q8G_ADD(c##r##0, _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w0, a)), ones)); \
         Q8G_ADD(c##r##1, _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w1, a)), ones)); \
         Q8G_ADD(c##r##2, _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w2, a)), ones)); }
+#endif
 #define Q8G_FLUSH(r) if (MR > r) { const __m256 sx = _mm256_set1_ps(xs[(r) * G + g]); \
         out[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c##r##0), _mm256_mul_ps(s0, sx), out[r][0]); \
         out[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c##r##1), _mm256_mul_ps(s1, sx), out[r][1]); \
         out[r][2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c##r##2), _mm256_mul_ps(s2, sx), out[r][2]); }
 
 /* MR rows x 24 channels over groups [g0, g1) of one chunk: y += x . w. x, ux: the rows' codes and |codes|
-   in the chunk (rows KC apart), xs: their group scales (rows G apart), p: the block's codes in the chunk,
-   ws: its scales (group g at ws + 24 g) */
+   (VNNI: codes + 128; x unused) in the chunk (rows KC apart), xs: their group scales (rows G apart), p: the
+   block's codes in the chunk, ws, wo: its scales and (VNNI) offsets (group g at ws + 24 g, wo + 24 g) */
 AI void q8g_tile(const int MR, const int8_t *x, const uint8_t *ux, const float *xs, long G, const int8_t *p,
-                 const float *ws, long g0, long g1, float *y, long N) {
+                 const float *ws, const int32_t *wo, long g0, long g1, float *y, long N) {
+#if !Q8G_VNNI
     const __m256i ones = _mm256_set1_epi16(1);
+    (void)wo;  /* signed inputs here: nothing to take back */
+#endif
     __m256 out[Q8G_MR][3];
     for (int r = 0; r < MR; r++)
         for (int j = 0; j < 3; j++) out[r][j] = _mm256_loadu_ps(y + r * N + 8 * j);
     for (long g = g0; g < g1; g++) {
-        const __m256i z = _mm256_setzero_si256();
-        __m256i c00 = z, c01 = z, c02 = z, c10 = z, c11 = z, c12 = z, c20 = z, c21 = z, c22 = z, c30 = z, c31 = z, c32 = z;
+#if Q8G_VNNI
+        const __m256i z0 = _mm256_loadu_si256((const __m256i *)(wo + g * Q8G_NB));
+        const __m256i z1 = _mm256_loadu_si256((const __m256i *)(wo + g * Q8G_NB + 8));
+        const __m256i z2 = _mm256_loadu_si256((const __m256i *)(wo + g * Q8G_NB + 16));
+#else
+        const __m256i z0 = _mm256_setzero_si256(), z1 = z0, z2 = z0;
+#endif
+        __m256i c00 = z0, c01 = z1, c02 = z2, c10 = z0, c11 = z1, c12 = z2, c20 = z0, c21 = z1, c22 = z2, c30 = z0,
+                c31 = z1, c32 = z2;
         const int8_t *pk = p + (g - g0) * 32 * Q8G_NB, *xk = x + (g - g0) * 32;
         const uint8_t *uk = ux + (g - g0) * 32;
         _Pragma("GCC unroll 8")
@@ -84,11 +126,12 @@ AI void q8g_tile(const int MR, const int8_t *x, const uint8_t *ux, const float *
 #undef Q8G_ADD
 
 /* y (M, N) = x (M, K) W^T: x rounded per row in groups of 32 (quantize_q8_groups), W from q8g_pack with
-   its scales ws; N a multiple of Q8G_NC, K of Q8G_KC. */
-void q8g_matmul(const float *x, long M, long K, const int8_t *wp, const float *ws, float *y, long N) {
+   its scales ws and (VNNI builds; unread by AVX2 ones) offsets wo; N a multiple of Q8G_NC, K of Q8G_KC. */
+void q8g_matmul(const float *x, long M, long K, const int8_t *wp, const float *ws, const int32_t *wo, float *y,
+                long N) {
     const long G = K / Q8_GROUP;
-    /* the rows' codes, |codes| (chunk-major, (K/KC, M, KC): a tile's rows KC apart, not K, whose 4 KB
-       multiples would map them onto the same L1 sets), scales and sums (unused) */
+    /* the rows' codes and |codes| (VNNI: codes + 128 alone; chunk-major, (K/KC, M, KC): a tile's rows KC
+       apart, not K, whose 4 KB multiples would map them onto the same L1 sets), scales and sums (unused) */
     static _Thread_local Scratch rows;  /* kept from call to call: no pages faulted in again every call */
     int8_t *xq = scratch(&rows, 3 * M * K + 2 * sizeof(float) * M * G);
     int8_t *xc = xq + M * K;
@@ -100,8 +143,12 @@ void q8g_matmul(const float *x, long M, long K, const int8_t *wp, const float *w
         for (long k = 0; k < K; k += 32) {
             const __m256i v = _mm256_loadu_si256((const __m256i *)(xq + m * K + k));
             const long at = (k / Q8G_KC) * M * Q8G_KC + m * Q8G_KC + k % Q8G_KC;
+#if Q8G_VNNI
+            _mm256_storeu_si256((__m256i *)(xu + at), _mm256_xor_si256(v, _mm256_set1_epi8(-128)));  /* x + 128 */
+#else
             _mm256_storeu_si256((__m256i *)(xc + at), v);
             _mm256_storeu_si256((__m256i *)(xu + at), _mm256_abs_epi8(v));
+#endif
         }
     }
     memset(y, 0, sizeof(float) * M * N);
@@ -117,9 +164,10 @@ void q8g_matmul(const float *x, long M, long K, const int8_t *wp, const float *w
                 for (long b = c * (Q8G_NC / Q8G_NB); b < (c + 1) * (Q8G_NC / Q8G_NB); b++) {
                     const int8_t *p = wp + (k0 / Q8G_KC) * N * Q8G_KC + b * Q8G_KC * Q8G_NB;
                     const float *wsb = ws + b * G * Q8G_NB;
+                    const int32_t *wob = wo ? wo + b * G * Q8G_NB : NULL;
                     for (long m = m0; m < m1; m += Q8G_MR) {
-#define Q8G_TILE(mr, r) q8g_tile(mr, xck + (m + r) * Q8G_KC, xuk + (m + r) * Q8G_KC, xs + (m + r) * G, G, p, wsb, g0, g1, \
-                                 y + (m + r) * N + b * Q8G_NB, N)
+#define Q8G_TILE(mr, r) q8g_tile(mr, xck + (m + r) * Q8G_KC, xuk + (m + r) * Q8G_KC, xs + (m + r) * G, G, p, wsb, wob, \
+                                 g0, g1, y + (m + r) * N + b * Q8G_NB, N)
                         if (m1 - m >= Q8G_MR) Q8G_TILE(Q8G_MR, 0);
                         else for (long r = 0; r < m1 - m; r++) Q8G_TILE(1, r);
 #undef Q8G_TILE

@@ -98,11 +98,12 @@ def test_public_ask_cites_the_manual(index, bundled_asst):
     assert result.text and result.citations[0].source == "kettle-manual"
 
 
-def test_quotes_two_windows_that_share_no_sentence():
+def test_quotes_windows_that_share_no_sentence():
     support = [Sentence(0.9, 1, "A b. C d.", 0, 1), Sentence(0.8, 1, "C d.", 1, 1), Sentence(0.7, 2, "E f.", 0, 0),
                Sentence(0.6, 1, "G h.", 2, 2)]
-    assert quote(support) == '"A b. C d." [1] "E f." [2]'
+    assert quote(support, n=2) == '"A b. C d." [1] "E f." [2]'
     assert quote(support, n=1) == '"A b. C d." [1]'
+    assert quote(support) == '"A b. C d." [1] "E f." [2] "G h." [1]'  # three by default
     # the evidence comes from a passage the line cites, and is not repeated when the line holds it
     assert _with_evidence("Two years. [2]", support, [2]) == 'Two years. [2]\n\n"E f." [2]'
     assert _with_evidence('It says "E f." [2]', support, [2]) == 'It says "E f." [2]'

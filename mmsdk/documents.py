@@ -196,7 +196,7 @@ def supporting_sentences(question: str, hits: list[Hit], embed: Embedder) -> lis
 
 def quote(support: list[Sentence], n: int = 3) -> str:
     """The `n` best-supported windows that share no sentence, each quoted with its citation, best first.
-    Three: on the RAG eval the answering phrase is in the best window for 35% of the questions, in one of
+    Three: on the RAG eval the answering phrase is in the best window for 40% of the questions, in one of
     the best two for 50%, of the best three for 58% (~90 words, against ~150 for quoting the top passage
     whole, which holds it for 62%; `tests/eval/eval_rag.py --answers`)."""
     chosen: list[Sentence] = []

@@ -7,9 +7,10 @@ DIR: a checkout of https://github.com/simd-everywhere/simde (headers only; not b
 int8_vnni.c is compiled once per source version into the cache folder with SIMDe's AVX-512 (its one inline
 vpdpbusd swapped for the intrinsic SIMDe provides); pytest then runs with `$CC` a wrapper that hands that
 library to native.py's own build (records, cache, failures all as usual) and the plugin beside this file
-making native.py see a Zen 4's CPU flags. Emulated AVX-512 is several times slower than the real thing;
-torch's own int8 kernels are not emulated (they still run AVX2 here, with its 16-bit pair saturation,
-which tests comparing ours against torch's at 8-bit inputs see as a ~5% error a VNNI host would not).
+making native.py see a Zen 4's CPU flags, in pytest and in the Python processes it starts. Emulated
+AVX-512 is several times slower than the real thing. torch's own int8 kernels are not emulated: they
+still run AVX2 here, with its 16-bit pair saturation, which tests comparing ours against torch's at
+8-bit inputs (what a VNNI host gives them) see as a 5-9% error a VNNI host would not.
 """
 import argparse
 import hashlib
@@ -85,7 +86,11 @@ def main():
     wrapper = args.cache / f"cc-{lib.stem}"
     wrapper.write_text(CC_WRAPPER.format(lib=lib, cc=cc))
     wrapper.chmod(0o755)
-    env = dict(os.environ, CC=str(wrapper), PYTHONPATH=os.pathsep.join([str(EVAL), os.environ.get("PYTHONPATH", "")]))
+    site = args.cache / "site"  # its sitecustomize loads the plugin in every Python process (the CLI's, bench's)
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text("import emulate_vnni_plugin  # noqa: F401 (tests/eval/emulate_vnni.py)\n")
+    path = os.pathsep.join([str(site), str(EVAL), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, CC=str(wrapper), PYTHONPATH=path)
     env.setdefault("MMSDK_REQUIRE_NATIVE", "1")  # a library that does not load: an error, not torch's kernels
     sys.exit(subprocess.run([sys.executable, "-m", "pytest", "-p", "emulate_vnni_plugin", *pytest_args], env=env).returncode)
 

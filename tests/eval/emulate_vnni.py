@@ -6,10 +6,10 @@ portable emulation of AVX-512, so a bug in the code paths CI runs on Zen 4 / Int
 DIR: a checkout of https://github.com/simd-everywhere/simde (headers only; not bundled, not downloaded).
 int8_vnni.c is compiled once per source version into the cache folder with SIMDe's AVX-512 (its one inline
 vpdpbusd swapped for the intrinsic SIMDe provides); pytest then runs with `$CC` a wrapper that hands that
-library to native.py's own build (records, cache, failures all as usual) and the plugin beside this file
-making native.py see a Zen 4's CPU flags, in pytest and in the Python processes it starts. Emulated
-AVX-512 is several times slower than the real thing. torch's own int8 kernels are not emulated: they
-still run AVX2 here, with its 16-bit pair saturation, which tests comparing ours against torch's at
+library to native.py's own build (records, cache, failures all as usual), and every Python process of the
+run imports emulate_vnni_plugin.py (beside this file), which makes native.py see a Zen 4's CPU flags.
+Emulated AVX-512 is several times slower than the real thing. torch's own int8 kernels are not emulated:
+they still run AVX2 here, with its 16-bit pair saturation, which tests comparing ours against torch's at
 8-bit inputs (what a VNNI host gives them) see as a 5-9% error a VNNI host would not.
 """
 import argparse
@@ -60,8 +60,8 @@ def build(simde: Path, cc: str, folder: Path) -> Path:
     flags = ["-O2", "-fopenmp", "-shared", "-fPIC", "-mavx2", "-mfma", "-mf16c", "-Wno-psabi",
              f"-I{simde}", f"-I{DECODER}"]
     headers = b"".join(p.read_bytes() for p in sorted(DECODER.glob("*.h")))
-    key = hashlib.sha256(source.encode() + headers + PRELUDE.encode() + " ".join([cc, *flags]).encode()).hexdigest()[:16]
-    lib = folder / f"int8_vnni_emu-{key}.so"
+    key = hashlib.sha256(source.encode() + headers + PRELUDE.encode() + " ".join([cc, *flags]).encode())
+    lib = folder / f"int8_vnni_emu-{key.hexdigest()[:16]}.so"
     if not lib.exists():
         (folder / "prelude.h").write_text(PRELUDE)
         (folder / "int8_vnni_emu.c").write_text(source)
@@ -92,7 +92,8 @@ def main():
     path = os.pathsep.join([str(site), str(EVAL), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, CC=str(wrapper), PYTHONPATH=path)
     env.setdefault("MMSDK_REQUIRE_NATIVE", "1")  # a library that does not load: an error, not torch's kernels
-    sys.exit(subprocess.run([sys.executable, "-m", "pytest", "-p", "emulate_vnni_plugin", *pytest_args], env=env).returncode)
+    print(f"kernels: int8_vnni.c under SIMDe's AVX-512 emulation ({lib})", file=sys.stderr)
+    sys.exit(subprocess.run([sys.executable, "-m", "pytest", *pytest_args], env=env).returncode)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""pytest plugin of emulate_vnni.py: this CPU reads as a Zen 4 (AVX-512 VNNI) to everything that asks
-`native._cpu_flags`, so native.py picks int8_vnni.c (built by emulate_vnni.py's $CC) and the choices made
-by the kernel or the flags (`native.pairs_saturate`, `encoders.accelerate.int8_kernel`) are a VNNI host's."""
+"""emulate_vnni.py's patch, loaded by every Python process of its run (its sitecustomize): this CPU reads
+as a Zen 4 (AVX-512 VNNI) to everything that asks `native._cpu_flags`, so native.py picks int8_vnni.c
+(built by emulate_vnni.py's $CC) and the choices made by the kernel or the flags (`native.pairs_saturate`,
+`encoders.accelerate.int8_kernel`) are a VNNI host's."""
 from mmsdk.decoder import native
 
 VNNI_HOST = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
@@ -8,6 +9,3 @@ native._cpu_flags = lambda: set(VNNI_HOST)
 native.pairs_saturate.cache_clear()
 native.library.cache_clear()
 
-
-def pytest_report_header():
-    return "mmsdk kernels: int8_vnni.c under SIMDe's AVX-512 emulation (tests/eval/emulate_vnni.py)"

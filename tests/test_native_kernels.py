@@ -108,7 +108,11 @@ def test_a_compiler_that_fails_leaves_torch_kernels(monkeypatch, tmp_path, caplo
 @needs_native
 def test_this_cpus_kernels_build_and_export_every_entry_point():
     assert native.kernel_name() == native.cpu_kernel().name
-    assert all(native.available(name) for name in native.ENTRY_POINTS)
+    missing = {name for name in native.ENTRY_POINTS if not native.available(name)}
+    # int8_vnni.c leaves out the passes around oneDNN's int8 product and the encoders' attention (AVX2 only,
+    # int8_rows.h, encoder_attention.h): with VNNI the encoders run our own product, and torch's attention
+    assert missing == ({"quantize_rows_u8", "int8_rows_out", "encoder_attention"}
+                       if native.kernel_name() == "avx512-vnni" else set())
 
 
 @needs_native

@@ -10,6 +10,8 @@ similarity of its projected embeddings to float32's (the quality gate: >= 0.999 
 
     HF_HUB_OFFLINE=1 python tests/eval/eval_vision.py [--folder DIR] [--layers N] [--threads 2] [--repeats 3]
         [--warmup 1] [--workloads square,wide_pan_and_scan] [--int8-attention] [--keep-float 0,26] [--json out.json]
+        [--simulate-q8-attention]   # q/k/v/o's weights and inputs rounded to 8 bits per 32 in float (a quality
+                                    # simulation of q8_groups.h on them, on top of the int8 MLPs; its timings mean nothing)
 """
 import argparse
 import json
@@ -65,12 +67,32 @@ def time_it(fn, repeats: int) -> list[float]:
     return times
 
 
+def q8_rounded(t: torch.Tensor) -> torch.Tensor:
+    """`t` rounded to 8 bits with one scale per 32 along its last dimension (llama.cpp's Q8_0), kept in float."""
+    g = t.reshape(*t.shape[:-1], -1, 32)
+    step = g.abs().amax(-1, keepdim=True).clamp(min=1e-30) / 127
+    return (torch.round(g / step) * step).reshape(t.shape)
+
+
+class SimulatedQ8Linear(torch.nn.Module):
+    """A linear whose weight and inputs are rounded as `q8_groups.h` rounds them, computed in float."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight, self.bias = q8_rounded(linear.weight.detach().float()), linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(q8_rounded(x), self.weight, self.bias)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", help="a Gemma 3 checkpoint folder; default: random weights")
     ap.add_argument("--layers", type=int, default=0, help="keep only the first N SigLIP blocks (0: all)")
     ap.add_argument("--keep-float", default="", help="comma-separated block indices the int8 swap leaves float32")
     ap.add_argument("--int8-attention", action="store_true", help="q/k/v/o in int8 too (default: the MLPs only)")
+    ap.add_argument("--simulate-q8-attention", action="store_true",
+                    help="also round q/k/v/o's weights and inputs per 32 in float (quality only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per workload")
     ap.add_argument("--warmup", type=int, choices=(0, 1), default=1,
@@ -98,6 +120,10 @@ def main():
     for dtype in ("float32", "int8"):
         if dtype == "int8":  # the same tower, swapped in place: one copy of the weights in memory
             accelerate_siglip_(tower.encoder, attention=args.int8_attention, keep_float=keep)
+            if args.simulate_q8_attention:
+                for block in tower.encoder.layers:
+                    block.attn.qkv_proj = SimulatedQ8Linear(block.attn.qkv_proj)
+                    block.attn.o_proj = SimulatedQ8Linear(block.attn.o_proj)
         for workload, pixels in batches.items():
             with torch.inference_mode():
                 t = time.perf_counter()

@@ -351,12 +351,12 @@ def gptq_block(block: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, hin
     return codes, errs
 
 
-Q8G_BLOCK, Q8G_CHANNELS, Q8G_CHUNK = 24, 192, 512  # q8_groups.h: Q8G_NB, Q8G_NC, Q8G_KC
+Q8G_BLOCK, Q8G_CHANNELS = 24, 192  # q8_groups.h: Q8G_NB, Q8G_NC
 
 
 def q8g_fits(out_features: int, in_features: int) -> bool:
-    """Whether `q8g_matmul` takes a weight this shape: channels in whole tiles of 192, inputs of 512."""
-    return out_features % Q8G_CHANNELS == 0 and in_features % Q8G_CHUNK == 0
+    """Whether `q8g_matmul` takes a weight this shape: channels in whole tiles of 192, inputs in groups of 32."""
+    return out_features % Q8G_CHANNELS == 0 and in_features % 32 == 0
 
 
 class Q8Groups(NamedTuple):

@@ -21,7 +21,8 @@
    sums).
 
    Layouts: weight codes in chunks of KC inputs, (K/KC, N/NB, KC/4, NB, 4): 4 inputs of a channel side
-   by side, NB = 24 channels (3 registers) a block; weight scales (N/NB, K/32, NB) floats, and (VNNI)
+   by side, NB = 24 channels (3 registers) a block; a last chunk of fewer inputs (K not a multiple of KC:
+   SigLIP's 1152) has its blocks that much shorter. Weight scales (N/NB, K/32, NB) floats, and (VNNI)
    offsets in the same layout, int32. */
 #ifndef MMSDK_Q8_GROUPS_H
 #define MMSDK_Q8_GROUPS_H
@@ -44,13 +45,16 @@
 #define Q8G_VNNI 0
 #endif
 
-/* w (N, K) int8 codes -> the chunked blocks above (N a multiple of 24, K of KC); and where `wo` is given (the
+/* the inputs in the chunk holding input k: KC, or what is left of K in the last one */
+static inline long q8g_chunk(long k, long K) { return K - k / Q8G_KC * Q8G_KC < Q8G_KC ? K - k / Q8G_KC * Q8G_KC : Q8G_KC; }
+
+/* w (N, K) int8 codes -> the chunked blocks above (N a multiple of 24, K of 32: the last chunk may be short); and where `wo` is given (the
    VNNI tile's), -128 x each channel's code sum per group, laid out as the scales: the inputs' +128 taken back */
 void q8g_pack(const int8_t *w, long N, long K, int8_t *p, int32_t *wo) {
     for (long b = 0; b < N / Q8G_NB; b++)
         for (long k = 0; k < K; k += 4)
             for (int j = 0; j < Q8G_NB; j++)
-                memcpy(p + (k / Q8G_KC) * N * Q8G_KC + b * Q8G_KC * Q8G_NB + ((k % Q8G_KC) / 4 * Q8G_NB + j) * 4,
+                memcpy(p + (k / Q8G_KC) * N * Q8G_KC + b * q8g_chunk(k, K) * Q8G_NB + ((k % Q8G_KC) / 4 * Q8G_NB + j) * 4,
                        w + (b * Q8G_NB + j) * K + k, 4);
     if (wo)
         for (long n = 0; n < N; n++)
@@ -126,17 +130,18 @@ AI void q8g_tile(const int MR, const int8_t *x, const uint8_t *ux, const float *
 #undef Q8G_ADD
 
 /* y (M, N) = x (M, K) W^T: x rounded per row in groups of 32 (quantize_q8_groups), W from q8g_pack with
-   its scales ws and (VNNI builds; unread by AVX2 ones) offsets wo; N a multiple of Q8G_NC, K of Q8G_KC. */
+   its scales ws and (VNNI builds; unread by AVX2 ones) offsets wo; N a multiple of Q8G_NC, K of 32. */
 void q8g_matmul(const float *x, long M, long K, const int8_t *wp, const float *ws, const int32_t *wo, float *y,
                 long N) {
     const long G = K / Q8_GROUP;
     /* the rows' codes and |codes| (VNNI: codes + 128 alone; chunk-major, (K/KC, M, KC): a tile's rows KC
        apart, not K, whose 4 KB multiples would map them onto the same L1 sets), scales and sums (unused) */
     static _Thread_local Scratch rows;  /* kept from call to call: no pages faulted in again every call */
-    int8_t *xq = scratch(&rows, 3 * M * K + 2 * sizeof(float) * M * G);
+    const long Kp = (K + Q8G_KC - 1) / Q8G_KC * Q8G_KC;  /* a short last chunk's rows are KC apart too */
+    int8_t *xq = scratch(&rows, M * K + 2 * M * Kp + 2 * sizeof(float) * M * G);
     int8_t *xc = xq + M * K;
-    uint8_t *xu = (uint8_t *)(xc + M * K);
-    float *xs = (float *)(xu + M * K), *xn = xs + M * G;
+    uint8_t *xu = (uint8_t *)(xc + M * Kp);
+    float *xs = (float *)(xu + M * Kp), *xn = xs + M * G;
     #pragma omp parallel for
     for (long m = 0; m < M; m++) {
         quantize_q8_groups(x + m * K, K, xq + m * K, xs + m * G, xn + m * G, NULL);
@@ -158,11 +163,11 @@ void q8g_matmul(const float *x, long M, long K, const int8_t *wp, const float *w
         #pragma omp for schedule(static)
         for (long c = 0; c < N / Q8G_NC; c++)
             for (long k0 = 0; k0 < K; k0 += Q8G_KC) {
-                const long g0 = k0 / Q8_GROUP, g1 = (k0 + Q8G_KC) / Q8_GROUP;
+                const long kc = q8g_chunk(k0, K), g0 = k0 / Q8_GROUP, g1 = (k0 + kc) / Q8_GROUP;
                 const int8_t *xck = xc + (k0 / Q8G_KC) * M * Q8G_KC;
                 const uint8_t *xuk = xu + (k0 / Q8G_KC) * M * Q8G_KC;
                 for (long b = c * (Q8G_NC / Q8G_NB); b < (c + 1) * (Q8G_NC / Q8G_NB); b++) {
-                    const int8_t *p = wp + (k0 / Q8G_KC) * N * Q8G_KC + b * Q8G_KC * Q8G_NB;
+                    const int8_t *p = wp + (k0 / Q8G_KC) * N * Q8G_KC + b * kc * Q8G_NB;
                     const float *wsb = ws + b * G * Q8G_NB;
                     const int32_t *wob = wo ? wo + b * G * Q8G_NB : NULL;
                     for (long m = m0; m < m1; m += Q8G_MR) {

@@ -186,13 +186,17 @@ def accelerate_siglip_(encoder: siglip.SiglipVisionEncoder, *, int8: bool = True
     ones, the GELU in the first one's output pass (with `attention=True` its q/k/v/o too), except in
     the blocks listed in `keep_float`, which stay float32. Returns `encoder`.
 
-    Attention stays float32 by default: 8-bit q/k inputs move the attention logits, and the error grows
-    through the softmax. On the real-size SigLIP (random weights, 4 blocks, per-token cosine of the
-    features to float32) int8 attention projections alone give min 0.9986, the MLP alone 0.9996."""
+    The attention's q/k/v and output take 8-bit inputs per 32 (`Q8GroupLinear`) where our kernels run:
+    per-row inputs (`attention=True`; 7-bit on AVX2) move the attention logits, and the error grows through
+    the softmax. On the real-size SigLIP (random weights, per-token cosine of the projected features to
+    float32) per-row int8 attention projections alone give min 0.9986 (4 blocks); per 32 with the int8 MLPs,
+    all 27 blocks, 0.99985 (`tests/eval/eval_vision.py --simulate-q8-attention`)."""
     approximate = "none" if encoder.config.hidden_act == "gelu" else "tanh"  # the others are tanh's
     for i, block in enumerate(encoder.layers):
         quantize = int8 and i not in keep_float
-        block.attn = FusedQKVAttention(block.attn, int8=quantize and attention)
+        block.attn = attn = FusedQKVAttention(block.attn, int8=quantize and attention)
+        if quantize and not attention and Q8GroupLinear.takes(attn.qkv_proj) and Q8GroupLinear.takes(attn.o_proj):
+            attn.qkv_proj, attn.o_proj = Q8GroupLinear(attn.qkv_proj), Q8GroupLinear(attn.o_proj)
         if quantize:
             block.mlp = nn.Sequential(Int8LinearBias(block.mlp.fc1, gelu=True, approximate=approximate),
                                       Int8LinearBias(block.mlp.fc2))
@@ -202,9 +206,10 @@ def accelerate_siglip_(encoder: siglip.SiglipVisionEncoder, *, int8: bool = True
 
 
 class Q8GroupLinear(nn.Module):
-    """`nn.Linear` (no bias) as int8 weights and 8-bit inputs, each with a scale per 32 inputs (llama.cpp's
-    Q8_0 x Q8_0), through `native.q8g_matmul` (AVX2 and AVX-512 VNNI hosts). Finer than `Int8LinearBias`'s
-    per-row inputs, which AVX2 can only take at 7 bits: what the audio conformer's quality gate needs."""
+    """`nn.Linear` as int8 weights and 8-bit inputs, each with a scale per 32 inputs (llama.cpp's Q8_0 x
+    Q8_0), through `native.q8g_matmul` (AVX2 and AVX-512 VNNI hosts). Finer than `Int8LinearBias`'s per-row
+    inputs, which AVX2 can only take at 7 bits: what the audio conformer's and SigLIP's attention's quality
+    gates need."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -214,18 +219,20 @@ class Q8GroupLinear(nn.Module):
         codes = torch.round(groups / torch.where(scales > 0, scales, 1.0)[..., None]).to(torch.int8)
         self.groups = native.q8g_pack(codes.view(w.shape), scales)
         self.in_features = w.shape[1]
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
 
     @staticmethod
     def takes(linear: nn.Module) -> bool:
-        """A bias-free linear in the kernel's whole tiles, where either of our kernels runs: AVX2 (measured
+        """A linear in the kernel's whole tiles, where either of our kernels runs: AVX2 (measured
         1.25-1.49x float32) or AVX-512 VNNI (not measured: no such host at hand; float32 products are twice
         as wide there, but vpdpbusd takes 32 products an instruction with no saturation fix-ups, where AVX2
         takes four: sign, maddubs, madd, add)."""
-        return (isinstance(linear, nn.Linear) and linear.bias is None and native.available("q8g_matmul")
+        return (isinstance(linear, nn.Linear) and native.available("q8g_matmul")
                 and native.q8g_fits(*linear.weight.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = native.q8g_matmul(x.reshape(-1, self.in_features).float(), self.groups)
+        y = y if self.bias is None else y.add_(self.bias)
         return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
 

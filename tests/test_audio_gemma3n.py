@@ -157,7 +157,7 @@ def test_q8_group_products_match_the_product_of_their_codes():
     if not native.available("q8g_matmul"):
         pytest.skip("CPU has neither AVX-512 VNNI nor AVX2 + FMA (the kernels' instructions)")
     g = torch.Generator().manual_seed(3)
-    for m, k, n in ((37, 512, 192), (6, 1024, 384)):
+    for m, k, n in ((37, 512, 192), (6, 1024, 384), (5, 1152, 384), (3, 96, 192)):  # short last chunks: SigLIP's 1152
         x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g) * 0.02
         groups = w.view(n, -1, 32)
         scales = groups.abs().amax(-1) / 127
@@ -174,6 +174,11 @@ def test_q8_group_products_match_the_product_of_their_codes():
     x = torch.randn(1536, 750, generator=g).t()
     with torch.inference_mode():
         torch.testing.assert_close(Q8GroupLinear(lin)(x), Q8GroupLinear(lin)(x.contiguous()), rtol=0, atol=1e-6)
+        # with a bias (SigLIP's attention): near the float product, row by row; a bias left out moves it far
+        lin = torch.nn.Linear(1152, 192)
+        lin.bias.data.normal_(0, 1, generator=g)
+        cos = torch.nn.functional.cosine_similarity(Q8GroupLinear(lin)(x[:, :1152]), lin(x[:, :1152]), dim=-1)
+        assert float(cos.min()) > 0.999
 
 
 def test_int8_conformer_swap_stays_close():

@@ -130,6 +130,32 @@ def test_int8_siglip_swap_keeps_the_embeddings(gemma3):
     assert torch.nn.functional.cosine_similarity(alone, out[1:2], dim=-1).min().item() >= 0.999
 
 
+def test_siglip_attention_takes_8_bit_inputs_per_32_at_the_real_width():
+    """The default swap at SigLIP's real width (1152: 3456 q/k/v outputs, the kernel's tiles; inputs 1152, two
+    whole chunks of 512 and a short one): the attention's q/k/v and output as `Q8GroupLinear` where our kernels
+    run, the MLP as `Int8LinearBias`; one block's output within the gate of float32's (a layout or bias slip
+    gives ~0). Real size, 27 blocks: min 0.99985 (eval_vision.py --simulate-q8-attention)."""
+    from mmsdk.decoder import native
+    from mmsdk.encoders.accelerate import Q8GroupLinear, accelerate_siglip_
+    from mmsdk.encoders.siglip import SiglipVisionConfig, SiglipVisionEncoder
+
+    if not native.available("q8g_matmul"):
+        pytest.skip("CPU has neither AVX-512 VNNI nor AVX2 + FMA (the kernels' instructions)")
+    torch.manual_seed(0)
+    encoder = SiglipVisionEncoder(SiglipVisionConfig(num_hidden_layers=1, image_size=112)).eval()
+    pixels = torch.randn(2, 3, 112, 112)
+    with torch.inference_mode():
+        for name, p in encoder.named_parameters():  # the module's parameters start uninitialized
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape) if "norm" in name and name.endswith("weight")
+                    else 0.02 * torch.randn(p.shape))
+        ref = encoder(pixels)
+        accelerate_siglip_(encoder)
+        out = encoder(pixels)
+    attn = encoder.layers[0].attn
+    assert isinstance(attn.qkv_proj, Q8GroupLinear) and isinstance(attn.o_proj, Q8GroupLinear)
+    assert torch.nn.functional.cosine_similarity(out, ref, dim=-1).min().item() >= 0.999
+
+
 @pytest.mark.parametrize("shape", [(2, 24, 9, 7), (1, 40, 16, 16)])  # 63 pixels: a block and a tail; 256: whole blocks
 def test_channel_norm_kernel_matches_timm(shape):
     """`native.rms_norm_act_2d` against timm's RmsNormAct2d (GELU tanh) and RmsNorm2d, out of place and in place."""
